@@ -1,0 +1,107 @@
+//! Per-policy traffic counters and per-reason drop counters (both per-CPU arrays).
+
+/// Packets and bytes of one policy on this node, per CPU; index: policy id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Packets sent towards the gateway or SNATed here.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Replies reverse-translated here or delivered to a local pod from the tunnel.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+crate::assert_size!(PolicyStats, 32);
+
+/// Why a program dropped a packet. Index into the drop counter array.
+///
+/// These are never returned to tc: an entry point maps every `Err(DropReason)` to
+/// `TC_ACT_SHOT` after counting it. The values start at 128 so they cannot be mistaken for a
+/// TC verdict in a log or a trace.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Truncated or inconsistent headers.
+    Malformed = 128,
+    /// A known pod's source address arrived on another interface.
+    Spoofed = 129,
+    /// A tunnelled packet from a host that is not a cluster node.
+    UnknownNode = 130,
+    /// A tunnelled packet whose inner source is not a pod this gateway serves, or whose node
+    /// or VNI does not match that pod.
+    UnknownTunnelEndpoint = 131,
+    /// No free SNAT port after all retries.
+    NatExhausted = 132,
+    /// The NAT map refused an insert (not a collision).
+    NatInsertFailed = 133,
+    /// Could not set the tunnel metadata.
+    TunnelKey = 134,
+    /// The redirect helper failed.
+    Redirect = 135,
+    /// An oversize packet with DF set: answered with ICMP fragmentation-needed.
+    FragNeeded = 136,
+    /// An IP fragment of a flow that must be translated (not supported).
+    Fragment = 137,
+    /// A protocol that cannot be translated (not TCP, UDP or ICMP echo/error).
+    UnsupportedProtocol = 138,
+    /// A checksum or header rewrite helper failed.
+    Rewrite = 139,
+    /// A policy names a gateway but its egress configuration is missing.
+    NoGatewayConfig = 140,
+}
+
+/// First drop reason value.
+pub const DROP_REASON_BASE: u32 = 128;
+/// Number of drop reasons (size of the drop counter array).
+pub const DROP_REASON_COUNT: u32 = 13;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASON_COUNT as usize] = [
+        DropReason::Malformed,
+        DropReason::Spoofed,
+        DropReason::UnknownNode,
+        DropReason::UnknownTunnelEndpoint,
+        DropReason::NatExhausted,
+        DropReason::NatInsertFailed,
+        DropReason::TunnelKey,
+        DropReason::Redirect,
+        DropReason::FragNeeded,
+        DropReason::Fragment,
+        DropReason::UnsupportedProtocol,
+        DropReason::Rewrite,
+        DropReason::NoGatewayConfig,
+    ];
+
+    /// Index into the drop counter array.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32 - DROP_REASON_BASE
+    }
+
+    /// Stable snake_case name, used as metric label and in `inspect` output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Spoofed => "spoofed",
+            DropReason::UnknownNode => "unknown_node",
+            DropReason::UnknownTunnelEndpoint => "unknown_tunnel_endpoint",
+            DropReason::NatExhausted => "nat_exhausted",
+            DropReason::NatInsertFailed => "nat_insert_failed",
+            DropReason::TunnelKey => "tunnel_key",
+            DropReason::Redirect => "redirect",
+            DropReason::FragNeeded => "frag_needed",
+            DropReason::Fragment => "fragment",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::Rewrite => "rewrite",
+            DropReason::NoGatewayConfig => "no_gateway_config",
+        }
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!(DropReason::ALL[i].index() == i as u32);
+        i += 1;
+    }
+};

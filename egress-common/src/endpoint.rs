@@ -1,0 +1,47 @@
+//! Endpoints (pods) on this node, cluster nodes, and pods of other nodes that use this node as
+//! their gateway.
+
+/// `Endpoint::flags`: the pod is selected by a policy (`policy_id` is valid).
+pub const EP_F_SELECTED: u32 = 1 << 0;
+
+/// A pod on this node. Key: the pod's IPv4 address (network byte order).
+///
+/// Every local pod the agent knows is listed, selected or not, so that a packet carrying a
+/// known pod's address on any other pod's veth is recognised as spoofed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// ifindex of the pod's host-side veth (where its packets must arrive).
+    pub ifindex: u32,
+    /// Policy that selects the pod (0: none).
+    pub policy_id: u32,
+    /// `EP_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(Endpoint, 16);
+
+/// `NodeInfo::flags`: the node may send tunnelled traffic to this gateway.
+pub const NODE_F_PEER: u32 = 1 << 0;
+
+/// A cluster node. Key: the node's underlay IPv4 address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub flags: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(NodeInfo, 8);
+
+/// A selected pod on another node that egresses through this gateway.
+/// Key: the pod's IPv4 address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// Underlay address of the pod's node (network byte order): tunnelled packets from the pod
+    /// must come from there, and replies go back there.
+    pub node_ip4: u32,
+    /// Policy that selects the pod; must equal the tunnel's VNI.
+    pub policy_id: u32,
+}
+crate::assert_size!(RemoteEndpoint, 8);

@@ -1,0 +1,86 @@
+//! Types shared by the eBPF programs (`egress-ebpf`) and the agent (`egress-agent`).
+//!
+//! Every map key and value is `#[repr(C)]` with fixed-width fields, explicit padding and a
+//! compile-time size assertion, so that the kernel, the programs and the agent agree on the
+//! layout byte for byte. Addresses and ports are stored in network byte order (as they sit in
+//! the packet), so that the datapath never swaps bytes.
+//!
+//! IPv4 maps carry a `4` suffix; their IPv6 twins will sit beside them with 16-byte addresses.
+#![no_std]
+
+pub mod config;
+pub mod counters;
+pub mod endpoint;
+pub mod nat;
+pub mod policy;
+
+/// Names of the maps, as they appear in the object file, under the pin directory and in
+/// `bpftool map show`. Kernel map names are limited to 15 characters.
+pub mod map_names {
+    pub const CONFIG: &str = "EGW_CONFIG";
+    pub const ENDPOINTS4: &str = "EGW_ENDPOINTS4";
+    pub const POLICY4: &str = "EGW_POLICY4";
+    pub const NODES4: &str = "EGW_NODES4";
+    pub const REMOTE_EP4: &str = "EGW_REMOTE_EP4";
+    pub const NAT4: &str = "EGW_NAT4";
+    pub const POLICY_STATS: &str = "EGW_POL_STATS";
+    pub const DROPS: &str = "EGW_DROPS";
+
+    /// Every map, in a stable order (pinning, inspection, clean-up).
+    pub const ALL: [&str; 8] = [
+        CONFIG,
+        ENDPOINTS4,
+        POLICY4,
+        NODES4,
+        REMOTE_EP4,
+        NAT4,
+        POLICY_STATS,
+        DROPS,
+    ];
+}
+
+/// Names of the tc programs in the object file.
+pub mod program_names {
+    /// tc ingress on a pod's host-side veth.
+    pub const FROM_POD: &str = "egw_from_pod";
+    /// tc ingress on the VXLAN device (`egw0`).
+    pub const FROM_TUNNEL: &str = "egw_from_tunnel";
+    /// tc ingress on the node's uplink (replies from the internet).
+    pub const FROM_WIRE: &str = "egw_from_wire";
+
+    pub const ALL: [&str; 3] = [FROM_POD, FROM_TUNNEL, FROM_WIRE];
+}
+
+/// Asserts at compile time that a shared type has exactly the expected size (no hidden padding
+/// difference between the bpf target and the host).
+#[macro_export]
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+
+/// Implements `aya::Pod` for the agent side (`user` feature) of plain-data types.
+#[cfg(feature = "user")]
+macro_rules! impl_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: every type listed is #[repr(C)], made only of integers and explicit
+            // padding fields, so any bit pattern is valid and there are no padding holes.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+
+#[cfg(feature = "user")]
+impl_pod!(
+    config::Config,
+    endpoint::Endpoint,
+    endpoint::NodeInfo,
+    endpoint::RemoteEndpoint,
+    policy::PolicyKey4,
+    policy::PolicyValue,
+    nat::NatKey4,
+    nat::NatEntry4,
+    counters::PolicyStats,
+);

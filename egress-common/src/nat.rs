@@ -1,0 +1,76 @@
+//! NAT/conntrack entries of the gateway (one LRU hash holds both directions).
+//!
+//! Forward entry, key `{pod ip, remote ip, pod port, remote port, proto}` ->
+//! `{egress ip, nat port, source node, ...}`.
+//! Reverse entry, key as the reply arrives `{remote ip, egress ip, remote port, nat port,
+//! proto}` -> `{pod ip, pod port, source node, ...}`.
+//! For ICMP echo the "port" of the pod side is the echo identifier and the remote port is 0.
+
+/// `NatEntry4::flags`: this is the reverse (reply-direction) entry.
+pub const NAT_F_REVERSE: u8 = 1 << 0;
+
+/// Connection state, for state-aware expiry by the agent.
+pub const CT_NEW: u8 = 0;
+/// A TCP reply was seen (or any UDP/ICMP reply).
+pub const CT_ESTABLISHED: u8 = 1;
+/// A FIN was seen in either direction.
+pub const CT_CLOSING: u8 = 2;
+/// A RST was seen.
+pub const CT_RESET: u8 = 3;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A NAT lookup key: one direction of a flow as it appears on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+crate::assert_size!(NatKey4, 16);
+
+/// A NAT entry: what to rewrite the key's local side to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry4 {
+    /// Forward: the egress IP. Reverse: the pod IP. Network byte order.
+    pub addr: u32,
+    /// Forward: the NAT port. Reverse: the pod port. Network byte order.
+    pub port: u16,
+    /// `NAT_F_*`.
+    pub flags: u8,
+    /// `CT_*`.
+    pub state: u8,
+    /// Underlay address of the pod's node (network byte order); equals the gateway's own
+    /// address for pods on the gateway node.
+    pub node_ip4: u32,
+    /// Policy that created the entry (counters, tunnel VNI).
+    pub policy_id: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet in either direction; only the
+    /// forward entry's value is authoritative for the agent's expiry.
+    pub last_seen_ns: u64,
+}
+crate::assert_size!(NatEntry4, 24);
+
+impl NatKey4 {
+    /// The key of the other direction with the given local address and port.
+    #[inline(always)]
+    pub const fn reply_to(&self, local_addr: u32, local_port: u16) -> NatKey4 {
+        NatKey4 {
+            saddr: self.daddr,
+            daddr: local_addr,
+            sport: self.dport,
+            dport: local_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}

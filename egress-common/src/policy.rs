@@ -1,0 +1,39 @@
+//! Egress policies: which destinations of which selected pods leave through which gateway.
+
+/// `PolicyValue::action`: send through the gateway and SNAT to the egress IP.
+pub const ACTION_VIA_GATEWAY: u32 = 1;
+/// `PolicyValue::action`: leave by the normal path (excluded CIDRs, cluster CIDRs).
+pub const ACTION_EXCLUDED: u32 = 2;
+
+/// Largest policy id (ids index the per-policy counters; 0 means "no policy").
+pub const MAX_POLICIES: u32 = 1024;
+
+/// Number of prefix bits taken by `policy_id` in the LPM key: the policy id always matches
+/// exactly, the destination by longest prefix.
+pub const POLICY_ID_BITS: u32 = 32;
+
+/// LPM trie data: `{policy id, destination}`. The trie's prefix length is
+/// `POLICY_ID_BITS + destination prefix length`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyKey4 {
+    /// Policy id, big-endian, so that the trie compares it byte by byte like an address.
+    pub policy_id_be: u32,
+    /// Destination IPv4 address (network byte order).
+    pub dst: u32,
+}
+crate::assert_size!(PolicyKey4, 8);
+
+/// What to do with a matching destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// `ACTION_*`.
+    pub action: u32,
+    /// Underlay address of the gateway node (network byte order).
+    pub gateway_ip4: u32,
+    /// Source address after SNAT (network byte order).
+    pub egress_ip4: u32,
+    pub _pad: u32,
+}
+crate::assert_size!(PolicyValue, 16);

@@ -1,0 +1,48 @@
+//! The maps. Static names equal `egress_common::map_names`; sizes are defaults that the agent
+//! overrides at load time (`EbpfLoader::map_max_entries`).
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use egress_common::{
+    config::Config,
+    counters::{PolicyStats, DROP_REASON_COUNT},
+    endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
+    nat::{NatEntry4, NatKey4},
+    policy::{PolicyKey4, PolicyValue, MAX_POLICIES},
+};
+
+#[btf_map]
+pub static EGW_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static EGW_ENDPOINTS4: HashMap<u32, Endpoint, 16384> = HashMap::new();
+
+#[btf_map]
+pub static EGW_POLICY4: LpmTrie<PolicyKey4, PolicyValue, 16384> = LpmTrie::new();
+
+#[btf_map]
+pub static EGW_NODES4: HashMap<u32, NodeInfo, 16384> = HashMap::new();
+
+#[btf_map]
+pub static EGW_REMOTE_EP4: HashMap<u32, RemoteEndpoint, 65536> = HashMap::new();
+
+#[btf_map]
+pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
+
+#[btf_map]
+pub static EGW_POL_STATS: PerCpuArray<PolicyStats, { MAX_POLICIES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static EGW_DROPS: PerCpuArray<u64, { DROP_REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// The node configuration, if the agent has written it.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let cfg = EGW_CONFIG.get(0)?;
+    if cfg.flags & egress_common::config::CFG_F_READY == 0 {
+        return None;
+    }
+    Some(cfg)
+}

@@ -1,0 +1,285 @@
+//! The gateway's SNAT engine: NAT/conntrack entries (both directions in one LRU hash) and the
+//! header rewrites. Deciding (`snat_mapping`) is separate from acting (`rewrite_src`,
+//! `rewrite_dst`).
+
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_tuple, BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_skc_lookup_tcp,
+    },
+    programs::TcContext,
+};
+use egress_common::{
+    config::Config,
+    counters::DropReason,
+    nat::{
+        NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE,
+    },
+};
+
+use crate::{
+    maps::EGW_NAT4,
+    parse::{
+        Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
+        IP_DST_OFF, IP_SRC_OFF, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
+    },
+};
+
+/// Random port tries after the pod's own port is taken.
+const PORT_RETRIES: u32 = 32;
+/// `last_seen_ns` is refreshed at most this often (fewer writes to shared cache lines).
+const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+const EEXIST: i32 = 17;
+
+/// The source address and port a flow leaves with.
+#[derive(Clone, Copy)]
+pub struct Mapping {
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+}
+
+/// Conntrack state implied by a packet's TCP flags (non-TCP: established after any packet).
+#[inline(always)]
+fn next_state(cur: u8, p: &Packet4, reply: bool) -> u8 {
+    if p.proto != IPPROTO_TCP {
+        return if reply { CT_ESTABLISHED } else { cur };
+    }
+    if p.tcp_flags & TCP_RST != 0 {
+        CT_RESET
+    } else if p.tcp_flags & TCP_FIN != 0 {
+        if cur < CT_CLOSING {
+            CT_CLOSING
+        } else {
+            cur
+        }
+    } else if reply && cur == CT_NEW {
+        CT_ESTABLISHED
+    } else if !reply && p.tcp_flags & TCP_SYN != 0 && cur > CT_ESTABLISHED {
+        // A new SYN on a closed tuple starts over.
+        CT_NEW
+    } else {
+        cur
+    }
+}
+
+/// Refreshes an entry's `last_seen_ns` and state.
+#[inline(always)]
+pub fn touch(e: *mut NatEntry4, p: &Packet4, reply: bool) {
+    // SAFETY: `e` comes from a map lookup in this program run; racing writers only store
+    // whole aligned integers, which is what expiry needs.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        let state = next_state((*e).state, p, reply);
+        if state != (*e).state {
+            (*e).state = state;
+            (*e).last_seen_ns = now;
+        } else if now.wrapping_sub((*e).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            (*e).last_seen_ns = now;
+        }
+    }
+}
+
+/// Whether a host socket owns the reply tuple `rkey` (then the port is not free).
+#[inline(always)]
+fn host_socket_owns(ctx: &TcContext, rkey: &NatKey4) -> bool {
+    // SAFETY: zeroed is a valid bpf_sock_tuple.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the ipv4 arm of the union.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.saddr = rkey.saddr;
+        t.daddr = rkey.daddr;
+        t.sport = rkey.sport;
+        t.dport = rkey.dport;
+    }
+    let size = 12u32;
+    let skb = ctx.skb.skb.cast();
+    // SAFETY: helper calls with a valid tuple; every returned socket is released.
+    unsafe {
+        let sk = match rkey.proto {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0),
+            _ => return false,
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+    }
+    true
+}
+
+/// Finds the mapping of a forward flow, or allocates one: the pod's own port when it lies in
+/// the NAT range and is free, else random ports in the range. The reverse entry is inserted
+/// first with BPF_NOEXIST, so a taken port is never overwritten; a port some host socket uses
+/// is skipped as well.
+#[inline(always)]
+pub fn snat_mapping(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    egress_ip: u32,
+    node_ip: u32,
+    policy_id: u32,
+) -> Result<Mapping, DropReason> {
+    let key = p.nat_key();
+    if let Some(e) = EGW_NAT4.get_ptr_mut(&key) {
+        touch(e, p, false);
+        // SAFETY: valid map value pointer.
+        let (addr, port) = unsafe { ((*e).addr, (*e).port) };
+        if addr == egress_ip {
+            return Ok(Mapping { addr, port });
+        }
+        // The policy's egress IP changed: the old mapping is stale, start over.
+        let _ = EGW_NAT4.remove(&key.reply_to(addr, port));
+        let _ = EGW_NAT4.remove(&key);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = next_state(CT_NEW, p, false);
+    let min = u32::from(cfg.nat_port_min);
+    let max = u32::from(cfg.nat_port_max);
+    if min == 0 || max < min {
+        return Err(DropReason::NoGatewayConfig);
+    }
+    let span = max - min + 1;
+    let pod_port = u32::from(u16::from_be(p.sport));
+    let mut cand = pod_port;
+    let mut i = 0;
+    while i <= PORT_RETRIES {
+        if i > 0 || cand < min || cand > max {
+            // SAFETY: helper without arguments.
+            cand = min + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0);
+        }
+        i += 1;
+        let port = (cand as u16).to_be();
+        let rkey = key.reply_to(egress_ip, port);
+        if host_socket_owns(ctx, &rkey) {
+            continue;
+        }
+        let rval = NatEntry4 {
+            addr: p.saddr,
+            port: p.sport,
+            flags: NAT_F_REVERSE,
+            state,
+            node_ip4: node_ip,
+            policy_id,
+            last_seen_ns: now,
+        };
+        match EGW_NAT4.insert(&rkey, &rval, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => return Err(DropReason::NatInsertFailed),
+        }
+        let fval = NatEntry4 {
+            addr: egress_ip,
+            port,
+            flags: 0,
+            state,
+            node_ip4: node_ip,
+            policy_id,
+            last_seen_ns: now,
+        };
+        return match EGW_NAT4.insert(&key, &fval, BPF_NOEXIST as u64) {
+            Ok(()) => Ok(Mapping {
+                addr: egress_ip,
+                port,
+            }),
+            Err(e) => {
+                let _ = EGW_NAT4.remove(&rkey);
+                // Another CPU created the flow's mapping first: use it.
+                match (e == -EEXIST).then(|| EGW_NAT4.get_ptr(&key)).flatten() {
+                    // SAFETY: valid map value pointer.
+                    Some(v) => Ok(unsafe {
+                        Mapping {
+                            addr: (*v).addr,
+                            port: (*v).port,
+                        }
+                    }),
+                    None => Err(DropReason::NatInsertFailed),
+                }
+            }
+        };
+    }
+    Err(DropReason::NatExhausted)
+}
+
+/// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value.
+#[inline(always)]
+pub fn reverse_lookup(p: &Packet4) -> Option<NatEntry4> {
+    let e = EGW_NAT4.get_ptr_mut(&p.nat_key())?;
+    touch(e, p, true);
+    // SAFETY: valid map value pointer.
+    Some(unsafe { *e })
+}
+
+/// Offset of the L4 checksum and the `bpf_l4_csum_replace` flags for a change of an address
+/// (pseudo-header) field. ICMP has no pseudo header.
+#[inline(always)]
+fn l4_csum(p: &Packet4) -> (usize, u64) {
+    match p.proto {
+        IPPROTO_TCP => (p.l4_off + TCP_CSUM, BPF_F_PSEUDO_HDR as u64),
+        IPPROTO_UDP => (
+            p.l4_off + UDP_CSUM,
+            (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64,
+        ),
+        _ => (p.l4_off + ICMP_CSUM, 0),
+    }
+}
+
+/// Rewrites one side (source or destination) of the packet: address, port or ICMP identifier,
+/// and every checksum that covers them.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    p: &Packet4,
+    src: bool,
+    new_addr: u32,
+    new_port: u16,
+) -> Result<(), DropReason> {
+    let (addr_off, old_addr) = if src {
+        (IP_SRC_OFF, p.saddr)
+    } else {
+        (IP_DST_OFF, p.daddr)
+    };
+    let (port_off, old_port) = match (p.proto, src) {
+        (IPPROTO_ICMP, true) => (p.l4_off + ICMP_ID, p.sport),
+        (IPPROTO_ICMP, false) => (p.l4_off + ICMP_ID, p.dport),
+        (_, true) => (p.l4_off, p.sport),
+        (_, false) => (p.l4_off + 2, p.dport),
+    };
+    let (csum_off, addr_flags) = l4_csum(p);
+    let mangled = addr_flags & BPF_F_MARK_MANGLED_0 as u64;
+    if p.proto != IPPROTO_ICMP && old_addr != new_addr {
+        ctx.l4_csum_replace(csum_off, old_addr.into(), new_addr.into(), addr_flags | 4)
+            .map_err(|_| DropReason::Rewrite)?;
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(csum_off, old_port.into(), new_port.into(), mangled | 2)
+            .map_err(|_| DropReason::Rewrite)?;
+        ctx.store(port_off, &new_port, 0)
+            .map_err(|_| DropReason::Rewrite)?;
+    }
+    if old_addr != new_addr {
+        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr.into(), new_addr.into(), 4)
+            .map_err(|_| DropReason::Rewrite)?;
+        ctx.store(addr_off, &new_addr, 0)
+            .map_err(|_| DropReason::Rewrite)?;
+    }
+    Ok(())
+}
+
+/// SNAT: the source becomes `m`.
+#[inline(always)]
+pub fn rewrite_src(ctx: &TcContext, p: &Packet4, m: Mapping) -> Result<(), DropReason> {
+    rewrite(ctx, p, true, m.addr, m.port)
+}
+
+/// Reverse NAT: the destination becomes the pod's address and port.
+#[inline(always)]
+pub fn rewrite_dst(ctx: &TcContext, p: &Packet4, addr: u32, port: u16) -> Result<(), DropReason> {
+    rewrite(ctx, p, false, addr, port)
+}

@@ -1,0 +1,60 @@
+//! TCP MSS clamping for flows that cross the tunnel.
+
+use aya_ebpf::programs::TcContext;
+use egress_common::counters::DropReason;
+
+use crate::parse::{Packet4, IPPROTO_TCP, TCP_CSUM, TCP_SYN};
+
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+/// Options are at most 40 bytes; a NOP or an option takes at least one byte each, but real
+/// SYNs carry a handful. Bounded for the verifier.
+const MAX_OPTIONS: u32 = 12;
+
+/// If `p` is a SYN (or SYN-ACK) whose MSS option exceeds `max_mss`, lowers it and fixes the
+/// checksum. Other packets are untouched.
+#[inline(always)]
+pub fn clamp_mss(ctx: &TcContext, p: &Packet4, max_mss: u16) -> Result<(), DropReason> {
+    if p.proto != IPPROTO_TCP || p.tcp_flags & TCP_SYN == 0 {
+        return Ok(());
+    }
+    let end = p.l4_off + p.tcp_hlen;
+    let mut off = p.l4_off + 20;
+    let mut i = 0;
+    while i < MAX_OPTIONS && off + 1 < end {
+        i += 1;
+        let kind: u8 = ctx.load(off).map_err(|_| DropReason::Malformed)?;
+        if kind == TCPOPT_EOL {
+            break;
+        }
+        if kind == TCPOPT_NOP {
+            off += 1;
+            continue;
+        }
+        let len: u8 = ctx.load(off + 1).map_err(|_| DropReason::Malformed)?;
+        if len < 2 {
+            return Err(DropReason::Malformed);
+        }
+        if kind == TCPOPT_MSS && len == 4 && off + 4 <= end {
+            let raw: u16 = ctx.load(off + 2).map_err(|_| DropReason::Malformed)?;
+            if u16::from_be(raw) <= max_mss {
+                return Ok(());
+            }
+            let new = max_mss.to_be();
+            // The checksum sums 16-bit words from the start of the TCP header: a value at an
+            // odd offset straddles two words, which equals summing it byte-swapped.
+            let (from, to) = if (off - p.l4_off) % 2 == 0 {
+                (raw, new)
+            } else {
+                (raw.swap_bytes(), new.swap_bytes())
+            };
+            ctx.l4_csum_replace(p.l4_off + TCP_CSUM, from.into(), to.into(), 2)
+                .map_err(|_| DropReason::Rewrite)?;
+            ctx.store(off + 2, &new, 0).map_err(|_| DropReason::Rewrite)?;
+            return Ok(());
+        }
+        off += usize::from(len);
+    }
+    Ok(())
+}
