@@ -8,12 +8,14 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let object = env::var_os("EGRESS_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        let target = env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join("../target"));
-        target.join("bpfel-unknown-none/release/egress")
-    });
+    let object = env::var_os("EGRESS_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| manifest.join("../target"));
+            target.join("bpfel-unknown-none/release/egress")
+        });
     println!("cargo:rerun-if-env-changed=EGRESS_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());
     let dest = out.join("egress.bpf.o");

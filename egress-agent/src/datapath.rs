@@ -482,7 +482,14 @@ macro_rules! hash_map_ops {
 }
 
 impl Maps<'_> {
-    hash_map_ops!(put_endpoint, del_endpoint, endpoints, map_names::ENDPOINTS4, u32, Endpoint);
+    hash_map_ops!(
+        put_endpoint,
+        del_endpoint,
+        endpoints,
+        map_names::ENDPOINTS4,
+        u32,
+        Endpoint
+    );
     hash_map_ops!(put_node, del_node, nodes, map_names::NODES4, u32, NodeInfo);
     hash_map_ops!(
         put_remote_endpoint,
@@ -492,7 +499,14 @@ impl Maps<'_> {
         u32,
         RemoteEndpoint
     );
-    hash_map_ops!(put_nat, del_nat, nat_entries, map_names::NAT4, NatKey4, NatEntry4);
+    hash_map_ops!(
+        put_nat,
+        del_nat,
+        nat_entries,
+        map_names::NAT4,
+        NatKey4,
+        NatEntry4
+    );
 
     pub fn put_policy(
         &mut self,

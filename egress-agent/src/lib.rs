@@ -1,4 +1,10 @@
 //! The egress gateway agent: loads the tc datapath, programs its maps, and keeps them in step
 //! with the configuration.
 
+pub mod agent;
+pub mod config;
 pub mod datapath;
+pub mod desired;
+pub mod inspect;
+pub mod nat_gc;
+pub mod netdev;

@@ -214,7 +214,10 @@ fn folds_to_ffff(mut s: u32) -> bool {
 /// Asserts that the IPv4 header checksum and the TCP/UDP/ICMP checksum of `b` are valid.
 fn assert_checksums(b: &[u8]) {
     let ihl = usize::from(b[L3] & 0xf) * 4;
-    assert!(folds_to_ffff(sum(&b[L3..L3 + ihl])), "bad IPv4 header checksum");
+    assert!(
+        folds_to_ffff(sum(&b[L3..L3 + ihl])),
+        "bad IPv4 header checksum"
+    );
     let tot = usize::from(be16(b, L3 + 2));
     let seg = &b[L3 + ihl..L3 + tot];
     let proto = b[L3 + 9];
@@ -341,7 +344,11 @@ fn from_pod_oversize_df_packet_is_answered_with_frag_needed() {
     assert_eq!(out[L3 + 9], 1, "ICMP");
     assert_eq!((out[34], out[35]), (3, 4), "dest unreachable / frag needed");
     assert_eq!(u32::from(be16(&out, 34 + 6)), TUNNEL_MTU);
-    assert_eq!(&out[42..70], &pkt[L3..L3 + 28], "quotes the original header");
+    assert_eq!(
+        &out[42..70],
+        &pkt[L3..L3 + 28],
+        "quotes the original header"
+    );
     assert_checksums(&out);
     assert_eq!(drops(&dp, "frag_needed"), 1);
 }
@@ -416,7 +423,11 @@ fn snat_taken_port_is_never_overwritten() {
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_ne!(sport(&out), 62000);
     assert!((PORT_MIN..=PORT_MAX).contains(&sport(&out)));
-    assert_eq!(nat_entry(&mut dp, taken), Some(other), "other flow untouched");
+    assert_eq!(
+        nat_entry(&mut dp, taken),
+        Some(other),
+        "other flow untouched"
+    );
     assert_checksums(&out);
 }
 
@@ -465,7 +476,12 @@ fn snat_udp_checksum_is_updated() {
 #[test]
 fn snat_icmp_echo_and_reply_round_trip() {
     let dp = datapath(GATEWAY);
-    let (rc, out) = run(&dp, FROM_POD, &ping(POD_A, INTERNET, 0x1234, false), POD_A_IF);
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &ping(POD_A, INTERNET, 0x1234, false),
+        POD_A_IF,
+    );
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(src_ip(&out), EGRESS);
     let nat_id = be16(&out, l4(&out) + 4);
@@ -483,7 +499,12 @@ fn snat_icmp_echo_and_reply_round_trip() {
 #[test]
 fn from_wire_reply_is_reverse_translated() {
     let dp = datapath(GATEWAY);
-    let (_, out) = run(&dp, FROM_POD, &tcp_syn(POD_A, INTERNET, 40000, 25, 1460), POD_A_IF);
+    let (_, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_syn(POD_A, INTERNET, 40000, 25, 1460),
+        POD_A_IF,
+    );
     let nat_port = sport(&out);
     let reply = tcp_data(INTERNET, EGRESS, 25, nat_port, b"220 mail ready\r\n");
     let (rc, back) = run(&dp, FROM_WIRE, &reply, UPLINK_IF);
@@ -523,7 +544,12 @@ fn port_unreachable_about(quoted: &[u8]) -> Vec<u8> {
 #[test]
 fn from_wire_icmp_error_is_reverse_translated_with_inner_header() {
     let dp = datapath(GATEWAY);
-    let (_, out) = run(&dp, FROM_POD, &udp(POD_A, INTERNET, 40000, 9, b"ping"), POD_A_IF);
+    let (_, out) = run(
+        &dp,
+        FROM_POD,
+        &udp(POD_A, INTERNET, 40000, 9, b"ping"),
+        POD_A_IF,
+    );
     let err = port_unreachable_about(&out);
     let (rc, back) = run(&dp, FROM_WIRE, &err, UPLINK_IF);
     assert_eq!(rc, TC_ACT_REDIRECT);
@@ -531,12 +557,24 @@ fn from_wire_icmp_error_is_reverse_translated_with_inner_header() {
     assert_checksums(&back);
     let inner = 34 + 8;
     assert_eq!(
-        Ipv4Addr::new(back[inner + 12], back[inner + 13], back[inner + 14], back[inner + 15]),
+        Ipv4Addr::new(
+            back[inner + 12],
+            back[inner + 13],
+            back[inner + 14],
+            back[inner + 15]
+        ),
         POD_A,
         "quoted source is the pod"
     );
-    assert!(folds_to_ffff(sum(&back[inner..inner + 20])), "quoted IPv4 checksum");
-    assert_eq!(be16(&back, inner + 20), 40000, "quoted source port is the pod's");
+    assert!(
+        folds_to_ffff(sum(&back[inner..inner + 20])),
+        "quoted IPv4 checksum"
+    );
+    assert_eq!(
+        be16(&back, inner + 20),
+        40000,
+        "quoted source port is the pod's"
+    );
     // The quoted UDP checksum must be the original datagram's (before SNAT).
     let orig = udp(POD_A, INTERNET, 40000, 9, b"ping");
     assert_eq!(be16(&back, inner + 26), be16(&orig, l4(&orig) + 6));

@@ -17,8 +17,8 @@ use crate::{
     maps::EGW_NAT4,
     nat::touch,
     parse::{
-        Packet4, ETH_HLEN, ICMP_CSUM, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_FRAG_NEEDED, ICMP_ID,
-        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, TCP_CSUM, load_exact,
+        load_exact, Packet4, ETH_HLEN, ICMP_CSUM, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_FRAG_NEEDED,
+        ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, TCP_CSUM,
         UDP_CSUM,
     },
 };
@@ -113,7 +113,13 @@ pub fn send_frag_needed(
 
 /// Applies `bpf_l4_csum_replace` to the outer ICMP checksum for a 16- or 32-bit change.
 #[inline(always)]
-fn icmp_fix(ctx: &TcContext, csum_off: usize, from: u32, to: u32, size: u64) -> Result<(), DropReason> {
+fn icmp_fix(
+    ctx: &TcContext,
+    csum_off: usize,
+    from: u32,
+    to: u32,
+    size: u64,
+) -> Result<(), DropReason> {
     if from == to {
         return Ok(());
     }
@@ -166,19 +172,23 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
     // Outer destination: the IPv4 checksum only (ICMP has no pseudo header).
     ctx.l3_csum_replace(IP_CSUM_OFF, p.daddr.into(), e.addr.into(), 4)
         .map_err(|_| DropReason::Rewrite)?;
-    ctx.store(IP_DST_OFF, &e.addr, 0).map_err(|_| DropReason::Rewrite)?;
+    ctx.store(IP_DST_OFF, &e.addr, 0)
+        .map_err(|_| DropReason::Rewrite)?;
 
     // Quoted IPv4 header: source address and its header checksum.
     let old_ih_check = word(&h, 10);
     let new_ih_check = csum::replace32(old_ih_check, isaddr, e.addr);
-    ctx.store(iip + 12, &e.addr, 0).map_err(|_| DropReason::Rewrite)?;
-    ctx.store(iip + 10, &new_ih_check, 0).map_err(|_| DropReason::Rewrite)?;
+    ctx.store(iip + 12, &e.addr, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+    ctx.store(iip + 10, &new_ih_check, 0)
+        .map_err(|_| DropReason::Rewrite)?;
     icmp_fix(ctx, icsum, isaddr, e.addr, 4)?;
     icmp_fix(ctx, icsum, old_ih_check.into(), new_ih_check.into(), 2)?;
 
     // Quoted source port / echo identifier.
     if isport != e.port {
-        ctx.store(port_off, &e.port, 0).map_err(|_| DropReason::Rewrite)?;
+        ctx.store(port_off, &e.port, 0)
+            .map_err(|_| DropReason::Rewrite)?;
         icmp_fix(ctx, icsum, isport.into(), e.port.into(), 2)?;
     }
 
@@ -198,7 +208,8 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
             if proto == IPPROTO_UDP && new == 0 {
                 new = 0xffff;
             }
-            ctx.store(l4_check_off, &new, 0).map_err(|_| DropReason::Rewrite)?;
+            ctx.store(l4_check_off, &new, 0)
+                .map_err(|_| DropReason::Rewrite)?;
             icmp_fix(ctx, icsum, old.into(), new.into(), 2)?;
         }
     }

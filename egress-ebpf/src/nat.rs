@@ -15,9 +15,7 @@ use aya_ebpf::{
 use egress_common::{
     config::Config,
     counters::DropReason,
-    nat::{
-        NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE,
-    },
+    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
 };
 
 use crate::{
@@ -152,7 +150,10 @@ pub fn snat_mapping(
     while i <= PORT_RETRIES {
         if i > 0 || cand < min || cand > max {
             // SAFETY: helper without arguments.
-            cand = min + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0);
+            cand = min
+                + unsafe { bpf_get_prandom_u32() }
+                    .checked_rem(span)
+                    .unwrap_or(0);
         }
         i += 1;
         let port = (cand as u16).to_be();

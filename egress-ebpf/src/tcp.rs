@@ -51,7 +51,8 @@ pub fn clamp_mss(ctx: &TcContext, p: &Packet4, max_mss: u16) -> Result<(), DropR
             };
             ctx.l4_csum_replace(p.l4_off + TCP_CSUM, from.into(), to.into(), 2)
                 .map_err(|_| DropReason::Rewrite)?;
-            ctx.store(off + 2, &new, 0).map_err(|_| DropReason::Rewrite)?;
+            ctx.store(off + 2, &new, 0)
+                .map_err(|_| DropReason::Rewrite)?;
             return Ok(());
         }
         off += usize::from(len);

@@ -1,1 +1,199 @@
-fn main(){}
+//! Project tasks: `cargo xtask <command>`.
+//!
+//! Every command first checks (and installs) what it needs, so a fresh machine needs nothing
+//! but `cargo xtask test` (or `cargo xtask demo`).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "Build, test and explore the egress gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: nightly rust-src, bpf-linker (built against
+    /// the nightly toolchain's own LLVM), Debian packages. Idempotent.
+    Setup,
+    /// Build the eBPF object that the agent embeds.
+    BuildEbpf,
+    /// The one test command: fmt, clippy (userspace and bpf), unit, packet and lab tests.
+    Test {
+        /// Only run tests whose name contains this string (fmt and clippy still run).
+        filter: Option<String>,
+    },
+    /// Bring a lab up for a person to explore, tear it down, or list running labs.
+    Lab {
+        #[command(subcommand)]
+        action: LabCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Bring up a lab (2 workers, a gateway, a pod per node, an internet host) and keep it.
+    Up,
+    /// Remove a lab by id, or every lab (also after a crash).
+    Down { id: Option<String> },
+    /// List the labs that are up.
+    Status,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::all(),
+        Cmd::BuildEbpf => {
+            setup::ebpf_toolchain()?;
+            build_ebpf()
+        }
+        Cmd::Test { filter } => test(filter),
+        Cmd::Lab { action } => lab(action),
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command in the workspace root, failing with its name if it fails.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Child cargos must not inherit the toolchain choice of `cargo xtask`'s own cargo.
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+fn nightly_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .arg("+nightly");
+    c
+}
+
+const BPF_TARGET: &str = "bpfel-unknown-none";
+const BPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
+
+fn build_ebpf() -> Result<()> {
+    sh(nightly_cargo()
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            BPF_RUSTFLAGS.replace(' ', "\x1f"),
+        )
+        .args([
+            "build",
+            "-p",
+            "egress-ebpf",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--release",
+        ]))?;
+    let obj = root()
+        .join("target")
+        .join(BPF_TARGET)
+        .join("release/egress");
+    println!("xtask: eBPF object at {}", obj.display());
+    Ok(())
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    setup::all()?;
+    build_ebpf()?;
+    println!("xtask: cargo fmt --check");
+    sh(nightly_cargo().args(["fmt", "--all", "--check"]))?;
+    println!("xtask: clippy (userspace)");
+    sh(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    println!("xtask: clippy (bpf target)");
+    sh(nightly_cargo()
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            BPF_RUSTFLAGS.replace(' ', "\x1f"),
+        )
+        .args([
+            "clippy",
+            "-p",
+            "egress-ebpf",
+            "--target",
+            BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "xtask: not root: the packet and lab tests need root (CAP_BPF, CAP_NET_ADMIN) and \
+             will fail. Run `sudo -E cargo xtask test`."
+        );
+    }
+    println!("xtask: unit, packet and lab tests");
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--exclude", "egress-ebpf"]);
+    if let Some(f) = filter {
+        c.args(["--", &f]);
+    }
+    sh(&mut c)
+}
+
+fn lab(action: LabCmd) -> Result<()> {
+    use egress_tests::lab;
+    match action {
+        LabCmd::Up => {
+            setup::debian_packages()?;
+            let l = lab::Lab::up(&lab::LabSpec::default())?;
+            print!("{}", l.describe());
+            println!("\nTear it down with: cargo xtask lab down {}", l.id());
+            l.keep();
+        }
+        LabCmd::Down { id } => {
+            let removed = lab::down(id.as_deref())?;
+            if removed.is_empty() {
+                println!("no lab namespaces found");
+            }
+            for ns in removed {
+                println!("removed {ns}");
+            }
+        }
+        LabCmd::Status => print!("{}", lab::status()?),
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! `egress-agent run`: load (or reuse) the datapath, then keep the maps and attachments in
+//! step with the configuration file and the node's interfaces.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use egress_common::{
+    config::{Config, CFG_F_READY, VXLAN_OVERHEAD},
+    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
+};
+use ipnet::Ipv4Net;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    config::AgentConfig,
+    datapath::{ip4, ip4_from, policy_key, Datapath},
+    desired::desired,
+    nat_gc, netdev,
+};
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub node: String,
+    pub pin_root: PathBuf,
+    pub interval: Duration,
+    pub gc_interval: Duration,
+}
+
+struct State {
+    /// Interfaces with `egw_from_pod` attached: name -> ifindex.
+    pod_links: HashMap<String, u32>,
+    uplink: Option<String>,
+    warnings: Vec<String>,
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let mut cfg = AgentConfig::load(&opts.config)?;
+    let mut mtime = modified(&opts.config);
+    let mut dp =
+        Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).context("loading the datapath")?;
+    info!(pin_root = %opts.pin_root.display(), "datapath loaded; maps pinned");
+    let handle = netdev::connect()?;
+    let mut st = State {
+        pod_links: HashMap::new(),
+        uplink: None,
+        warnings: Vec::new(),
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut last_gc = Instant::now();
+    loop {
+        let m = modified(&opts.config);
+        if m != mtime {
+            mtime = m;
+            match AgentConfig::load(&opts.config) {
+                Ok(c) => {
+                    info!(config = %opts.config.display(), "configuration reloaded");
+                    cfg = c;
+                }
+                Err(e) => warn!("keeping the previous configuration: {e}"),
+            }
+        }
+        let started = Instant::now();
+        match reconcile(&mut dp, &handle, &cfg, &opts.node, &mut st).await {
+            Ok(changes) if changes > 0 => {
+                info!(
+                    changes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "datapath programmed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!("reconcile failed (retrying): {e:#}"),
+        }
+        if last_gc.elapsed() >= opts.gc_interval {
+            last_gc = Instant::now();
+            match collect_nat(&mut dp, &cfg.nat.timeouts) {
+                Ok(0) => {}
+                Ok(n) => info!(expired = n, "NAT entries collected"),
+                Err(e) => warn!("NAT collection failed: {e:#}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.interval) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    info!("stopping; the datapath stays attached and pinned (use `egress-agent cleanup` to remove it)");
+    Ok(())
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Deletes expired NAT entries; returns how many.
+pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<usize> {
+    let entries = dp.maps().nat_entries()?;
+    let dead = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
+    let mut maps = dp.maps();
+    for k in &dead {
+        maps.del_nat(*k)?;
+    }
+    Ok(dead.len())
+}
+
+/// One reconcile pass; returns the number of changes made.
+async fn reconcile(
+    dp: &mut Datapath,
+    handle: &rtnetlink::Handle,
+    cfg: &AgentConfig,
+    node: &str,
+    st: &mut State,
+) -> Result<usize> {
+    let d = desired(&cfg.cluster, node);
+    if d.warnings != st.warnings {
+        for w in &d.warnings {
+            warn!("{w}");
+        }
+        st.warnings = d.warnings.clone();
+    }
+    let node_ip = d
+        .node_ip
+        .with_context(|| format!("node {node} is not in the configuration"))?;
+    let mut changes = 0;
+
+    // Devices and the node configuration.
+    let tunnel_if = netdev::ensure_vxlan(
+        handle,
+        &cfg.tunnel.device,
+        cfg.tunnel.port,
+        cfg.tunnel.underlay_mtu,
+    )
+    .await?;
+    let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
+    let uplink_name = d.uplink.clone().unwrap_or_else(|| "eth0".into());
+    let uplink_if = netdev::ifindex(handle, &uplink_name)
+        .await?
+        .with_context(|| format!("uplink {uplink_name} not found"))?;
+    let want = Config {
+        flags: CFG_F_READY,
+        node_ip4: ip4(node_ip),
+        tunnel_ifindex: tunnel_if,
+        uplink_ifindex: uplink_if,
+        tunnel_mtu: cfg.tunnel.underlay_mtu - VXLAN_OVERHEAD,
+        nat_port_min: cfg.nat.port_range[0],
+        nat_port_max: cfg.nat.port_range[1],
+    };
+    if dp.config()? != want {
+        dp.set_config(&want)?;
+        info!(node = node, ip = %node_ip, tunnel_if, uplink_if, "node configuration written");
+        changes += 1;
+        // (Re)attach the device programs whenever the configuration changes.
+        dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
+    }
+    if is_gateway && st.uplink.as_deref() != Some(&uplink_name) {
+        dp.attach(FROM_WIRE, &uplink_name)?;
+        info!(uplink = %uplink_name, "gateway role: reverse NAT attached to the uplink");
+        st.uplink = Some(uplink_name.clone());
+        changes += 1;
+    } else if !is_gateway {
+        if let Some(u) = st.uplink.take() {
+            dp.detach(FROM_WIRE, &u);
+            changes += 1;
+        }
+    }
+
+    // Local pods: endpoints and attachments.
+    let routes = netdev::pod_routes(handle).await?;
+    let mut want_eps = BTreeMap::new();
+    let mut want_links = HashMap::new();
+    for pod in &d.pods {
+        let Some((ifindex, ifname)) = routes.get(&pod.ip) else {
+            continue;
+        };
+        want_eps.insert(
+            ip4(pod.ip),
+            Endpoint {
+                ifindex: *ifindex,
+                policy_id: pod.policy_id.unwrap_or(0),
+                flags: if pod.policy_id.is_some() {
+                    EP_F_SELECTED
+                } else {
+                    0
+                },
+                _pad: 0,
+            },
+        );
+        want_links.insert(ifname.clone(), *ifindex);
+    }
+    for (ifname, ifindex) in &want_links {
+        if st.pod_links.get(ifname) != Some(ifindex) {
+            dp.attach(FROM_POD, ifname)?;
+            info!(interface = %ifname, "attached to pod interface");
+            st.pod_links.insert(ifname.clone(), *ifindex);
+            changes += 1;
+        }
+    }
+    let gone: Vec<String> = st
+        .pod_links
+        .keys()
+        .filter(|n| !want_links.contains_key(*n))
+        .cloned()
+        .collect();
+    for n in gone {
+        dp.detach(FROM_POD, &n);
+        st.pod_links.remove(&n);
+        info!(interface = %n, "detached from interface");
+        changes += 1;
+    }
+
+    let mut maps = dp.maps();
+    // Endpoints.
+    let have: BTreeMap<u32, Endpoint> = maps.endpoints()?.into_iter().collect();
+    for (k, v) in &want_eps {
+        if have.get(k) != Some(v) {
+            maps.put_endpoint(*k, *v)?;
+            info!(pod = %ip4_from(*k), policy = v.policy_id, "endpoint programmed");
+            changes += 1;
+        }
+    }
+    for k in have.keys().filter(|k| !want_eps.contains_key(k)) {
+        maps.del_endpoint(*k)?;
+        info!(pod = %ip4_from(*k), "endpoint removed");
+        changes += 1;
+    }
+    // Nodes.
+    let want_nodes: BTreeSet<u32> = d.nodes.iter().map(|n| ip4(*n)).collect();
+    let have: BTreeSet<u32> = maps.nodes()?.into_iter().map(|(k, _)| k).collect();
+    for k in want_nodes.difference(&have) {
+        maps.put_node(
+            *k,
+            NodeInfo {
+                flags: NODE_F_PEER,
+                _pad: 0,
+            },
+        )?;
+        changes += 1;
+    }
+    for k in have.difference(&want_nodes) {
+        maps.del_node(*k)?;
+        changes += 1;
+    }
+    // Remote endpoints.
+    let want_rem: BTreeMap<u32, _> = d
+        .remote_endpoints
+        .iter()
+        .map(|(ip, r)| (ip4(*ip), *r))
+        .collect();
+    let have: BTreeMap<u32, _> = maps.remote_endpoints()?.into_iter().collect();
+    for (k, v) in &want_rem {
+        if have.get(k) != Some(v) {
+            maps.put_remote_endpoint(*k, *v)?;
+            changes += 1;
+        }
+    }
+    for k in have.keys().filter(|k| !want_rem.contains_key(k)) {
+        maps.del_remote_endpoint(*k)?;
+        changes += 1;
+    }
+    // Policies.
+    let want_pol: BTreeMap<(u32, Ipv4Net), _> = d.policies.clone();
+    let have: BTreeMap<(u32, Ipv4Net), _> = maps
+        .policies()?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let prefix = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
+            let data = k.data();
+            let net = Ipv4Net::new(ip4_from(data.dst), prefix).ok()?;
+            Some(((u32::from_be(data.policy_id_be), net), v))
+        })
+        .collect();
+    for ((id, net), v) in &want_pol {
+        if have.get(&(*id, *net)) != Some(v) {
+            maps.put_policy(&policy_key(*id, net.network(), net.prefix_len()), *v)?;
+            changes += 1;
+        }
+    }
+    for (id, net) in have.keys().filter(|k| !want_pol.contains_key(k)) {
+        maps.del_policy(&policy_key(*id, net.network(), net.prefix_len()))?;
+        changes += 1;
+    }
+    let _: Option<Ipv4Addr> = None;
+    Ok(changes)
+}

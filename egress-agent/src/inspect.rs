@@ -1,0 +1,144 @@
+//! `egress-agent inspect`: reads the pinned maps of a running (or stopped) agent.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use egress_common::{
+    endpoint::Endpoint,
+    map_names,
+    nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
+};
+use serde_json::json;
+
+use crate::datapath::{ip4_from, read_drops, read_policy_stats};
+
+fn open(pin_root: &Path, name: &str) -> Result<Map> {
+    let path = pin_root.join("maps").join(name);
+    let md = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is the agent running with this --pin-root?)",
+            path.display()
+        )
+    })?;
+    Ok(Map::from_map_data(md)?)
+}
+
+const PROTOS: [(u8, &str); 3] = [(1, "icmp"), (6, "tcp"), (17, "udp")];
+
+fn proto(p: u8) -> String {
+    PROTOS
+        .iter()
+        .find(|(n, _)| *n == p)
+        .map_or_else(|| p.to_string(), |(_, s)| (*s).to_owned())
+}
+
+pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
+    let map = open(pin_root, map_names::NAT4)?;
+    let m: HashMap<&MapData, NatKey4, NatEntry4> = (&map).try_into()?;
+    let mut rows = Vec::new();
+    for kv in m.iter() {
+        let (k, v) = kv?;
+        if v.flags & NAT_F_REVERSE != 0 {
+            continue;
+        }
+        rows.push(json!({
+            "proto": proto(k.proto),
+            "pod": format!("{}:{}", ip4_from(k.saddr), u16::from_be(k.sport)),
+            "remote": format!("{}:{}", ip4_from(k.daddr), u16::from_be(k.dport)),
+            "egress": format!("{}:{}", ip4_from(v.addr), u16::from_be(v.port)),
+            "node": ip4_from(v.node_ip4).to_string(),
+            "policy": v.policy_id,
+            "state": v.state,
+        }));
+    }
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    let mut out = format!(
+        "{:<5} {:<22} {:<22} {:<22} {:<15} {:>6}\n",
+        "PROTO", "POD", "REMOTE", "EGRESS", "NODE", "POLICY"
+    );
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<5} {:<22} {:<22} {:<22} {:<15} {:>6}",
+            r["proto"].as_str().unwrap_or(""),
+            r["pod"].as_str().unwrap_or(""),
+            r["remote"].as_str().unwrap_or(""),
+            r["egress"].as_str().unwrap_or(""),
+            r["node"].as_str().unwrap_or(""),
+            r["policy"]
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
+    let map = open(pin_root, map_names::ENDPOINTS4)?;
+    let m: HashMap<&MapData, u32, Endpoint> = (&map).try_into()?;
+    let mut rows = Vec::new();
+    for kv in m.iter() {
+        let (k, v) = kv?;
+        rows.push(json!({
+            "ip": ip4_from(k).to_string(),
+            "ifindex": v.ifindex,
+            "policy": v.policy_id,
+            "selected": v.flags & egress_common::endpoint::EP_F_SELECTED != 0,
+        }));
+    }
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    let mut out = format!(
+        "{:<15} {:>8} {:>6} {:>8}\n",
+        "POD IP", "IFINDEX", "POLICY", "SELECTED"
+    );
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<15} {:>8} {:>6} {:>8}",
+            r["ip"].as_str().unwrap_or(""),
+            r["ifindex"],
+            r["policy"],
+            r["selected"]
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
+    let drops = read_drops(&open(pin_root, map_names::DROPS)?)?;
+    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
+    if as_json {
+        let policies: serde_json::Map<String, serde_json::Value> = stats
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.to_string(),
+                    json!({"tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
+                           "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes}),
+                )
+            })
+            .collect();
+        return Ok(
+            serde_json::to_string_pretty(&json!({"drops": drops, "policies": policies}))? + "\n",
+        );
+    }
+    let mut out = format!(
+        "{:<8} {:>12} {:>14} {:>12} {:>14}\n",
+        "POLICY", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES"
+    );
+    for (id, s) in &stats {
+        writeln!(
+            out,
+            "{:<8} {:>12} {:>14} {:>12} {:>14}",
+            id, s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes
+        )?;
+    }
+    writeln!(out, "\n{:<26} {:>10}", "DROP REASON", "PACKETS")?;
+    for (r, n) in &drops {
+        writeln!(out, "{r:<26} {n:>10}")?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,210 @@
+//! Expiry of NAT/conntrack entries by protocol and state. The decision is pure; `collect`
+//! applies it to the map.
+
+use std::collections::HashMap;
+
+use egress_common::nat::{
+    NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE, PROTO_ICMP,
+    PROTO_TCP,
+};
+use serde::{Deserialize, Serialize};
+
+/// Idle timeouts, seconds.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    pub tcp_syn: u64,
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: 60,
+            tcp_established: 6 * 3600,
+            tcp_closing: 10,
+            udp: 60,
+            icmp: 30,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Idle timeout of a flow in `state` (merged over both directions).
+    pub fn for_flow(&self, proto: u8, state: u8) -> u64 {
+        match (proto, state) {
+            (PROTO_TCP, CT_NEW) => self.tcp_syn,
+            (PROTO_TCP, CT_ESTABLISHED) => self.tcp_established,
+            (PROTO_TCP, CT_CLOSING | CT_RESET) => self.tcp_closing,
+            (PROTO_TCP, _) => self.tcp_syn,
+            (PROTO_ICMP, _) => self.icmp,
+            _ => self.udp,
+        }
+    }
+}
+
+/// The keys to delete: every flow (forward + reverse entry) idle longer than its timeout,
+/// and reverse entries whose forward entry is gone (LRU eviction) once they are idle too.
+pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> Vec<NatKey4> {
+    let by_key: HashMap<NatKey4, &NatEntry4> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    let idle = |last: u64| now_ns.saturating_sub(last) / 1_000_000_000;
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        if v.flags & NAT_F_REVERSE != 0 {
+            // Orphans only; paired reverse entries go with their forward entry.
+            let fwd = NatKey4 {
+                saddr: v.addr,
+                daddr: k.saddr,
+                sport: v.port,
+                dport: k.sport,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            if !by_key.contains_key(&fwd) && idle(v.last_seen_ns) > t.for_flow(k.proto, v.state) {
+                out.push(*k);
+            }
+            continue;
+        }
+        let rkey = k.reply_to(v.addr, v.port);
+        let rev = by_key.get(&rkey);
+        let state = rev.map_or(v.state, |r| r.state.max(v.state));
+        let last = rev.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
+        if idle(last) > t.for_flow(k.proto, state) {
+            out.push(*k);
+            if rev.is_some() {
+                out.push(rkey);
+            }
+        }
+    }
+    out
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use egress_common::nat::PROTO_UDP;
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn flow(
+        proto: u8,
+        fstate: u8,
+        rstate: u8,
+        flast: u64,
+        rlast: u64,
+    ) -> Vec<(NatKey4, NatEntry4)> {
+        let k = NatKey4 {
+            saddr: 1,
+            daddr: 2,
+            sport: 10,
+            dport: 20,
+            proto,
+            _pad: [0; 3],
+        };
+        let f = NatEntry4 {
+            addr: 3,
+            port: 30,
+            state: fstate,
+            last_seen_ns: flast,
+            ..Default::default()
+        };
+        let r = NatEntry4 {
+            addr: 1,
+            port: 10,
+            flags: NAT_F_REVERSE,
+            state: rstate,
+            last_seen_ns: rlast,
+            ..Default::default()
+        };
+        vec![(k, f), (k.reply_to(3, 30), r)]
+    }
+
+    #[test]
+    fn established_tcp_lives_long_closing_tcp_does_not() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        let est = flow(
+            PROTO_TCP,
+            CT_NEW,
+            CT_ESTABLISHED,
+            now - 900 * S,
+            now - 900 * S,
+        );
+        assert!(expired(&est, now, &t).is_empty());
+        let closing = flow(
+            PROTO_TCP,
+            CT_CLOSING,
+            CT_ESTABLISHED,
+            now - 11 * S,
+            now - 20 * S,
+        );
+        assert_eq!(expired(&closing, now, &t).len(), 2, "both directions go");
+    }
+
+    #[test]
+    fn unanswered_syn_expires_after_a_minute() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        assert!(expired(
+            &flow(PROTO_TCP, CT_NEW, CT_NEW, now - 59 * S, now - 59 * S),
+            now,
+            &t
+        )
+        .is_empty());
+        assert_eq!(
+            expired(
+                &flow(PROTO_TCP, CT_NEW, CT_NEW, now - 61 * S, now - 61 * S),
+                now,
+                &t
+            )
+            .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn the_fresher_direction_keeps_a_flow_alive() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        let f = flow(
+            PROTO_UDP,
+            CT_NEW,
+            CT_ESTABLISHED,
+            now - 500 * S,
+            now - 5 * S,
+        );
+        assert!(expired(&f, now, &t).is_empty());
+        let f = flow(
+            PROTO_ICMP,
+            CT_NEW,
+            CT_ESTABLISHED,
+            now - 500 * S,
+            now - 31 * S,
+        );
+        assert_eq!(expired(&f, now, &t).len(), 2);
+    }
+
+    #[test]
+    fn orphaned_reverse_entry_expires_alone() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        let mut f = flow(PROTO_UDP, CT_NEW, CT_ESTABLISHED, now, now - 61 * S);
+        f.remove(0);
+        assert_eq!(expired(&f, now, &t), vec![f[0].0]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Network devices through rtnetlink: the VXLAN tunnel device, interface lookups, and the
+//! host-side veth of each pod (found from the CNI's /32 route to the pod).
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+    route::{RouteAddress, RouteAttribute},
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetdevError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("opening a netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} exists but is not a collect_md VXLAN device; remove it or pick another name")]
+    NotOurDevice(String),
+}
+
+/// A netlink handle with its connection driven on the tokio runtime.
+pub fn connect() -> Result<Handle, NetdevError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn name_of(msg: &LinkMessage) -> Option<&str> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn is_collect_md_vxlan(msg: &LinkMessage) -> bool {
+    msg.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(v)) => v
+                .iter()
+                .any(|x| matches!(x, InfoVxlan::CollectMetadata(true))),
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetdevError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l),
+        // ENODEV: no such device.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// ifindex of `name`, if it exists.
+pub async fn ifindex(handle: &Handle, name: &str) -> Result<Option<u32>, NetdevError> {
+    Ok(link_by_name(handle, name).await?.map(|l| l.header.index))
+}
+
+/// Creates the collect_md VXLAN device (`ip link add NAME type vxlan external dstport PORT`)
+/// unless it exists, sets it up, and returns its ifindex. The device MTU is the underlay
+/// MTU: oversize packets are answered by the programs, and the kernel fragments the outer
+/// packet of non-DF ones.
+pub async fn ensure_vxlan(
+    handle: &Handle,
+    name: &str,
+    port: u16,
+    mtu: u32,
+) -> Result<u32, NetdevError> {
+    if let Some(l) = link_by_name(handle, name).await? {
+        if !is_collect_md_vxlan(&l) {
+            return Err(NetdevError::NotOurDevice(name.to_owned()));
+        }
+        let idx = l.header.index;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await?;
+        return Ok(idx);
+    }
+    let msg = LinkMessageBuilder::<LinkVxlan>::new(name)
+        .port(port)
+        .collect_metadata(true)
+        .learning(false)
+        .mtu(mtu)
+        .up()
+        .build();
+    handle.link().add(msg).execute().await?;
+    ifindex(handle, name)
+        .await?
+        .ok_or_else(|| NetdevError::NotOurDevice(name.to_owned()))
+}
+
+/// Deletes the device if it exists.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetdevError> {
+    match ifindex(handle, name).await? {
+        Some(idx) => {
+            handle.clone().link().del(idx).execute().await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Pod address -> (ifindex, name) of the interface its /32 route points at (Calico, Cilium
+/// and the ptp plugin install such routes to the pod's host-side veth).
+pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, String)>, NetdevError> {
+    let mut names = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(l) = links.try_next().await? {
+        if let Some(n) = name_of(&l) {
+            names.insert(l.header.index, n.to_owned());
+        }
+    }
+    let mut out = HashMap::new();
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = routes.try_next().await? {
+        if r.header.destination_prefix_length != 32 {
+            continue;
+        }
+        let mut dst = None;
+        let mut oif = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(i)) = (dst, oif) {
+            if let Some(n) = names.get(&i) {
+                out.insert(ip, (i, n.clone()));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! `cargo xtask setup`: installs what building and testing need, skipping what is there.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::sh;
+
+/// Debian packages used by the tests, the lab, the demo and the benchmarks.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "ethtool",
+    "bpftool",
+    "tcpdump",
+    "iperf3",
+    "sockperf",
+    "conntrack",
+    "dnsmasq-base",
+    "swaks",
+    "iputils-ping",
+];
+
+/// bpf-linker release line that works with aya 0.14 and the nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "^0.13";
+
+pub fn all() -> Result<()> {
+    ebpf_toolchain()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn rustup() -> Command {
+    let mut c = Command::new("rustup");
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// nightly with rust-src, rustfmt and clippy, and bpf-linker linked against the nightly's LLVM.
+pub fn ebpf_toolchain() -> Result<()> {
+    let installed = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    for comp in ["rust-src", "rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(comp)) {
+            println!("xtask setup: adding {comp} to nightly");
+            sh(rustup().args(["component", "add", comp, "--toolchain", "nightly"]))?;
+        }
+    }
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(output(
+        Command::new("rustc")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["+nightly", "--print", "sysroot"]),
+    )?);
+    let lib = sysroot.join("lib");
+    // bpf-linker's build looks for libLLVM.so; the nightly ships libLLVM.so.<ver>-rust-...
+    let versioned = fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let major = versioned
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let link = lib.join("libLLVM.so");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&versioned, &link)
+            .with_context(|| format!("symlinking {}", link.display()))?;
+    }
+    println!(
+        "xtask setup: building bpf-linker against the nightly's LLVM {major} (about a minute)"
+    );
+    sh(Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("LLVM_PREFIX", &sysroot)
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ]))?;
+    if !quiet(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages that are missing.
+pub fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .map(|s| s.contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "xtask setup: installing Debian packages: {}",
+        missing.join(" ")
+    );
+    let sudo: &[&str] = if unsafe { libc::geteuid() } == 0 {
+        &[]
+    } else {
+        &["sudo"]
+    };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    sh(&mut apt(&["update", "-q"]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter());
+    sh(&mut apt(&args))
+}
