@@ -1,27 +1,5 @@
-pub mod lab {
-    pub struct LabSpec;
-    impl Default for LabSpec {
-        fn default() -> Self {
-            LabSpec
-        }
-    }
-    pub struct Lab;
-    impl Lab {
-        pub fn up(_: &LabSpec) -> anyhow::Result<Lab> {
-            anyhow::bail!("todo")
-        }
-        pub fn describe(&self) -> String {
-            String::new()
-        }
-        pub fn id(&self) -> &str {
-            ""
-        }
-        pub fn keep(self) {}
-    }
-    pub fn down(_: Option<&str>) -> anyhow::Result<Vec<String>> {
-        Ok(vec![])
-    }
-    pub fn status() -> anyhow::Result<String> {
-        Ok(String::new())
-    }
-}
+//! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks.
+
+pub mod agent;
+pub mod lab;
+pub mod net;

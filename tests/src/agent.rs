@@ -1,0 +1,138 @@
+//! Running the real agent binary on lab nodes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::lab::{command_in, Lab};
+
+/// The agent binary of this build (`target/<profile>/egress-agent`), or `EGRESS_AGENT_BIN`.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("egress-agent")
+}
+
+/// An agent process on one lab node; killed on drop.
+pub struct Agent {
+    pub node: String,
+    pub ns: String,
+    pub pin_root: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `egress-agent run` on `node` with `config`, pinning under the lab's directory.
+    pub fn start(lab: &Lab, node: &str, config: &Path) -> Result<Agent> {
+        let n = lab.node(node);
+        let pin_root = lab.pin_root(node);
+        let log = lab.dir().join(format!("agent-{node}.log"));
+        let mut a = Agent {
+            node: node.to_owned(),
+            ns: n.ns.clone(),
+            pin_root,
+            config: config.to_owned(),
+            child: None,
+            log,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = agent_binary();
+        if !bin.exists() {
+            bail!(
+                "agent binary {} not found: build it with `cargo build -p egress-agent`",
+                bin.display()
+            );
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = command_in(&self.ns, &bin)?
+            .args(["run", "--node", &self.node, "--interval-ms", "100"])
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no clean-up of any kind, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again (after `kill`).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `egress-agent inspect <what> --json` against this agent's pins.
+    pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
+        let out = std::process::Command::new(agent_binary())
+            .args(["inspect", what, "--json", "--pin-root"])
+            .arg(&self.pin_root)
+            .output()?;
+        if !out.status.success() {
+            bail!("inspect {what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until the agent has programmed `n` local endpoints.
+    pub fn wait_endpoints(&self, n: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(v) = self.inspect("endpoints") {
+                if v.as_array().map_or(0, |a| a.len()) >= n {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "agent on {} did not program {n} endpoints in {timeout:?}; log:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
