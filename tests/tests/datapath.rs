@@ -1,0 +1,151 @@
+//! End to end: the real agent on every lab node, the real VXLAN tunnel and tc programs, real
+//! TCP, UDP and ICMP between pods and the internet host.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use egress_tests::{
+    agent::Agent,
+    lab::{exec, require_root, Lab, LabSpec, EXTRA_EGRESS_IP, INTERNET_HOST},
+    net::{eventually, tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
+};
+
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+/// Writes the agents' configuration: `selected` pods use the "mail" policy through the
+/// gateway node.
+fn write_config(lab: &Lab, selected: &[&str], egress_ip: Option<Ipv4Addr>) -> PathBuf {
+    let mut y = String::from("nodes:\n");
+    for n in lab.nodes() {
+        y += &format!("  - {{ name: {}, ip: {} }}\n", n.name, n.underlay_ip);
+    }
+    y += "policies:\n  - name: mail\n    id: 1\n    gatewayNode: gateway\n";
+    if let Some(ip) = egress_ip {
+        y += &format!("    egressIp: {ip}\n");
+    }
+    y += "    destinationCidrs: [198.51.100.0/24]\npods:\n";
+    for p in lab.pods() {
+        y += &format!("  - {{ name: {}, ip: {}, node: {}", p.name, p.ip, p.node);
+        if selected.contains(&p.name.as_str()) {
+            y += ", policy: mail";
+        }
+        y += " }\n";
+    }
+    let path = lab.dir().join("agent.yaml");
+    std::fs::write(&path, y).expect("write config");
+    path
+}
+
+fn start_agents(lab: &Lab, config: &PathBuf) -> Vec<Agent> {
+    let agents: Vec<Agent> = lab
+        .nodes()
+        .iter()
+        .map(|n| Agent::start(lab, &n.name, config).expect("start agent"))
+        .collect();
+    for a in &agents {
+        let pods = lab.pods().iter().filter(|p| p.node == a.node).count();
+        a.wait_endpoints(pods, Duration::from_secs(20))
+            .expect("agent programs its pods");
+    }
+    agents
+}
+
+/// The source address the internet host sees for a TCP connection from `pod`.
+fn tcp_source(lab: &Lab, server: &TcpEcho, pod: &str) -> IpAddr {
+    let echo = tcp_roundtrip(&lab.pod(pod).ns, server.addr, b"MAIL FROM:<a@example.org>")
+        .unwrap_or_else(|e| panic!("{pod}: tcp: {e}"));
+    assert_eq!(echo, b"MAIL FROM:<a@example.org>");
+    server.next_peer().ip()
+}
+
+fn udp_source(lab: &Lab, server: &UdpEcho, pod: &str) -> IpAddr {
+    let echo = udp_roundtrip(&lab.pod(pod).ns, server.addr, b"dns?")
+        .unwrap_or_else(|e| panic!("{pod}: udp: {e}"));
+    assert_eq!(echo, b"dns?");
+    server.next_peer().ip()
+}
+
+fn check_egress(spec: LabSpec) {
+    require_root();
+    let lab = Lab::up(&spec).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], None);
+    let agents = start_agents(&lab, &cfg);
+    let inet = &lab.internet().ns;
+    let tcp = TcpEcho::start(inet, INTERNET_HOST, 25);
+    let udp = UdpEcho::start(inet, INTERNET_HOST, 53);
+    let gw = IpAddr::V4(GATEWAY_IP);
+    for pod in ["pod-worker1-0", "pod-gateway-0"] {
+        assert_eq!(tcp_source(&lab, &tcp, pod), gw, "{pod} TCP leaves with the egress IP");
+        assert_eq!(udp_source(&lab, &udp, pod), gw, "{pod} UDP leaves with the egress IP");
+        exec(&lab.pod(pod).ns, &["ping", "-c", "2", "-W", "2", "198.51.100.10"])
+            .unwrap_or_else(|e| panic!("{pod}: ping: {e}"));
+    }
+    // The unselected pod keeps its normal path.
+    let w2 = IpAddr::V4(lab.node("worker2").underlay_ip);
+    assert_eq!(tcp_source(&lab, &tcp, "pod-worker2-0"), w2);
+    assert_eq!(udp_source(&lab, &udp, "pod-worker2-0"), w2);
+    // The gateway translated TCP, UDP and ICMP flows of both pods.
+    let nat = agents[0].inspect("nat").expect("inspect nat");
+    let flows = nat.as_array().expect("array");
+    for proto in ["tcp", "udp", "icmp"] {
+        for pod in ["10.244.1.2", "10.244.0.2"] {
+            assert!(
+                flows.iter().any(|f| f["proto"] == proto
+                    && f["pod"].as_str().unwrap_or("").starts_with(pod)
+                    && f["egress"].as_str().unwrap_or("").starts_with("192.0.2.10:")),
+                "no {proto} flow of {pod} in {nat:#}"
+            );
+        }
+    }
+}
+
+#[test]
+fn selected_pods_leave_with_the_egress_ip_and_others_do_not() {
+    check_egress(LabSpec::default());
+}
+
+#[test]
+fn egress_works_with_checksum_offloads_off() {
+    check_egress(LabSpec {
+        offloads_off: true,
+        ..Default::default()
+    });
+}
+
+#[test]
+fn extra_address_on_the_uplink_as_egress_ip() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0"], Some(EXTRA_EGRESS_IP));
+    let _agents = start_agents(&lab, &cfg);
+    let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
+    assert_eq!(
+        tcp_source(&lab, &tcp, "pod-worker1-0"),
+        IpAddr::V4(EXTRA_EGRESS_IP)
+    );
+}
+
+#[test]
+fn editing_the_config_moves_a_pod_onto_the_gateway_and_off_again() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &[], None);
+    let _agents = start_agents(&lab, &cfg);
+    let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
+    let w1 = IpAddr::V4(lab.node("worker1").underlay_ip);
+    let gw = IpAddr::V4(GATEWAY_IP);
+    assert_eq!(tcp_source(&lab, &tcp, "pod-worker1-0"), w1);
+    write_config(&lab, &["pod-worker1-0"], None);
+    let moved = eventually(Duration::from_secs(5), || {
+        (tcp_source(&lab, &tcp, "pod-worker1-0") == gw).then_some(())
+    });
+    assert!(moved.is_some(), "pod did not move onto the gateway");
+    write_config(&lab, &[], None);
+    let back = eventually(Duration::from_secs(5), || {
+        (tcp_source(&lab, &tcp, "pod-worker1-0") == w1).then_some(())
+    });
+    assert!(back.is_some(), "pod did not move off the gateway");
+}
