@@ -96,7 +96,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 

@@ -108,7 +108,7 @@ pub fn send_frag_needed(
     if ret != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Redirect);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// Applies `bpf_l4_csum_replace` to the outer ICMP checksum for a 16- or 32-bit change.
@@ -161,7 +161,7 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
         proto,
         _pad: [0; 3],
     };
-    let Some(e) = EGW_NAT4.get_ptr_mut(&key) else {
+    let Some(e) = EGW_NAT4.get_ptr_mut(key) else {
         return Ok(None);
     };
     touch(e, p, true);

@@ -84,23 +84,23 @@ fn wire_l3_len(ctx: &TcContext, p: &Packet4) -> u32 {
 
 fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let Some(ep) = local_endpoint(p.saddr) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     // SAFETY: reading a field of our own context.
     if ep.ifindex != unsafe { (*ctx.skb.skb).ingress_ifindex } {
         return Err(DropReason::Spoofed);
     }
     if ep.flags & EP_F_SELECTED == 0 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let Some(pol) = policy::via_gateway(ep.policy_id, p.daddr) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     policy::check_translatable(&p)?;
     if pol.gateway_ip4 == cfg.node_ip4 {
@@ -133,10 +133,10 @@ fn snat_and_send(
 
 fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let (remote, vni) = tunnel::tunnel_source(ctx)?;
     if EGW_NODES4.get_ptr(remote).is_none() {
@@ -168,25 +168,25 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
 
 fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     if p.is_icmp_error() {
         return match icmp::reverse_icmp_error(ctx, &p)? {
             Some(e) => deliver(ctx, cfg, &p, &e, false),
-            None => Ok(TC_ACT_OK as i32),
+            None => Ok(TC_ACT_OK),
         };
     }
     if p.is_fragment() || (p.proto == IPPROTO_ICMP && p.dport == 0) {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let Some(e) = nat::reverse_lookup(&p) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     if e.flags & NAT_F_REVERSE == 0 {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     nat::rewrite_dst(ctx, &p, e.addr, e.port)?;
     deliver(ctx, cfg, &p, &e, true)

@@ -125,7 +125,7 @@ pub fn snat_mapping(
     policy_id: u32,
 ) -> Result<Mapping, DropReason> {
     let key = p.nat_key();
-    if let Some(e) = EGW_NAT4.get_ptr_mut(&key) {
+    if let Some(e) = EGW_NAT4.get_ptr_mut(key) {
         touch(e, p, false);
         // SAFETY: valid map value pointer.
         let (addr, port) = unsafe { ((*e).addr, (*e).port) };
@@ -133,8 +133,8 @@ pub fn snat_mapping(
             return Ok(Mapping { addr, port });
         }
         // The policy's egress IP changed: the old mapping is stale, start over.
-        let _ = EGW_NAT4.remove(&key.reply_to(addr, port));
-        let _ = EGW_NAT4.remove(&key);
+        let _ = EGW_NAT4.remove(key.reply_to(addr, port));
+        let _ = EGW_NAT4.remove(key);
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let state = next_state(CT_NEW, p, false);
@@ -170,7 +170,7 @@ pub fn snat_mapping(
             policy_id,
             last_seen_ns: now,
         };
-        match EGW_NAT4.insert(&rkey, &rval, BPF_NOEXIST as u64) {
+        match EGW_NAT4.insert(rkey, rval, BPF_NOEXIST as u64) {
             Ok(()) => {}
             Err(e) if e == -EEXIST => continue,
             Err(_) => return Err(DropReason::NatInsertFailed),
@@ -184,15 +184,15 @@ pub fn snat_mapping(
             policy_id,
             last_seen_ns: now,
         };
-        return match EGW_NAT4.insert(&key, &fval, BPF_NOEXIST as u64) {
+        return match EGW_NAT4.insert(key, fval, BPF_NOEXIST as u64) {
             Ok(()) => Ok(Mapping {
                 addr: egress_ip,
                 port,
             }),
             Err(e) => {
-                let _ = EGW_NAT4.remove(&rkey);
+                let _ = EGW_NAT4.remove(rkey);
                 // Another CPU created the flow's mapping first: use it.
-                match (e == -EEXIST).then(|| EGW_NAT4.get_ptr(&key)).flatten() {
+                match (e == -EEXIST).then(|| EGW_NAT4.get_ptr(key)).flatten() {
                     // SAFETY: valid map value pointer.
                     Some(v) => Ok(unsafe {
                         Mapping {
@@ -211,7 +211,7 @@ pub fn snat_mapping(
 /// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value.
 #[inline(always)]
 pub fn reverse_lookup(p: &Packet4) -> Option<NatEntry4> {
-    let e = EGW_NAT4.get_ptr_mut(&p.nat_key())?;
+    let e = EGW_NAT4.get_ptr_mut(p.nat_key())?;
     touch(e, p, true);
     // SAFETY: valid map value pointer.
     Some(unsafe { *e })

@@ -44,7 +44,7 @@ pub fn clamp_mss(ctx: &TcContext, p: &Packet4, max_mss: u16) -> Result<(), DropR
             let new = max_mss.to_be();
             // The checksum sums 16-bit words from the start of the TCP header: a value at an
             // odd offset straddles two words, which equals summing it byte-swapped.
-            let (from, to) = if (off - p.l4_off) % 2 == 0 {
+            let (from, to) = if (off - p.l4_off).is_multiple_of(2) {
                 (raw, new)
             } else {
                 (raw.swap_bytes(), new.swap_bytes())

@@ -62,7 +62,7 @@ pub fn redirect_to_tunnel(
     if ret != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Redirect);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// Sends the packet out of `ifindex`, filling in the L2 header from the kernel's FIB and
@@ -74,5 +74,5 @@ pub fn redirect_neigh(ifindex: u32) -> Result<i32, DropReason> {
     if ret != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Redirect);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }

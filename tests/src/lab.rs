@@ -158,8 +158,8 @@ pub fn exec(ns: &str, args: &[&str]) -> Result<String> {
 /// namespace is kept, so /sys/fs/bpf and the file system stay as they are).
 pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
     use std::os::unix::process::CommandExt;
-    let f = fs::File::open(format!("/run/netns/{ns}"))
-        .with_context(|| format!("namespace {ns}"))?;
+    let f =
+        fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
     let mut c = Command::new(program);
     // SAFETY: setns is async-signal-safe; the fd stays open until exec (owned by the closure).
     unsafe {
@@ -204,7 +204,8 @@ fn new_id() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut r = [0u8; 2];
     // Random bits so that labs of separate processes never collide.
-    let _ = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r));
+    let _ =
+        fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r));
     format!(
         "{:x}{:x}{:02x}{:02x}",
         std::process::id() & 0xfff,
@@ -347,7 +348,13 @@ impl Lab {
         ipn(isp, &["link", "set", &port, "master", "br0", "up"])?;
         ipn(
             &n.ns,
-            &["addr", "add", &format!("{}/24", n.underlay_ip), "dev", "eth0"],
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", n.underlay_ip),
+                "dev",
+                "eth0",
+            ],
         )?;
         ipn(&n.ns, &["link", "set", "eth0", "up"])?;
         ipn(&n.ns, &["route", "add", "default", "via", "192.0.2.1"])?;
@@ -409,11 +416,22 @@ impl Lab {
             ],
         )?;
         ipn(&n.ns, &["route", "add", &format!("{ip}/32"), "dev", &veth])?;
-        ipn(&pod.ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        ipn(
+            &pod.ns,
+            &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+        )?;
         ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
         ipn(
             &pod.ns,
-            &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
+            &[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
         )?;
         ipn(&pod.ns, &["route", "add", "default", "via", "169.254.1.1"])?;
         self.offload_off(&n.ns, &veth)?;
@@ -478,12 +496,14 @@ impl Lab {
         let _ = writeln!(s, "lab {}", self.id);
         let _ = writeln!(
             s,
-            "  {:<10} {:<30} {}",
-            "isp",
-            self.isp.ns,
-            "192.0.2.1 (nodes), 198.51.100.1 (internet)"
+            "  {:<10} {:<30} 192.0.2.1 (nodes), 198.51.100.1 (internet)",
+            "isp", self.isp.ns
         );
-        let _ = writeln!(s, "  {:<10} {:<30} {}", "internet", self.internet.ns, INTERNET_HOST);
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<30} {}",
+            "internet", self.internet.ns, INTERNET_HOST
+        );
         for n in &self.nodes {
             let _ = writeln!(
                 s,

@@ -24,7 +24,9 @@ pub struct TcpEcho {
 impl TcpEcho {
     pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> TcpEcho {
         let addr = SocketAddrV4::new(ip, port);
-        let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind tcp server"));
+        let listener = in_netns(ns, move || {
+            TcpListener::bind(addr).expect("bind tcp server")
+        });
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || {
             for s in listener.incoming() {

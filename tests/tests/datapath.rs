@@ -39,7 +39,7 @@ fn write_config(lab: &Lab, selected: &[&str], egress_ip: Option<Ipv4Addr>) -> Pa
     path
 }
 
-fn start_agents(lab: &Lab, config: &PathBuf) -> Vec<Agent> {
+fn start_agents(lab: &Lab, config: &std::path::Path) -> Vec<Agent> {
     let agents: Vec<Agent> = lab
         .nodes()
         .iter()
@@ -78,10 +78,21 @@ fn check_egress(spec: LabSpec) {
     let udp = UdpEcho::start(inet, INTERNET_HOST, 53);
     let gw = IpAddr::V4(GATEWAY_IP);
     for pod in ["pod-worker1-0", "pod-gateway-0"] {
-        assert_eq!(tcp_source(&lab, &tcp, pod), gw, "{pod} TCP leaves with the egress IP");
-        assert_eq!(udp_source(&lab, &udp, pod), gw, "{pod} UDP leaves with the egress IP");
-        exec(&lab.pod(pod).ns, &["ping", "-c", "2", "-W", "2", "198.51.100.10"])
-            .unwrap_or_else(|e| panic!("{pod}: ping: {e}"));
+        assert_eq!(
+            tcp_source(&lab, &tcp, pod),
+            gw,
+            "{pod} TCP leaves with the egress IP"
+        );
+        assert_eq!(
+            udp_source(&lab, &udp, pod),
+            gw,
+            "{pod} UDP leaves with the egress IP"
+        );
+        exec(
+            &lab.pod(pod).ns,
+            &["ping", "-c", "2", "-W", "2", "198.51.100.10"],
+        )
+        .unwrap_or_else(|e| panic!("{pod}: ping: {e}"));
     }
     // The unselected pod keeps its normal path.
     let w2 = IpAddr::V4(lab.node("worker2").underlay_ip);
@@ -95,7 +106,10 @@ fn check_egress(spec: LabSpec) {
             assert!(
                 flows.iter().any(|f| f["proto"] == proto
                     && f["pod"].as_str().unwrap_or("").starts_with(pod)
-                    && f["egress"].as_str().unwrap_or("").starts_with("192.0.2.10:")),
+                    && f["egress"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("192.0.2.10:")),
                 "no {proto} flow of {pod} in {nat:#}"
             );
         }

@@ -37,7 +37,14 @@ fn pods_on_different_nodes_reach_each_other_unmasqueraded() {
 }
 
 fn netns_list() -> String {
-    String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap()
+    String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
 }
 
 #[test]
