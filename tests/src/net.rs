@@ -133,3 +133,125 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The byte at position `i` of a bulk transfer: a pattern that catches lost, duplicated,
+/// reordered or corrupted bytes.
+pub fn pattern(i: u64) -> u8 {
+    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> 56) as u8 ^ (i as u8)
+}
+
+fn fill(buf: &mut [u8], start: u64) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = pattern(start + k as u64);
+    }
+}
+
+/// Reads exactly `len` bytes and checks them against the pattern; returns the first bad
+/// offset, if any.
+fn verify_stream(s: &mut TcpStream, len: u64) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0u64;
+    while got < len {
+        let want = ((len - got) as usize).min(buf.len());
+        let n = s.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("stream ended after {got} of {len} bytes"),
+            ));
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            if *b != pattern(got + k as u64) {
+                return Ok(Some(got + k as u64));
+            }
+        }
+        got += n as u64;
+    }
+    Ok(None)
+}
+
+fn send_stream(s: &mut TcpStream, len: u64, pace: Option<Duration>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    let mut sent = 0u64;
+    while sent < len {
+        let n = ((len - sent) as usize).min(buf.len());
+        fill(&mut buf[..n], sent);
+        s.write_all(&buf[..n])?;
+        sent += n as u64;
+        if let Some(p) = pace {
+            std::thread::sleep(p);
+        }
+    }
+    Ok(())
+}
+
+/// A bulk-transfer server: each connection sends a 9-byte request `{dir, len}`: dir 0 = the
+/// client uploads `len` pattern bytes (the server verifies and answers `OK` or `BAD`),
+/// dir 1 = the server sends `len` pattern bytes.
+pub struct BulkServer {
+    pub addr: SocketAddrV4,
+    _thread: JoinHandle<()>,
+}
+
+impl BulkServer {
+    pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> BulkServer {
+        let addr = SocketAddrV4::new(ip, port);
+        let listener = in_netns(ns, move || {
+            TcpListener::bind(addr).expect("bind bulk server")
+        });
+        let t = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut req = [0u8; 9];
+                    if s.read_exact(&mut req).is_err() {
+                        return;
+                    }
+                    let len = u64::from_be_bytes(req[1..9].try_into().expect("8 bytes"));
+                    if req[0] == 0 {
+                        let ok = matches!(verify_stream(&mut s, len), Ok(None));
+                        let _ = s.write_all(if ok { b"OK!" } else { b"BAD" });
+                    } else {
+                        let _ = send_stream(&mut s, len, None);
+                    }
+                });
+            }
+        });
+        BulkServer { addr, _thread: t }
+    }
+}
+
+/// Uploads `len` bytes from `ns` (paced by `pace` per 64 KiB if given); `Ok(true)` when the
+/// server received them intact.
+pub fn bulk_upload(
+    ns: &str,
+    to: SocketAddrV4,
+    len: u64,
+    pace: Option<Duration>,
+) -> std::io::Result<bool> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to.into(), TIMEOUT)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut req = [0u8; 9];
+        req[1..].copy_from_slice(&len.to_be_bytes());
+        s.write_all(&req)?;
+        send_stream(&mut s, len, pace)?;
+        let mut ans = [0u8; 3];
+        s.read_exact(&mut ans)?;
+        Ok(&ans == b"OK!")
+    })
+}
+
+/// Downloads `len` bytes into `ns`; `Ok(None)` when they arrived intact, else the first bad
+/// offset.
+pub fn bulk_download(ns: &str, from: SocketAddrV4, len: u64) -> std::io::Result<Option<u64>> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&from.into(), TIMEOUT)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut req = [1u8; 9];
+        req[1..].copy_from_slice(&len.to_be_bytes());
+        s.write_all(&req)?;
+        verify_stream(&mut s, len)
+    })
+}
