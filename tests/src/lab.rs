@@ -35,18 +35,33 @@ pub const PREFIX: &str = "egwlab-";
 /// Lab metadata and bpffs pin directories.
 pub const RUN_DIR: &str = "/run/egress-lab";
 
+/// The isp's address on the node underlay (`br0`), every node's default gateway.
 pub const ISP_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The isp's address towards the internet host.
 pub const ISP_INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The internet host (say, a mail server checking SPF).
 pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The cluster's pod network; node `i` (gateway 0, worker`i`) has `10.244.i.0/24`.
+pub const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 16);
+/// Most workers a lab can have: node addresses run from 192.0.2.10 to .99, below
+/// `EXTRA_EGRESS_IP`.
+pub const MAX_WORKERS: usize = 89;
+/// Most pods per node: 10.244.i.2 to 10.244.i.254.
+pub const MAX_PODS_PER_NODE: usize = 253;
 /// Secondary address on the gateway's uplink, usable as a dedicated egress IP.
 pub const EXTRA_EGRESS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 
-/// What to build.
+/// What to build. `LabSpec::default()`: two workers, one pod per node (`pod-<node>-0`),
+/// MTU 1500 everywhere, the extra egress IP on, offloads left on.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
+    /// Worker nodes besides the gateway node (`worker1`..`workerN`), at most `MAX_WORKERS`.
     pub workers: usize,
+    /// Pods created on every node (gateway included), named `pod-<node>-<k>`.
     pub pods_per_node: usize,
+    /// MTU of both ends of every pod veth.
     pub pod_mtu: u32,
+    /// MTU of the node uplinks (`eth0`) and the isp bridge.
     pub underlay_mtu: u32,
     /// MTU of the isp's internet-side link (lower it to make the isp send frag-needed).
     pub internet_mtu: u32,
@@ -54,6 +69,33 @@ pub struct LabSpec {
     pub extra_egress_ip: bool,
     /// Turn checksum offloads off on every veth, so nothing hides a wrong checksum.
     pub offloads_off: bool,
+}
+
+impl LabSpec {
+    fn validate(&self) -> Result<()> {
+        if self.workers > MAX_WORKERS {
+            bail!(
+                "workers = {}: a lab has at most {MAX_WORKERS}",
+                self.workers
+            );
+        }
+        if self.pods_per_node > MAX_PODS_PER_NODE {
+            bail!(
+                "pods_per_node = {}: a node holds at most {MAX_PODS_PER_NODE}",
+                self.pods_per_node
+            );
+        }
+        for (what, mtu) in [
+            ("pod_mtu", self.pod_mtu),
+            ("underlay_mtu", self.underlay_mtu),
+            ("internet_mtu", self.internet_mtu),
+        ] {
+            if !(576..=65535).contains(&mtu) {
+                bail!("{what} = {mtu}: use 576..=65535");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for LabSpec {
@@ -70,38 +112,58 @@ impl Default for LabSpec {
     }
 }
 
+/// A Kubernetes node: a namespace with an uplink on the underlay, a pod CIDR, host-gw routes
+/// to the other nodes' pod CIDRs and the CNI's masquerade.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// `gateway`, `worker1`, `worker2`, ...
     pub name: String,
+    /// Network namespace (`egwlab-<id>-<name>`).
     pub ns: String,
+    /// 192.0.2.10 for the gateway, 192.0.2.(10 + i) for worker i.
     pub underlay_ip: Ipv4Addr,
+    /// The uplink device inside `ns`: always `eth0`.
     pub uplink: String,
-    /// Pod CIDR 10.244.<index>.0/24.
+    /// 0 for the gateway, i for worker i: the node's pod CIDR is 10.244.<index>.0/24.
     pub index: u8,
 }
 
 impl Node {
+    /// The pod CIDR as text, `10.244.<index>.0/24`.
     pub fn pod_cidr(&self) -> String {
-        format!("10.244.{}.0/24", self.index)
+        let (net, len) = self.pod_net();
+        format!("{net}/{len}")
+    }
+
+    /// The pod CIDR as network address and prefix length.
+    pub fn pod_net(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::new(10, 244, self.index, 0), 24)
     }
 }
 
+/// A pod: a namespace with `eth0` 10.244.<node>.x/32 and a default route via 169.254.1.1,
+/// wired Calico-style to its node.
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub name: String,
+    /// Network namespace (`egwlab-<id>-<name>`).
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// Name of the node it runs on.
     pub node: String,
-    /// Node-side veth.
+    /// Node-side veth (`lxc<n>`, in the node's namespace): proxy ARP on, /32 route to `ip`.
     pub host_veth: String,
 }
 
+/// A namespace that is not a node: the isp router or the internet host.
 #[derive(Clone, Debug)]
 pub struct Host {
     pub ns: String,
+    /// Its main address (the isp: `ISP_UNDERLAY`; the internet host: `INTERNET_HOST`).
     pub ip: Ipv4Addr,
 }
 
+/// A running lab. Dropping it tears everything down (unless `keep` was called).
 pub struct Lab {
     id: String,
     spec: LabSpec,
@@ -118,10 +180,15 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Panics with a clear message unless running as root (for tests).
+/// The message lab tests fail with when they are not root.
+pub const NEED_ROOT: &str = "lab tests need root (CAP_NET_ADMIN): run as root \
+     (the datapath tests also need CAP_BPF)";
+
+/// Panics with a clear message unless running as root. Lab tests call this first: without
+/// root they fail, they never pass silently.
 pub fn require_root() {
     if !is_root() {
-        panic!("lab tests need root (CAP_NET_ADMIN, CAP_BPF): run them as root");
+        panic!("{NEED_ROOT}");
     }
 }
 
@@ -178,19 +245,27 @@ pub fn spawn(ns: &str, args: &[&str]) -> Result<Child> {
     Ok(command_in(ns, args[0])?.args(&args[1..]).spawn()?)
 }
 
-/// Runs `f` on a new thread inside namespace `ns`: sockets it creates live there.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on a fresh thread that entered namespace `ns` (`setns(CLONE_NEWNET)` on
+/// `/run/netns/<ns>`), and returns its result. Sockets created in `f` live in `ns` for their
+/// whole life, also when they are handed back and used from other threads. A panic in `f`
+/// is propagated; failing to enter the namespace panics.
+///
+/// `f` may borrow from the caller (the thread is scoped), so it need not be `'static`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on this thread only (CLONE_NEWNET affects the calling thread).
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on this thread only (CLONE_NEWNET affects the calling thread).
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    panic!("setns {path}: {}", std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 fn sysctl(ns: &str, kv: &[&str]) -> Result<()> {
@@ -216,11 +291,13 @@ fn new_id() -> String {
 }
 
 impl Lab {
-    /// Builds a lab. Fails with a clear message when not root.
+    /// Builds a lab. Fails with a clear message when not root or when the spec is out of
+    /// range; whatever was built before an error is removed again.
     pub fn up(spec: &LabSpec) -> Result<Lab> {
         if !is_root() {
             bail!("the lab needs root (CAP_NET_ADMIN): run as root");
         }
+        spec.validate()?;
         let id = new_id();
         let ns = |role: &str| format!("{PREFIX}{id}-{role}");
         let mut lab = Lab {
@@ -384,16 +461,34 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a pod to a node; returns it.
+    /// Adds a pod to `node` (next free address of its pod CIDR, node veth `lxc<n>`) and
+    /// returns a copy of it. Fails on an unknown node, a full node, or a name that is taken
+    /// (pod, node, `isp` or `inet`) or unusable as a namespace name.
     pub fn add_pod(&mut self, node: &str, name: &str) -> Result<Pod> {
-        let n = self.node(node).clone();
+        let Some(n) = self.nodes.iter().find(|n| n.name == node).cloned() else {
+            bail!("lab {}: no node {node} to add pod {name} to", self.id);
+        };
+        let ns = format!("{PREFIX}{}-{name}", self.id);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            bail!("pod name {name:?}: use letters, digits, '-', '_' and '.'");
+        }
+        if self.namespaces().contains(&ns) {
+            bail!("lab {}: the name {name} is taken", self.id);
+        }
         let count = self.pods.iter().filter(|p| p.node == node).count();
+        if count >= MAX_PODS_PER_NODE {
+            bail!("node {node} is full ({MAX_PODS_PER_NODE} pods)");
+        }
         let ip = Ipv4Addr::new(10, 244, n.index, 2 + count as u8);
         self.next_veth += 1;
         let veth = format!("lxc{}", self.next_veth);
         let pod = Pod {
             name: name.to_owned(),
-            ns: format!("{PREFIX}{}-{name}", self.id),
+            ns,
             ip,
             node: node.to_owned(),
             host_veth: veth.clone(),
@@ -441,38 +536,55 @@ impl Lab {
         Ok(pod)
     }
 
+    /// The lab's id: its namespaces are `egwlab-<id>-<role>`.
     pub fn id(&self) -> &str {
         &self.id
     }
     pub fn spec(&self) -> &LabSpec {
         &self.spec
     }
+    /// All nodes, the gateway node first.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
+    /// The node called `name`; panics if there is none.
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name} in lab {}", self.id))
     }
+    /// The gateway node (192.0.2.10).
     pub fn gateway(&self) -> &Node {
         &self.nodes[0]
     }
     pub fn pods(&self) -> &[Pod] {
         &self.pods
     }
+    /// The pod called `name`; panics if there is none.
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no pod {name} in lab {}", self.id))
     }
+    /// The internet host, `INTERNET_HOST`.
     pub fn internet(&self) -> &Host {
         &self.internet
     }
+    /// The router between the underlay and the internet.
     pub fn isp(&self) -> &Host {
         &self.isp
+    }
+
+    /// Every namespace of this lab: isp, internet host, nodes, pods.
+    pub fn namespaces(&self) -> Vec<String> {
+        [&self.isp.ns, &self.internet.ns]
+            .into_iter()
+            .chain(self.nodes.iter().map(|n| &n.ns))
+            .chain(self.pods.iter().map(|p| &p.ns))
+            .cloned()
+            .collect()
     }
 
     /// This lab's directory: metadata, and where agents pin (`bpf/<node>`).
@@ -485,8 +597,27 @@ impl Lab {
         self.dir().join("bpf").join(node)
     }
 
+    /// Writes `describe.txt` (for `status`) and `lab.json` (for tools) into `dir()`.
     fn write_meta(&self) -> Result<()> {
+        let json = serde_json::json!({
+            "id": self.id,
+            "namespaces": self.namespaces(),
+            "isp": { "ns": self.isp.ns, "underlay_ip": ISP_UNDERLAY, "internet_ip": ISP_INTERNET },
+            "internet": { "ns": self.internet.ns, "ip": self.internet.ip },
+            "extra_egress_ip": self.spec.extra_egress_ip.then_some(EXTRA_EGRESS_IP),
+            "nodes": self.nodes.iter().map(|n| serde_json::json!({
+                "name": n.name, "ns": n.ns, "underlay_ip": n.underlay_ip,
+                "uplink": n.uplink, "pod_cidr": n.pod_cidr(),
+            })).collect::<Vec<_>>(),
+            "pods": self.pods.iter().map(|p| serde_json::json!({
+                "name": p.name, "ns": p.ns, "ip": p.ip, "node": p.node, "host_veth": p.host_veth,
+            })).collect::<Vec<_>>(),
+        });
         fs::write(self.dir().join("describe.txt"), self.describe())?;
+        fs::write(
+            self.dir().join("lab.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
         Ok(())
     }
 
@@ -513,6 +644,14 @@ impl Lab {
                 n.underlay_ip,
                 n.uplink,
                 n.pod_cidr()
+            );
+        }
+        if self.spec.extra_egress_ip {
+            let _ = writeln!(
+                s,
+                "  {:<10} {:<30} {EXTRA_EGRESS_IP} (secondary on the gateway's uplink)",
+                "egress ip",
+                self.gateway().ns
             );
         }
         for p in &self.pods {
@@ -588,26 +727,47 @@ fn remove_dir_with_mounts(dir: &Path) {
     let _ = fs::remove_dir_all(dir);
 }
 
-/// Removes one lab (by id) or all labs: kills their processes, deletes their namespaces,
-/// unmounts their pin directories. Returns the namespaces removed.
+/// Removes one lab (by id) or every lab: kills the processes left in their namespaces
+/// (agents, servers), deletes the namespaces, unmounts and removes their directories under
+/// `RUN_DIR`. Namespaces are found by name prefix, so this also works after a crash that
+/// lost the metadata; whatever is already gone is skipped. Returns the namespaces removed,
+/// and fails only if some of them could not be deleted.
 pub fn down(id: Option<&str>) -> Result<Vec<String>> {
+    if let Some(id) = id {
+        if id.is_empty() || id.contains(['-', '/']) {
+            bail!("{id:?} is not a lab id (see `status`)");
+        }
+    }
     let nss = lab_namespaces(id)?;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
     for ns in &nss {
         if let Ok(pids) = ip(&["netns", "pids", ns]) {
-            for pid in pids.split_whitespace() {
-                if let Ok(p) = pid.parse::<i32>() {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                if pid != me && pid > 1 {
+                    // SAFETY: plain syscall; a pid that is already gone only yields ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
         }
     }
+    let mut failed = Vec::new();
     for ns in &nss {
-        let _ = ip(&["netns", "delete", ns]);
+        if let Err(e) = ip(&["netns", "delete", ns]) {
+            if Path::new("/run/netns").join(ns).exists() {
+                failed.push(format!("{ns}: {e:#}"));
+            }
+        }
     }
     match id {
         Some(id) => remove_dir_with_mounts(&Path::new(RUN_DIR).join(id)),
         None => remove_dir_with_mounts(Path::new(RUN_DIR)),
+    }
+    if !failed.is_empty() {
+        bail!("could not delete: {}", failed.join("; "));
     }
     Ok(nss)
 }
@@ -620,7 +780,16 @@ pub fn status() -> Result<String> {
         .filter_map(|n| n.strip_prefix(PREFIX)?.split('-').next().map(str::to_owned))
         .collect();
     ids.dedup();
-    if ids.is_empty() {
+    // Directories of labs whose namespaces are gone (a half-finished teardown).
+    let mut stale: Vec<String> = fs::read_dir(RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|d| !ids.contains(d))
+        .collect();
+    stale.sort();
+    if ids.is_empty() && stale.is_empty() {
         return Ok("no lab is up\n".into());
     }
     let mut s = String::new();
@@ -635,6 +804,12 @@ pub fn status() -> Result<String> {
             }
         }
         s.push('\n');
+    }
+    for id in stale {
+        let _ = writeln!(
+            s,
+            "lab {id}: no namespaces left, only {RUN_DIR}/{id} (remove it with `down {id}`)\n"
+        );
     }
     Ok(s)
 }

@@ -255,3 +255,16 @@ pub fn bulk_download(ns: &str, from: SocketAddrV4, len: u64) -> std::io::Result<
         verify_stream(&mut s, len)
     })
 }
+
+/// Sends a datagram from `ns` to a port nothing listens on and returns the error the
+/// connected socket reports (ECONNREFUSED when the ICMP port-unreachable came back).
+pub fn udp_error(ns: &str, to: SocketAddrV4) -> Option<std::io::ErrorKind> {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.connect(to).ok()?;
+        s.send(b"anyone?").ok()?;
+        let mut buf = [0u8; 64];
+        s.recv(&mut buf).err().map(|e| e.kind())
+    })
+}

@@ -11,8 +11,8 @@ use egress_tests::{
     agent::Agent,
     lab::{exec, require_root, Lab, LabSpec, EXTRA_EGRESS_IP, INTERNET_HOST},
     net::{
-        bulk_download, bulk_upload, eventually, tcp_roundtrip, udp_roundtrip, BulkServer, TcpEcho,
-        UdpEcho,
+        bulk_download, bulk_upload, eventually, tcp_roundtrip, udp_error, udp_roundtrip,
+        BulkServer, TcpEcho, UdpEcho,
     },
 };
 
@@ -116,6 +116,16 @@ fn check_egress(spec: LabSpec) {
                 "no {proto} flow of {pod} in {nat:#}"
             );
         }
+    }
+    // The pinned maps carry BTF: bpftool prints field names.
+    let dump = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(agents[0].pin_root.join("maps/EGW_NAT4"))
+        .output()
+        .expect("bpftool");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    for field in ["\"saddr\"", "\"last_seen_ns\"", "\"node_ip4\""] {
+        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
     }
 }
 
@@ -223,4 +233,30 @@ fn a_transfer_survives_sigkill_and_restart_of_every_agent() {
             a.node
         );
     }
+}
+
+#[test]
+fn port_unreachable_from_the_internet_reaches_the_pod() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], None);
+    let agents = start_agents(&lab, &cfg);
+    let closed = std::net::SocketAddrV4::new(INTERNET_HOST, 9);
+    for pod in ["pod-worker1-0", "pod-gateway-0"] {
+        assert_eq!(
+            udp_error(&lab.pod(pod).ns, closed),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "{pod}: the reverse-translated ICMP error reaches the socket"
+        );
+    }
+    // Both datagrams went through the gateway's NAT (so the ICMP errors came back through
+    // its reverse translation, not through a node's masquerade).
+    let nat = agents[0].inspect("nat").expect("inspect nat");
+    let to_port_9 = nat
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["proto"] == "udp" && f["remote"] == "198.51.100.10:9")
+        .count();
+    assert_eq!(to_port_9, 2, "{nat:#}");
 }
