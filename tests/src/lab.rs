@@ -240,9 +240,16 @@ pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Comm
     Ok(c)
 }
 
-/// Starts a process inside a namespace.
+/// Starts `args` (program and arguments) inside namespace `ns`, network namespace only (see
+/// `command_in`). `down` and the lab's teardown kill whatever is still running there.
 pub fn spawn(ns: &str, args: &[&str]) -> Result<Child> {
-    Ok(command_in(ns, args[0])?.args(&args[1..]).spawn()?)
+    let Some((program, rest)) = args.split_first() else {
+        bail!("spawn in {ns}: no command given");
+    };
+    command_in(ns, program)?
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("starting {args:?} in {ns}"))
 }
 
 /// Runs `f` on a fresh thread that entered namespace `ns` (`setns(CLONE_NEWNET)` on
