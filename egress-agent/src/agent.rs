@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -287,6 +286,5 @@ async fn reconcile(
         maps.del_policy(&policy_key(*id, net.network(), net.prefix_len()))?;
         changes += 1;
     }
-    let _: Option<Ipv4Addr> = None;
     Ok(changes)
 }

@@ -85,6 +85,11 @@ pub enum DatapathError {
     },
 }
 
+/// Wraps a map error with the map's name.
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
 /// Map sizes (max entries) the agent may override.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -351,22 +356,15 @@ impl Datapath {
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError> {
         let name = map_names::CONFIG;
-        let mut m: Array<&mut MapData, Config> = self
-            .map_mut(name)?
-            .try_into()
-            .map_err(|source| DatapathError::Map { name, source })?;
-        m.set(0, cfg, 0)
-            .map_err(|source| DatapathError::Map { name, source })
+        let mut m: Array<&mut MapData, Config> =
+            self.map_mut(name)?.try_into().map_err(map_err(name))?;
+        m.set(0, cfg, 0).map_err(map_err(name))
     }
 
     pub fn config(&self) -> Result<Config, DatapathError> {
         let name = map_names::CONFIG;
-        let m: Array<&MapData, Config> = self
-            .map(name)?
-            .try_into()
-            .map_err(|source| DatapathError::Map { name, source })?;
-        m.get(&0, 0)
-            .map_err(|source| DatapathError::Map { name, source })
+        let m: Array<&MapData, Config> = self.map(name)?.try_into().map_err(map_err(name))?;
+        m.get(&0, 0).map_err(map_err(name))
     }
 
     pub fn maps(&mut self) -> Maps<'_> {
@@ -387,14 +385,10 @@ impl Datapath {
 /// Sums per-CPU drop counters of a drop map.
 pub fn read_drops(map: &Map) -> Result<BTreeMap<&'static str, u64>, DatapathError> {
     let name = map_names::DROPS;
-    let m: PerCpuArray<&MapData, u64> = map
-        .try_into()
-        .map_err(|source| DatapathError::Map { name, source })?;
+    let m: PerCpuArray<&MapData, u64> = map.try_into().map_err(map_err(name))?;
     let mut out = BTreeMap::new();
     for r in DropReason::ALL {
-        let v = m
-            .get(&r.index(), 0)
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let v = m.get(&r.index(), 0).map_err(map_err(name))?;
         out.insert(r.name(), v.iter().sum());
     }
     Ok(out)
@@ -403,14 +397,10 @@ pub fn read_drops(map: &Map) -> Result<BTreeMap<&'static str, u64>, DatapathErro
 /// Sums per-CPU policy counters of a stats map.
 pub fn read_policy_stats(map: &Map) -> Result<BTreeMap<u32, PolicyStats>, DatapathError> {
     let name = map_names::POLICY_STATS;
-    let m: PerCpuArray<&MapData, PolicyStats> = map
-        .try_into()
-        .map_err(|source| DatapathError::Map { name, source })?;
+    let m: PerCpuArray<&MapData, PolicyStats> = map.try_into().map_err(map_err(name))?;
     let mut out = BTreeMap::new();
     for id in 0..MAX_POLICIES {
-        let v = m
-            .get(&id, 0)
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let v = m.get(&id, 0).map_err(map_err(name))?;
         let mut s = PolicyStats::default();
         for c in v.iter() {
             s.tx_packets += c.tx_packets;
@@ -445,22 +435,15 @@ macro_rules! hash_map_ops {
     ($put:ident, $del:ident, $list:ident, $name:expr, $k:ty, $v:ty) => {
         pub fn $put(&mut self, key: $k, value: $v) -> Result<(), DatapathError> {
             let name = $name;
-            let mut m: HashMap<&mut MapData, $k, $v> = self
-                .dp
-                .map_mut(name)?
-                .try_into()
-                .map_err(|source| DatapathError::Map { name, source })?;
-            m.insert(key, value, 0)
-                .map_err(|source| DatapathError::Map { name, source })
+            let mut m: HashMap<&mut MapData, $k, $v> =
+                self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
+            m.insert(key, value, 0).map_err(map_err(name))
         }
 
         pub fn $del(&mut self, key: $k) -> Result<(), DatapathError> {
             let name = $name;
-            let mut m: HashMap<&mut MapData, $k, $v> = self
-                .dp
-                .map_mut(name)?
-                .try_into()
-                .map_err(|source| DatapathError::Map { name, source })?;
+            let mut m: HashMap<&mut MapData, $k, $v> =
+                self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
             match m.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
                 Err(source) => Err(DatapathError::Map { name, source }),
@@ -469,14 +452,11 @@ macro_rules! hash_map_ops {
 
         pub fn $list(&mut self) -> Result<Vec<($k, $v)>, DatapathError> {
             let name = $name;
-            let m: HashMap<&MapData, $k, $v> = self
-                .dp
-                .map(name)?
-                .try_into()
-                .map_err(|source| DatapathError::Map { name, source })?;
+            let m: HashMap<&MapData, $k, $v> =
+                self.dp.map(name)?.try_into().map_err(map_err(name))?;
             m.iter()
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| DatapathError::Map { name, source })
+                .map_err(map_err(name))
         }
     };
 }
@@ -514,22 +494,15 @@ impl Maps<'_> {
         value: PolicyValue,
     ) -> Result<(), DatapathError> {
         let name = map_names::POLICY4;
-        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> = self
-            .dp
-            .map_mut(name)?
-            .try_into()
-            .map_err(|source| DatapathError::Map { name, source })?;
-        m.insert(key, value, 0)
-            .map_err(|source| DatapathError::Map { name, source })
+        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> =
+            self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
+        m.insert(key, value, 0).map_err(map_err(name))
     }
 
     pub fn del_policy(&mut self, key: &Key<PolicyKey4>) -> Result<(), DatapathError> {
         let name = map_names::POLICY4;
-        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> = self
-            .dp
-            .map_mut(name)?
-            .try_into()
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> =
+            self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
         match m.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Map { name, source }),
@@ -538,13 +511,10 @@ impl Maps<'_> {
 
     pub fn policies(&mut self) -> Result<Vec<(Key<PolicyKey4>, PolicyValue)>, DatapathError> {
         let name = map_names::POLICY4;
-        let m: LpmTrie<&MapData, PolicyKey4, PolicyValue> = self
-            .dp
-            .map(name)?
-            .try_into()
-            .map_err(|source| DatapathError::Map { name, source })?;
+        let m: LpmTrie<&MapData, PolicyKey4, PolicyValue> =
+            self.dp.map(name)?.try_into().map_err(map_err(name))?;
         m.iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DatapathError::Map { name, source })
+            .map_err(map_err(name))
     }
 }

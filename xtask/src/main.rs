@@ -108,22 +108,20 @@ fn nightly_cargo() -> Command {
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
 
+/// `cargo +nightly <subcommand>` of the eBPF crate for the bpf target, with BTF.
+fn bpf_cargo(subcommand: &str) -> Command {
+    let mut c = nightly_cargo();
+    c.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        BPF_RUSTFLAGS.replace(' ', "\x1f"),
+    )
+    .args([subcommand, "-p", "egress-ebpf", "--target", BPF_TARGET])
+    .args(["-Z", "build-std=core", "--release"]);
+    c
+}
+
 fn build_ebpf() -> Result<()> {
-    sh(nightly_cargo()
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            BPF_RUSTFLAGS.replace(' ', "\x1f"),
-        )
-        .args([
-            "build",
-            "-p",
-            "egress-ebpf",
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--release",
-        ]))?;
+    sh(&mut bpf_cargo("build"))?;
     let obj = root()
         .join("target")
         .join(BPF_TARGET)
@@ -140,24 +138,7 @@ fn test(filter: Option<String>) -> Result<()> {
     println!("xtask: clippy (userspace)");
     sh(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     println!("xtask: clippy (bpf target)");
-    sh(nightly_cargo()
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            BPF_RUSTFLAGS.replace(' ', "\x1f"),
-        )
-        .args([
-            "clippy",
-            "-p",
-            "egress-ebpf",
-            "--target",
-            BPF_TARGET,
-            "-Z",
-            "build-std=core",
-            "--release",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+    sh(bpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
