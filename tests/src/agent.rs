@@ -65,7 +65,15 @@ impl Agent {
             .append(true)
             .open(&self.log)?;
         let child = command_in(&self.ns, &bin)?
-            .args(["run", "--node", &self.node, "--interval-ms", "100"])
+            .args([
+                "run",
+                "--node",
+                &self.node,
+                "--interval-ms",
+                "100",
+                "--gc-interval-s",
+                "1",
+            ])
             .arg("--config")
             .arg(&self.config)
             .arg("--pin-root")

@@ -57,6 +57,28 @@ impl TcpEcho {
             .recv_timeout(TIMEOUT)
             .expect("no connection reached the server")
     }
+
+    /// The peer addresses of the connections accepted so far and not yet taken.
+    pub fn peers_so_far(&self) -> Vec<SocketAddr> {
+        self.peers.try_iter().collect()
+    }
+}
+
+/// Opens a TCP connection from `ns` with the source address and port `from` (bound before
+/// connecting, as a client that picks its own port does).
+pub fn tcp_connect_from(
+    ns: &str,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+) -> std::io::Result<TcpStream> {
+    in_netns(ns, move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::from(from).into())?;
+        s.connect_timeout(&SocketAddr::from(to).into(), TIMEOUT)?;
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(TIMEOUT))?;
+        Ok(s)
+    })
 }
 
 /// Connects from namespace `ns`, sends `msg`, and returns the echo.
@@ -102,6 +124,11 @@ impl UdpEcho {
         self.peers
             .recv_timeout(TIMEOUT)
             .expect("no datagram reached the server")
+    }
+
+    /// The source of the next datagram, if one arrives within `wait`.
+    pub fn peer_within(&self, wait: Duration) -> Option<SocketAddr> {
+        self.peers.recv_timeout(wait).ok()
     }
 }
 
