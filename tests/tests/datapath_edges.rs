@@ -545,4 +545,16 @@ fn a_full_nat_table_evicts_and_keeps_translating() {
     let n = nat_flows(&agents["gateway"]).len();
     assert!(n <= 64, "{n} flows in a 64-entry table");
     assert_eq!(drops(&agents["gateway"], "nat_exhausted"), 0);
+
+    // Point 10: per-policy counters. Each flow was one datagram out and one back, 46 bytes
+    // as the programs see them (Ethernet + IPv4 + UDP + 4 bytes): sent into the tunnel and
+    // delivered from it on the worker, translated both ways on the gateway.
+    for node in ["worker1", "gateway"] {
+        let c = agents[node].inspect("counters").expect("counters");
+        let p = &c["policies"][POLICY_ID.to_string()];
+        for dir in ["tx", "rx"] {
+            assert_eq!(p[format!("{dir}_packets")], 300, "{node} {dir}: {c:#}");
+            assert_eq!(p[format!("{dir}_bytes")], 300 * 46, "{node} {dir}: {c:#}");
+        }
+    }
 }
