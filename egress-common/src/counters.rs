@@ -48,12 +48,15 @@ pub enum DropReason {
     Rewrite = 139,
     /// A policy names a gateway but its egress configuration is missing.
     NoGatewayConfig = 140,
+    /// TTL expired on a hop the programs route (the source node answers with ICMP
+    /// time-exceeded; the gateway only counts).
+    TtlExceeded = 141,
 }
 
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons (size of the drop counter array).
-pub const DROP_REASON_COUNT: u32 = 13;
+pub const DROP_REASON_COUNT: u32 = 14;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASON_COUNT as usize] = [
@@ -70,6 +73,7 @@ impl DropReason {
         DropReason::UnsupportedProtocol,
         DropReason::Rewrite,
         DropReason::NoGatewayConfig,
+        DropReason::TtlExceeded,
     ];
 
     /// Index into the drop counter array.
@@ -94,6 +98,7 @@ impl DropReason {
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::Rewrite => "rewrite",
             DropReason::NoGatewayConfig => "no_gateway_config",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }

@@ -17,9 +17,9 @@ use crate::{
     maps::EGW_NAT4,
     nat::touch,
     parse::{
-        load_exact, Packet4, ETH_HLEN, ICMP_CSUM, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_FRAG_NEEDED,
-        ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, TCP_CSUM,
-        UDP_CSUM,
+        load_exact, Packet4, ETH_HLEN, ICMP_CSUM, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_EXC_TTL,
+        ICMP_FRAG_NEEDED, ICMP_ID, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IP_CSUM_OFF, IP_DST_OFF, IP_OFF, TCP_CSUM, UDP_CSUM,
     },
 };
 
@@ -57,8 +57,85 @@ pub fn send_frag_needed(
     p: &Packet4,
     mtu: u32,
 ) -> Result<i32, DropReason> {
+    send_error(
+        ctx,
+        cfg,
+        p,
+        ICMP_DEST_UNREACH,
+        ICMP_FRAG_NEEDED,
+        mtu as u16,
+        DropReason::FragNeeded,
+    )
+}
+
+/// As `send_frag_needed`, an ICMP "time exceeded in transit" for a packet whose TTL ran out
+/// on this hop.
+#[inline(always)]
+pub fn send_time_exceeded(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<i32, DropReason> {
+    send_error(
+        ctx,
+        cfg,
+        p,
+        ICMP_TIME_EXCEEDED,
+        ICMP_EXC_TTL,
+        0,
+        DropReason::TtlExceeded,
+    )
+}
+
+/// Turns the packet into an ICMP "time exceeded in transit" from this node to its sender; the
+/// caller sends it (the gateway: back through the tunnel).
+#[inline(always)]
+pub fn make_time_exceeded(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<(), DropReason> {
+    make_error(
+        ctx,
+        cfg,
+        p,
+        ICMP_TIME_EXCEEDED,
+        ICMP_EXC_TTL,
+        0,
+        DropReason::TtlExceeded,
+    )
+}
+
+/// Turns the packet into the ICMP error `typ`/`code` (`mtu`: the next-hop MTU field, 0 if
+/// unused) back to its sender, out of the interface it came in on. `reason` is the drop
+/// reason when no error can be sent.
+#[inline(always)]
+fn send_error(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    typ: u8,
+    code: u8,
+    mtu: u16,
+    reason: DropReason,
+) -> Result<i32, DropReason> {
+    make_error(ctx, cfg, p, typ, code, mtu, reason)?;
+    // SAFETY: reading a field of our own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain helper call.
+    let ret = unsafe { bpf_redirect(ifindex, 0) };
+    if ret != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::Redirect);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
+
+/// Rewrites the packet in place into the ICMP error (see `send_error`), Ethernet addresses
+/// swapped.
+#[inline(always)]
+fn make_error(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    typ: u8,
+    code: u8,
+    mtu: u16,
+    reason: DropReason,
+) -> Result<(), DropReason> {
     if p.l4_off != IP_OFF + IP_HLEN || p.is_icmp_error() {
-        return Err(DropReason::FragNeeded);
+        return Err(reason);
     }
     let mut macs = [0u8; 12];
     load_exact(ctx, 0, &mut macs)?;
@@ -79,9 +156,9 @@ pub fn send_frag_needed(
     let ip_check = checksum(&b, 0, IP_HLEN);
     b[10..12].copy_from_slice(&ip_check.to_ne_bytes());
 
-    b[IP_HLEN] = ICMP_DEST_UNREACH;
-    b[IP_HLEN + 1] = ICMP_FRAG_NEEDED;
-    b[IP_HLEN + 6..IP_HLEN + 8].copy_from_slice(&(mtu as u16).to_be_bytes());
+    b[IP_HLEN] = typ;
+    b[IP_HLEN + 1] = code;
+    b[IP_HLEN + 6..IP_HLEN + 8].copy_from_slice(&mtu.to_be_bytes());
     let icmp_check = checksum(&b, IP_HLEN, IP_HLEN + ICMP_HLEN + QUOTE_LEN);
     b[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&icmp_check.to_ne_bytes());
 
@@ -94,21 +171,13 @@ pub fn send_frag_needed(
         )
     };
     if ret != 0 {
-        return Err(DropReason::FragNeeded);
+        return Err(reason);
     }
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&macs[6..]);
     eth[6..].copy_from_slice(&macs[..6]);
     ctx.store(0, &eth, 0).map_err(|_| DropReason::Rewrite)?;
-    ctx.store(IP_OFF, &b, 0).map_err(|_| DropReason::Rewrite)?;
-    // SAFETY: reading a field of our own context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: plain helper call.
-    let ret = unsafe { bpf_redirect(ifindex, 0) };
-    if ret != i64::from(TC_ACT_REDIRECT) {
-        return Err(DropReason::Redirect);
-    }
-    Ok(TC_ACT_REDIRECT)
+    ctx.store(IP_OFF, &b, 0).map_err(|_| DropReason::Rewrite)
 }
 
 /// Applies `bpf_l4_csum_replace` to the outer ICMP checksum for a 16- or 32-bit change.

@@ -103,6 +103,11 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     policy::check_translatable(&p)?;
+    // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here.
+    if p.ttl <= 1 {
+        count_drop(DropReason::TtlExceeded);
+        return icmp::send_time_exceeded(ctx, cfg, &p);
+    }
     if pol.gateway_ip4 == cfg.node_ip4 {
         return snat_and_send(ctx, cfg, &p, pol.egress_ip4, cfg.node_ip4, ep.policy_id);
     }
@@ -110,12 +115,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         count_drop(DropReason::FragNeeded);
         return icmp::send_frag_needed(ctx, cfg, &p, cfg.tunnel_mtu);
     }
+    nat::dec_ttl(ctx, &p)?;
     tcp::clamp_mss(ctx, &p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
     count_tx(ep.policy_id, ctx.len());
     redirect_to_tunnel(ctx, cfg.tunnel_ifindex, pol.gateway_ip4, ep.policy_id)
 }
 
-/// Gateway: translate the source and send the packet to the internet.
+/// Gateway: translate the source and send the packet to the internet, one hop (TTL) on.
 #[inline(always)]
 fn snat_and_send(
     ctx: &TcContext,
@@ -125,8 +131,12 @@ fn snat_and_send(
     node_ip: u32,
     policy_id: u32,
 ) -> Result<i32, DropReason> {
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
     let m = nat::snat_mapping(ctx, cfg, p, egress_ip, node_ip, policy_id)?;
     nat::rewrite_src(ctx, p, m)?;
+    nat::dec_ttl(ctx, p)?;
     count_tx(policy_id, ctx.len());
     redirect_neigh(cfg.uplink_ifindex)
 }
@@ -163,6 +173,12 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::UnknownTunnelEndpoint);
     }
     policy::check_translatable(&p)?;
+    // The gateway is the pod's second hop: an expiring TTL is answered through the tunnel.
+    if p.ttl <= 1 {
+        count_drop(DropReason::TtlExceeded);
+        icmp::make_time_exceeded(ctx, cfg, &p)?;
+        return redirect_to_tunnel(ctx, cfg.tunnel_ifindex, remote, vni);
+    }
     snat_and_send(ctx, cfg, &p, pol.egress_ip4, remote, vni)
 }
 
@@ -188,7 +204,12 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     if e.flags & NAT_F_REVERSE == 0 {
         return Ok(TC_ACT_OK);
     }
+    // The gateway routes the reply: one hop. (ICMP errors above are left as they come.)
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
     nat::rewrite_dst(ctx, &p, e.addr, e.port)?;
+    nat::dec_ttl(ctx, &p)?;
     deliver(ctx, cfg, &p, &e, true)
 }
 

@@ -22,7 +22,7 @@ use crate::{
     maps::EGW_NAT4,
     parse::{
         Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
-        IP_DST_OFF, IP_SRC_OFF, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
+        IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
     },
 };
 
@@ -271,6 +271,18 @@ fn rewrite(
             .map_err(|_| DropReason::Rewrite)?;
     }
     Ok(())
+}
+
+/// Forwarding: one hop less. The caller has checked that the TTL is above 1.
+#[inline(always)]
+pub fn dec_ttl(ctx: &TcContext, p: &Packet4) -> Result<(), DropReason> {
+    // TTL and protocol form one 16-bit word of the header checksum.
+    let old = u16::from_be_bytes([p.ttl, p.proto]).to_be();
+    let new = u16::from_be_bytes([p.ttl - 1, p.proto]).to_be();
+    ctx.l3_csum_replace(IP_CSUM_OFF, old.into(), new.into(), 2)
+        .map_err(|_| DropReason::Rewrite)?;
+    ctx.store(IP_TTL_OFF, &(p.ttl - 1), 0)
+        .map_err(|_| DropReason::Rewrite)
 }
 
 /// SNAT: the source becomes `m`.

@@ -14,6 +14,7 @@ pub const IP_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, check);
 pub const IP_SRC_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DST_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, dst_addr);
+pub const IP_TTL_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, ttl);
 pub const TCP_CSUM: usize = offset_of!(TcpHdr, check);
 pub const UDP_CSUM: usize = offset_of!(UdpHdr, check);
 pub const ICMP_CSUM: usize = 2;
@@ -29,6 +30,7 @@ pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETERPROB: u8 = 12;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_EXC_TTL: u8 = 0;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -67,6 +69,7 @@ pub struct Packet4 {
     pub tot_len: u16,
     /// Host byte order, flags and offset.
     pub frag_off: u16,
+    pub ttl: u8,
     /// Offset of the L4 header from the start of the packet.
     pub l4_off: usize,
     /// TCP header length in bytes (TCP only).
@@ -144,6 +147,7 @@ pub fn parse4(ctx: &TcContext) -> Result<Option<Packet4>, DropReason> {
         dport: 0,
         tot_len,
         frag_off: u16::from_be_bytes(ip.frag_off),
+        ttl: ip.ttl,
         l4_off: IP_OFF + ihl_len,
         tcp_hlen: 0,
     };

@@ -13,7 +13,7 @@ use std::{
 
 use egress_tests::{
     agent::Agent,
-    lab::{exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST, ISP_UNDERLAY},
+    lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST, ISP_UNDERLAY},
     net::{
         bulk_upload, eventually, tcp_connect_from, tcp_roundtrip, udp_roundtrip, BulkServer,
         TcpEcho, UdpEcho,
@@ -557,4 +557,53 @@ fn a_full_nat_table_evicts_and_keeps_translating() {
             assert_eq!(p[format!("{dir}_bytes")], 300 * 46, "{node} {dir}: {c:#}");
         }
     }
+}
+
+/// Pings the internet host from `ns` with TTL `ttl`; who answered (the address in ping's
+/// "From ..." line, or the host itself for an echo reply).
+fn ping_ttl(ns: &str, ttl: u8) -> Option<Ipv4Addr> {
+    let out = command_in(ns, "ping")
+        .expect("ping")
+        .args(["-n", "-c", "1", "-W", "2", "-t", &ttl.to_string()])
+        .arg(INTERNET_HOST.to_string())
+        .output()
+        .expect("run ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        if line.contains("Time to live exceeded") {
+            return line.split_whitespace().nth(1)?.parse().ok();
+        }
+        if line.contains("bytes from") {
+            return line
+                .split_whitespace()
+                .nth(3)?
+                .trim_end_matches(':')
+                .parse()
+                .ok();
+        }
+    }
+    None
+}
+
+/// Every hop the programs route takes one off the TTL and answers time-exceeded when it
+/// runs out, as the kernel would: traceroute from a selected pod shows its node, the gateway
+/// (answering through the tunnel), the isp (its error reverse-translated), then the host.
+#[test]
+fn ttl_expires_hop_by_hop_like_a_routed_path() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], "");
+    let agents = start_agents(&lab, &cfg);
+    let worker1 = lab.node("worker1").underlay_ip;
+    let want = [worker1, GATEWAY_IP, ISP_UNDERLAY, INTERNET_HOST];
+    let ns = &lab.pod("pod-worker1-0").ns;
+    for (ttl, hop) in (1..).zip(want) {
+        assert_eq!(ping_ttl(ns, ttl), Some(hop), "worker pod, TTL {ttl}");
+    }
+    let ns = &lab.pod("pod-gateway-0").ns;
+    for (ttl, hop) in (1..).zip([GATEWAY_IP, ISP_UNDERLAY, INTERNET_HOST]) {
+        assert_eq!(ping_ttl(ns, ttl), Some(hop), "gateway pod, TTL {ttl}");
+    }
+    assert_eq!(drops(&agents["worker1"], "ttl_exceeded"), 1);
+    assert_eq!(drops(&agents["gateway"], "ttl_exceeded"), 2);
 }
