@@ -607,3 +607,56 @@ fn ttl_expires_hop_by_hop_like_a_routed_path() {
     assert_eq!(drops(&agents["worker1"], "ttl_exceeded"), 1);
     assert_eq!(drops(&agents["gateway"], "ttl_exceeded"), 2);
 }
+
+/// Point 3: a selected pod's traffic to the cluster (another pod) and to an excluded CIDR
+/// keeps the normal path: pod to pod with the pod's own address, the excluded destination
+/// with the node's address (the CNI's masquerade); the rest of the policy's CIDR still goes
+/// through the gateway.
+#[test]
+fn cluster_and_excluded_destinations_keep_the_normal_path() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0", "pod-worker2-0"], "");
+    let text = std::fs::read_to_string(&cfg).expect("read config").replace(
+        "destinationCidrs: [198.51.100.0/24]",
+        "destinationCidrs: [198.51.100.0/24]\n    excludedCidrs: [198.51.100.20/32]",
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let agents = start_agents(&lab, &cfg);
+    let inet = &lab.internet().ns;
+    exec(
+        inet,
+        &["ip", "addr", "add", "198.51.100.20/24", "dev", "eth0"],
+    )
+    .expect("second address");
+    let excluded = Ipv4Addr::new(198, 51, 100, 20);
+    let src = lab.pod("pod-worker1-0").clone();
+    let worker1 = IpAddr::V4(lab.node("worker1").underlay_ip);
+
+    let main = TcpEcho::start(inet, INTERNET_HOST, 25);
+    let other = TcpEcho::start(inet, excluded, 25);
+    tcp_roundtrip(&src.ns, main.addr, b"via gateway").expect("to the policy's CIDR");
+    assert_eq!(main.next_peer().ip(), IpAddr::V4(GATEWAY_IP));
+    tcp_roundtrip(&src.ns, other.addr, b"excluded").expect("to the excluded address");
+    assert_eq!(
+        other.next_peer().ip(),
+        worker1,
+        "excluded: the node's own masquerade"
+    );
+
+    let dst = lab.pod("pod-worker2-0").clone();
+    let pods = TcpEcho::start(&dst.ns, dst.ip, 8080);
+    tcp_roundtrip(&src.ns, pods.addr, b"pod to pod").expect("selected pod to selected pod");
+    assert_eq!(
+        pods.next_peer().ip(),
+        IpAddr::V4(src.ip),
+        "pod to pod is untouched"
+    );
+    let udp = UdpEcho::start(&dst.ns, dst.ip, 8081);
+    udp_roundtrip(&src.ns, udp.addr, b"u").expect("udp pod to pod");
+    assert_eq!(udp.next_peer().ip(), IpAddr::V4(src.ip));
+
+    // Only the first connection was translated.
+    let flows = nat_flows(&agents["gateway"]);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+}
