@@ -100,10 +100,21 @@ fn modified(path: &std::path::Path) -> Option<SystemTime> {
 }
 
 /// Deletes expired NAT entries; returns how many.
+///
+/// Listing a large table takes a while, and flows keep running meanwhile: the candidates are
+/// read again and judged on their current values just before they go, so that a flow that
+/// came back to life (or a port handed to a new flow) is not cut.
 pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<usize> {
     let entries = dp.maps().nat_entries()?;
-    let dead = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
+    let candidates = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
     let mut maps = dp.maps();
+    let mut fresh = Vec::with_capacity(candidates.len());
+    for k in candidates {
+        if let Some(v) = maps.nat_entry(k)? {
+            fresh.push((k, v));
+        }
+    }
+    let dead = nat_gc::expired(&fresh, nat_gc::monotonic_ns(), t);
     for k in &dead {
         maps.del_nat(*k)?;
     }

@@ -488,6 +488,18 @@ impl Maps<'_> {
         NatEntry4
     );
 
+    /// The current value of one NAT entry, if it exists.
+    pub fn nat_entry(&mut self, key: NatKey4) -> Result<Option<NatEntry4>, DatapathError> {
+        let name = map_names::NAT4;
+        let m: HashMap<&MapData, NatKey4, NatEntry4> =
+            self.dp.map(name)?.try_into().map_err(map_err(name))?;
+        match m.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
+    }
+
     pub fn put_policy(
         &mut self,
         key: &Key<PolicyKey4>,

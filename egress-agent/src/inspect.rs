@@ -39,7 +39,7 @@ pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
     let mut rows = Vec::new();
     for kv in m.iter() {
         let (k, v) = kv?;
-        if v.flags & NAT_F_REVERSE != 0 {
+        if v.flags & NAT_F_REVERSE != 0 || k.is_claim() {
             continue;
         }
         rows.push(json!({

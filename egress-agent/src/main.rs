@@ -63,7 +63,17 @@ enum What {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into())
+                // netlink-packet-route warns about every attribute newer than itself, on
+                // every link dump.
+                .add_directive(
+                    "netlink_packet_route=error"
+                        .parse()
+                        .expect("valid directive"),
+                ),
+        )
         .with_writer(std::io::stderr)
         .init();
     match real_main(Cli::parse()) {

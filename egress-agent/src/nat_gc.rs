@@ -53,23 +53,26 @@ pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> V
     let idle = |last: u64| now_ns.saturating_sub(last) / 1_000_000_000;
     let mut out = Vec::new();
     for (k, v) in entries {
+        if k.is_claim() {
+            continue;
+        }
         if v.flags & NAT_F_REVERSE != 0 {
-            // Orphans only; paired reverse entries go with their forward entry.
-            let fwd = NatKey4 {
-                saddr: v.addr,
-                daddr: k.saddr,
-                sport: v.port,
-                dport: k.sport,
-                proto: k.proto,
-                _pad: [0; 3],
-            };
-            if !by_key.contains_key(&fwd) && idle(v.last_seen_ns) > t.for_flow(k.proto, v.state) {
+            // Orphans only; paired reverse entries go with their forward entry. A forward
+            // entry that maps to another port is not this one's pair (the port went to a
+            // new flow, see the datapath's take-over of closed flows).
+            let fwd = k.forward_of(v.addr, v.port);
+            let paired = by_key
+                .get(&fwd)
+                .is_some_and(|f| f.addr == k.daddr && f.port == k.dport);
+            if !paired && idle(v.last_seen_ns) > t.for_flow(k.proto, v.state) {
                 out.push(*k);
             }
             continue;
         }
         let rkey = k.reply_to(v.addr, v.port);
-        let rev = by_key.get(&rkey);
+        let rev = by_key
+            .get(&rkey)
+            .filter(|r| r.addr == k.saddr && r.port == k.sport);
         let state = rev.map_or(v.state, |r| r.state.max(v.state));
         let last = rev.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
         if idle(last) > t.for_flow(k.proto, state) {
@@ -206,5 +209,32 @@ mod tests {
         let mut f = flow(PROTO_UDP, CT_NEW, CT_ESTABLISHED, now, now - 61 * S);
         f.remove(0);
         assert_eq!(expired(&f, now, &t), vec![f[0].0]);
+    }
+
+    #[test]
+    fn a_port_handed_to_a_new_flow_keeps_its_reverse_entry() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        // The old flow, reset long ago; its reverse entry now maps the port to a new pod
+        // (address 7, port 70) that is busy.
+        let mut f = flow(PROTO_TCP, CT_RESET, CT_RESET, now - 60 * S, now - 60 * S);
+        f[1].1.addr = 7;
+        f[1].1.port = 70;
+        f[1].1.state = CT_ESTABLISHED;
+        f[1].1.last_seen_ns = now;
+        assert_eq!(
+            expired(&f, now, &t),
+            vec![f[0].0],
+            "only the old forward entry goes"
+        );
+    }
+
+    #[test]
+    fn claim_entries_are_not_flows() {
+        let t = Timeouts::default();
+        let mut k = NatKey4::default();
+        k._pad[0] = egress_common::nat::NAT_KEY_CLAIM;
+        let entries = vec![(k, NatEntry4::default())];
+        assert!(expired(&entries, 1000 * S, &t).is_empty());
     }
 }

@@ -18,6 +18,10 @@ pub const CT_CLOSING: u8 = 2;
 /// A RST was seen.
 pub const CT_RESET: u8 = 3;
 
+/// `NatKey4::_pad[0]` of a claim key: a short-lived entry of the gateway program that
+/// serialises handing a closed flow's port to a new flow. Not a flow; readers skip it.
+pub const NAT_KEY_CLAIM: u8 = 1;
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -61,6 +65,26 @@ pub struct NatEntry4 {
 crate::assert_size!(NatEntry4, 24);
 
 impl NatKey4 {
+    /// For a reverse key, the forward key of the flow whose reverse entry maps it to
+    /// `pod_addr`:`pod_port`.
+    #[inline(always)]
+    pub const fn forward_of(&self, pod_addr: u32, pod_port: u16) -> NatKey4 {
+        NatKey4 {
+            saddr: pod_addr,
+            daddr: self.saddr,
+            sport: pod_port,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Whether this is a claim key (see `NAT_KEY_CLAIM`), not a flow.
+    #[inline(always)]
+    pub const fn is_claim(&self) -> bool {
+        self._pad[0] == NAT_KEY_CLAIM
+    }
+
     /// The key of the other direction with the given local address and port.
     #[inline(always)]
     pub const fn reply_to(&self, local_addr: u32, local_port: u16) -> NatKey4 {

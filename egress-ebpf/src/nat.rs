@@ -4,7 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_tuple, BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
+        bpf_sock_tuple, BPF_EXIST, BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        BPF_NOEXIST,
     },
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_lookup_udp, bpf_sk_release,
@@ -15,19 +16,26 @@ use aya_ebpf::{
 use egress_common::{
     config::Config,
     counters::DropReason,
-    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
+    nat::{
+        NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE,
+        NAT_KEY_CLAIM,
+    },
 };
 
 use crate::{
     maps::EGW_NAT4,
     parse::{
         Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
-        IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
+        IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, TCP_ACK, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
     },
 };
 
 /// Random port tries after the pod's own port is taken.
 const PORT_RETRIES: u32 = 32;
+/// A flow closed by FINs in both directions gives its port to a new connection after being
+/// idle this long (its last ACK has arrived by then). A reset flow gives it at once.
+const CLOSED_REUSE_NS: u64 = 1_000_000_000;
+
 /// `last_seen_ns` is refreshed at most this often (fewer writes to shared cache lines).
 const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 const EEXIST: i32 = 17;
@@ -81,6 +89,91 @@ pub fn touch(e: *mut NatEntry4, p: &Packet4, reply: bool) {
     }
 }
 
+#[inline(always)]
+fn is_new_syn(p: &Packet4) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Runs `f` while holding the claim on reverse key `rkey`; `None` if another CPU holds it.
+/// Every change of a reverse entry's owner happens under the claim, so two CPUs can never
+/// both hand one port to a new flow.
+#[inline(always)]
+fn with_claim<T>(rkey: &NatKey4, f: impl FnOnce() -> T) -> Option<T> {
+    let mut ckey = *rkey;
+    ckey._pad[0] = NAT_KEY_CLAIM;
+    EGW_NAT4
+        .insert(ckey, NatEntry4::default(), BPF_NOEXIST as u64)
+        .ok()?;
+    let r = f();
+    let _ = EGW_NAT4.remove(ckey);
+    Some(r)
+}
+
+/// Whether the flow that owns reverse entry `rev` is over, so that its port may serve a new
+/// connection to the same remote: reset in either direction, or closed by FINs in both and
+/// idle since. A flow whose forward entry is gone sends nothing any more.
+#[inline(always)]
+fn closed(rev: &NatEntry4, fwd: Option<&NatEntry4>, now: u64) -> bool {
+    let (fstate, flast) = match fwd {
+        Some(f) => (f.state, f.last_seen_ns),
+        None => (CT_CLOSING, 0),
+    };
+    if rev.state == CT_RESET || fstate == CT_RESET {
+        return true;
+    }
+    let last = if flast > rev.last_seen_ns {
+        flast
+    } else {
+        rev.last_seen_ns
+    };
+    rev.state == CT_CLOSING && fstate == CT_CLOSING && now.wrapping_sub(last) >= CLOSED_REUSE_NS
+}
+
+/// Hands the port of reverse key `rkey` to a new flow (reverse value `rval`) if the flow that
+/// holds it is over (see `closed`), as conntrack lets a new SYN reuse a closed tuple. The old
+/// flow's forward entry goes; if its pod reuses the tuple, it gets a port of its own.
+#[inline(always)]
+fn take_over(rkey: &NatKey4, rval: &NatEntry4, now: u64) -> bool {
+    with_claim(rkey, || {
+        // SAFETY: copied out at once.
+        let Some(old) = EGW_NAT4.get_ptr(*rkey).map(|e| unsafe { *e }) else {
+            return false;
+        };
+        let okey = rkey.forward_of(old.addr, old.port);
+        // SAFETY: copied out at once.
+        let ofwd = EGW_NAT4.get_ptr(okey).map(|e| unsafe { *e });
+        // A forward entry that maps elsewhere is not this flow's.
+        let ofwd = ofwd.filter(|f| f.addr == rkey.daddr && f.port == rkey.dport);
+        if !closed(&old, ofwd.as_ref(), now) {
+            return false;
+        }
+        if EGW_NAT4.insert(*rkey, *rval, BPF_EXIST as u64).is_err() {
+            return false;
+        }
+        if ofwd.is_some() {
+            let _ = EGW_NAT4.remove(okey);
+        }
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// For a SYN that reuses the tuple of a closed flow: whether the flow's port is still its
+/// own (then the reverse entry starts over with it), or went to another flow meanwhile.
+#[inline(always)]
+fn still_owns(p: &Packet4, m: Mapping) -> bool {
+    let rkey = p.nat_key().reply_to(m.addr, m.port);
+    with_claim(&rkey, || match EGW_NAT4.get_ptr_mut(rkey) {
+        // SAFETY: valid map value pointer.
+        Some(r) if unsafe { (*r).addr == p.saddr && (*r).port == p.sport } => {
+            touch(r, p, false);
+            true
+        }
+        _ => false,
+    })
+    .unwrap_or(false)
+}
+
 /// Whether a host socket owns the reply tuple `rkey` (then the port is not free).
 #[inline(always)]
 fn host_socket_owns(ctx: &TcContext, rkey: &NatKey4) -> bool {
@@ -125,17 +218,27 @@ pub fn snat_mapping(
     policy_id: u32,
 ) -> Result<Mapping, DropReason> {
     let key = p.nat_key();
+    let syn = is_new_syn(p);
     if let Some(e) = EGW_NAT4.get_ptr_mut(key) {
-        touch(e, p, false);
         // SAFETY: valid map value pointer.
         let (addr, port) = unsafe { ((*e).addr, (*e).port) };
+        let m = Mapping { addr, port };
         if addr == egress_ip {
-            return Ok(Mapping { addr, port });
+            // A new connection on an existing tuple (a closed one reused, or a SYN sent
+            // again): its port may have gone to another flow (see `take_over`), and the
+            // reverse entry must start over with it so that the port is not handed on.
+            if !syn || still_owns(p, m) {
+                touch(e, p, false);
+                return Ok(m);
+            }
+            let _ = EGW_NAT4.remove(key);
+        } else {
+            // The policy's egress IP changed: the old mapping is stale, start over.
+            let _ = EGW_NAT4.remove(key.reply_to(addr, port));
+            let _ = EGW_NAT4.remove(key);
         }
-        // The policy's egress IP changed: the old mapping is stale, start over.
-        let _ = EGW_NAT4.remove(key.reply_to(addr, port));
-        let _ = EGW_NAT4.remove(key);
     }
+    // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let state = next_state(CT_NEW, p, false);
     let min = u32::from(cfg.nat_port_min);
@@ -172,7 +275,11 @@ pub fn snat_mapping(
         };
         match EGW_NAT4.insert(rkey, rval, BPF_NOEXIST as u64) {
             Ok(()) => {}
-            Err(e) if e == -EEXIST => continue,
+            Err(e) if e == -EEXIST => {
+                if !(syn && take_over(&rkey, &rval, now)) {
+                    continue;
+                }
+            }
             Err(_) => return Err(DropReason::NatInsertFailed),
         }
         let fval = NatEntry4 {

@@ -35,6 +35,7 @@ pub const ICMP_EXC_TTL: u8 = 0;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// IPv4 "don't fragment" and "more fragments" bits, offset mask (host order).
 pub const IP_DF: u16 = 0x4000;
@@ -106,11 +107,13 @@ impl Packet4 {
 }
 
 /// Makes sure the first `want` bytes (or the whole packet if shorter) are in the linear area.
+/// Pulling is a helper call that may copy the header of a cloned skb, so it happens only
+/// when the linear area really is shorter.
 #[inline(always)]
 fn ensure_linear(ctx: &TcContext, want: usize) {
-    if ctx.data() + want > ctx.data_end() {
-        let len = ctx.len() as usize;
-        let n = if len < want { len } else { want };
+    let len = ctx.len() as usize;
+    let n = if len < want { len } else { want };
+    if ctx.data() + n > ctx.data_end() {
         let _ = ctx.pull_data(n as u32);
     }
 }

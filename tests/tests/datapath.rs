@@ -227,10 +227,14 @@ fn a_transfer_survives_sigkill_and_restart_of_every_agent() {
         "transfer corrupted across the restart"
     );
     for a in &agents {
+        let restarted = eventually(Duration::from_secs(20), || {
+            (a.log().matches("datapath loaded").count() >= 2).then_some(())
+        });
         assert!(
-            a.log().matches("datapath loaded").count() >= 2,
-            "agent on {} restarted",
-            a.node
+            restarted.is_some(),
+            "agent on {} restarted; log:\n{}",
+            a.node,
+            a.log()
         );
     }
 }

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 
 #[derive(Parser)]
@@ -32,6 +33,20 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this string (fmt and clippy still run).
         filter: Option<String>,
+    },
+    /// Benchmarks in the lab: ours against a kernel-only gateway and the direct path
+    /// (throughput, latency, connection rate, per-program run time, agent footprint), plus
+    /// the datapath micro-benchmark. Writes BENCHMARKS.md, benchmarks.svg, benchmarks.json.
+    Bench {
+        /// Rounds; every variant runs every measurement once per round, order rotating.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Directory for the report (default: the workspace root).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// Bring a lab up for a person to explore, tear it down, or list running labs.
     Lab {
@@ -68,6 +83,15 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf()
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Bench {
+            rounds,
+            secs,
+            out_dir,
+        } => bench::run(&bench::Opts {
+            rounds,
+            secs,
+            out_dir: out_dir.unwrap_or_else(root),
+        }),
         Cmd::Lab { action } => lab(action),
     }
 }
