@@ -15,21 +15,6 @@ use egress_common::{
 };
 use etherparse::PacketBuilder;
 
-fn tcp_mss(b: &[u8]) -> Option<u16> {
-    let off = l4(b);
-    let hlen = usize::from(b[off + 12] >> 4) * 4;
-    let mut i = off + 20;
-    while i < off + hlen {
-        match b[i] {
-            0 => return None,
-            1 => i += 1,
-            2 => return Some(be16(b, i + 2)),
-            _ => i += usize::from(b[i + 1]),
-        }
-    }
-    None
-}
-
 fn drops(dp: &Datapath, reason: &str) -> u64 {
     *dp.drops().expect("drops").get(reason).expect("reason")
 }

@@ -119,6 +119,15 @@ pub fn run(dp: &Datapath, prog: &'static str, pkt: &[u8], ingress_ifindex: u32) 
     (r.verdict, r.out)
 }
 
+/// The `struct __sk_buff` context of a packet arriving on `ingress_ifindex`.
+pub fn skb_ctx(ingress_ifindex: u32) -> [u8; 192] {
+    // struct __sk_buff: ingress_ifindex at 36, ifindex at 40 (loopback exists everywhere).
+    let mut ctx = [0u8; 192];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    ctx
+}
+
 /// The outcome of a `BPF_PROG_TEST_RUN`.
 pub struct Run {
     /// The program's return value (of the last repetition).
@@ -141,10 +150,7 @@ pub fn run_repeat(
     ingress_ifindex: u32,
     repeat: u32,
 ) -> Run {
-    // struct __sk_buff: ingress_ifindex at 36, ifindex at 40 (loopback exists everywhere).
-    let mut ctx = [0u8; 192];
-    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
+    let ctx = skb_ctx(ingress_ifindex);
     let mut out = vec![0u8; pkt.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(pkt);
@@ -298,4 +304,20 @@ pub fn with_ttl(mut pkt: Vec<u8>, ttl: u8) -> Vec<u8> {
     }
     pkt[L3 + 10..L3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
     pkt
+}
+
+/// The MSS option of a TCP segment, if any.
+pub fn tcp_mss(b: &[u8]) -> Option<u16> {
+    let off = l4(b);
+    let hlen = usize::from(b[off + 12] >> 4) * 4;
+    let mut i = off + 20;
+    while i < off + hlen {
+        match b[i] {
+            0 => return None,
+            1 => i += 1,
+            2 => return Some(be16(b, i + 2)),
+            _ => i += usize::from(b[i + 1]),
+        }
+    }
+    None
 }
