@@ -6,7 +6,9 @@
 //!
 //! Human-readable lines go to stderr; one JSON document goes to stdout, or to the file named
 //! by `EGRESS_BENCH_JSON`. `EGRESS_BENCH_QUICK=1` shrinks every count (a smoke run, seconds;
-//! its figures are not for publishing).
+//! its figures are not for publishing). `EGRESS_BENCH_ONLY=<substring>` runs only the cases
+//! whose name contains it, and no NAT-at-scale part (to profile one path, e.g. with
+//! `perf record -a -e cpu-clock`).
 //!
 //! # How a packet is timed
 //!
@@ -30,6 +32,19 @@
 //! TTL, MSS, checksums). Rounds interleave the cases; figures are the median, min and max of
 //! the per-round averages.
 //!
+//! Both methods carry a fixed cost of their own, measured by the `floor`: a program that only
+//! returns (`r0 = 0; exit`), run the same ways. The bench keeps run-time statistics enabled
+//! throughout (it holds a `BPF_ENABLE_STATS` fd), so `repeat` pays the statistics'
+//! `sched_clock()` pair on every repetition too. `net_ns` = median - floor median of the
+//! case's method: the program's own cost. `kernel.bpf_stats_enabled` run_time_ns/run_cnt
+//! (as the lab reads it) corresponds to `fresh`, floor included.
+//!
+//! The NAT part loads a gateway with a NAT map of 2^20 entries, fills it from userspace with
+//! established flows (forward + reverse entry each) level by level, and at each level times
+//! SNAT hits (egw_from_pod, pods on the gateway) and reverse hits (egw_from_wire, replies to
+//! pods on a worker) for flows in the table: one flow again and again, and a spread of flows
+//! across the table (cache and TLB misses). Then one GC pass of the agent over the full table.
+//!
 //! # JSON
 //!
 //! ```text
@@ -37,10 +52,12 @@
 //!   "schema": 1,
 //!   "env": { "kernel": "6.18.0", "cpu": "<model name>", "cpus": 2,
 //!            "bpf_stats_enabled_sysctl": 1,           // system-wide setting at start
-//!            "quick": false, "rounds": 5, "repeat": 500000, "fresh_runs": 100000,
-//!            "total_s": 80.1 },
+//!            "quick": false, "only": null, "rounds": 5, "repeat": 500000,
+//!            "fresh_runs": 100000, "scale_runs": 100000, "total_s": 80.1 },
 //!   "programs": {                                    // per program: size after the verifier
 //!     "egw_from_pod": { "xlated_insns": 1234, "jited_bytes": 5678 }, ... },
+//!   "floor": { "program": "r0 = 0; exit ...",
+//!              "repeat_ns": { stat }, "fresh_ns": { stat } },  // what each method adds
 //!   "cases": [                                       // one per measured path
 //!     { "name": "from_pod_worker_tunnel",            // stable identifier
 //!       "program": "egw_from_pod",
@@ -48,11 +65,12 @@
 //!       "path": "<what the packet exercises>",
 //!       "verdict": 7,                                // TC_ACT_*, asserted on every run
 //!       "method": "repeat" | "fresh",
-//!       "ns": { "median": 61.0, "min": 59.8, "max": 66.2, "rounds": [ ... ] },
+//!       "ns": { "median": 61.0, "min": 59.8, "max": 66.2, "rounds": [ ... ] },  // a "stat"
+//!       "net_ns": 20.5,                              // ns median - floor median (same method)
 //!       "cross_check_ns": { ... } | null,            // the other method (passthrough cases)
 //!       "in_place_repeat": { "ns": 9.0, "last_verdict": 0 } | null  // NOT the path: see above
 //!     }, ... ],
-//!   "nat": {
+//!   "nat": {                                         // null with EGRESS_BENCH_ONLY
 //!     "max_entries": 1048576,
 //!     "memlock_bytes": 123456789,                    // /proc/self/fdinfo of the NAT map
 //!     "map_id": 42,
@@ -62,6 +80,7 @@
 //!         "rss_bytes": 12345678,                     // VmRSS after the fill
 //!         "sample_flows": 1024,                      // flows the *_spread cases cycle through
 //!         "snat_hit_ns": { stat },                   // egw_from_pod on the gateway, one flow
+//!                                                    // (all NAT figures: fresh, floor included)
 //!         "snat_hit_spread_ns": { stat },            //   ... over `sample_flows` flows
 //!         "reverse_hit_ns": { stat },                // egw_from_wire, reply tunnelled back
 //!         "reverse_hit_spread_ns": { stat } }, ... ],
@@ -222,6 +241,7 @@ mod floor {
 
 struct Params {
     quick: bool,
+    only: Option<String>,
     rounds: usize,
     repeat: u32,
     fresh_runs: u32,
@@ -233,9 +253,13 @@ struct Params {
 impl Params {
     fn from_env() -> Params {
         let quick = std::env::var("EGRESS_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let only = std::env::var("EGRESS_BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.is_empty());
         if quick {
             Params {
                 quick,
+                only,
                 rounds: 3,
                 repeat: 20_000,
                 fresh_runs: 5_000,
@@ -246,10 +270,11 @@ impl Params {
         } else {
             Params {
                 quick,
+                only,
                 rounds: 5,
                 repeat: 500_000,
                 fresh_runs: 100_000,
-                scale_runs: 50_000,
+                scale_runs: 100_000,
                 levels: vec![2, 10_000, 100_000, 500_000],
                 sample_flows: 1024,
             }
@@ -667,6 +692,13 @@ fn small_cases(p: &Params) -> Value {
             |_| {},
         ),
     ];
+    if let Some(only) = &p.only {
+        cases.retain(|c| c.name.contains(only.as_str()));
+        assert!(
+            !cases.is_empty(),
+            "no case matches EGRESS_BENCH_ONLY={only}"
+        );
+    }
     for c in &cases {
         if c.verdict == TC_ACT_OK {
             assert!(
@@ -683,9 +715,10 @@ fn small_cases(p: &Params) -> Value {
     let info = prog.info().expect("info");
     assert_eq!(raw, (info.run_time().as_nanos() as u64, info.run_count()));
     let noop = floor::Noop::load();
+    let floor_pkt = pkt(udp(POD_B, INTERNET, 40000, 53, PAYLOAD), POD_B_IF);
     let (mut floor_repeat, mut floor_fresh) = (vec![], vec![]);
     for _ in 0..p.rounds {
-        let (r, f) = floor_round(&noop, &cases[0].pkt, p);
+        let (r, f) = floor_round(&noop, &floor_pkt, p);
         floor_repeat.push(r);
         floor_fresh.push(f);
         for c in &mut cases {
@@ -1090,8 +1123,12 @@ fn main() {
     let programs = program_sizes();
     eprintln!("per packet (median of rounds):");
     let small = small_cases(&p);
-    eprintln!("NAT at scale:");
-    let nat = nat_at_scale(&p);
+    let nat = if p.only.is_none() {
+        eprintln!("NAT at scale:");
+        nat_at_scale(&p)
+    } else {
+        Value::Null
+    };
     let total_s = start.elapsed().as_secs_f64();
     eprintln!("total {total_s:.1} s");
     let doc = json!({
@@ -1102,6 +1139,7 @@ fn main() {
             "cpus": cpus,
             "bpf_stats_enabled_sysctl": stats_sysctl,
             "quick": p.quick,
+            "only": p.only,
             "rounds": p.rounds,
             "repeat": p.repeat,
             "fresh_runs": p.fresh_runs,
