@@ -3,257 +3,18 @@
 //!
 //! They need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message without it.
 
+mod common;
+
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
-use egress_agent::datapath::{ip4, ip4_from, policy_key, Datapath, MapSizes};
+use common::*;
+use egress_agent::datapath::{ip4, ip4_from, Datapath};
 use egress_common::{
-    config::{Config, CFG_F_READY},
-    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    endpoint::{Endpoint, EP_F_SELECTED},
     nat::{NatEntry4, NatKey4, CT_NEW, NAT_F_REVERSE},
-    policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
     program_names::{FROM_POD, FROM_WIRE},
 };
-use etherparse::{PacketBuilder, TcpOptionElement};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const WORKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-const EGRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const POD_A_IF: u32 = 5;
-const POD_B_IF: u32 = 6;
-const TUNNEL_IF: u32 = 100;
-const UPLINK_IF: u32 = 200;
-const POLICY: u32 = 1;
-const PORT_MIN: u16 = 61000;
-const PORT_MAX: u16 = 65535;
-const TUNNEL_MTU: u32 = 1450;
-
-const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("packet tests need root (CAP_BPF, CAP_NET_ADMIN): run them as root");
-    }
-}
-
-/// A loaded datapath with maps seeded as on a node: `this_node` decides the role.
-fn datapath(this_node: Ipv4Addr) -> Datapath {
-    require_root();
-    let mut dp = Datapath::load(&MapSizes::default(), None).expect("load datapath");
-    dp.set_config(&Config {
-        flags: CFG_F_READY,
-        node_ip4: ip4(this_node),
-        tunnel_ifindex: TUNNEL_IF,
-        uplink_ifindex: UPLINK_IF,
-        tunnel_mtu: TUNNEL_MTU,
-        nat_port_min: PORT_MIN,
-        nat_port_max: PORT_MAX,
-    })
-    .expect("config");
-    let mut m = dp.maps();
-    m.put_endpoint(
-        ip4(POD_A),
-        Endpoint {
-            ifindex: POD_A_IF,
-            policy_id: POLICY,
-            flags: EP_F_SELECTED,
-            _pad: 0,
-        },
-    )
-    .expect("endpoint");
-    m.put_endpoint(
-        ip4(POD_B),
-        Endpoint {
-            ifindex: POD_B_IF,
-            ..Default::default()
-        },
-    )
-    .expect("endpoint");
-    for n in [GATEWAY, WORKER] {
-        m.put_node(
-            ip4(n),
-            NodeInfo {
-                flags: NODE_F_PEER,
-                _pad: 0,
-            },
-        )
-        .expect("node");
-    }
-    let via = PolicyValue {
-        action: ACTION_VIA_GATEWAY,
-        gateway_ip4: ip4(GATEWAY),
-        egress_ip4: ip4(EGRESS),
-        _pad: 0,
-    };
-    m.put_policy(&policy_key(POLICY, Ipv4Addr::UNSPECIFIED, 0), via)
-        .expect("policy");
-    m.put_policy(
-        &policy_key(POLICY, Ipv4Addr::new(10, 244, 0, 0), 16),
-        PolicyValue {
-            action: ACTION_EXCLUDED,
-            ..Default::default()
-        },
-    )
-    .expect("policy");
-    dp
-}
-
-/// Runs `prog` on `pkt` as if it arrived on `ingress_ifindex`.
-fn run(dp: &Datapath, prog: &'static str, pkt: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
-    // struct __sk_buff: ingress_ifindex at 36, ifindex at 40 (loopback exists everywhere).
-    let mut ctx = [0u8; 192];
-    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
-    let mut out = vec![0u8; pkt.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(pkt);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    let res = dp
-        .program(prog)
-        .expect("program")
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
-    (res.return_value, out)
-}
-
-fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, mss: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 64240)
-        .syn()
-        .options(&[
-            TcpOptionElement::MaximumSegmentSize(mss),
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-        ])
-        .expect("options");
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).expect("build");
-    v
-}
-
-fn tcp_data(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(HOST_MAC, POD_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 5000, 64240)
-        .ack(1001);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build");
-    v
-}
-
-fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build");
-    v
-}
-
-fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16, reply: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(POD_MAC, HOST_MAC).ipv4(src.octets(), dst.octets(), 64);
-    let b = if reply {
-        b.icmpv4_echo_reply(id, 7)
-    } else {
-        b.icmpv4_echo_request(id, 7)
-    };
-    let mut v = Vec::new();
-    b.write(&mut v, b"abcdefgh").expect("build");
-    v
-}
-
-// --- independent header access and checksum verification -------------------------------
-
-const L3: usize = 14;
-
-fn be16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
-fn src_ip(b: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(b[L3 + 12], b[L3 + 13], b[L3 + 14], b[L3 + 15])
-}
-fn dst_ip(b: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(b[L3 + 16], b[L3 + 17], b[L3 + 18], b[L3 + 19])
-}
-fn l4(b: &[u8]) -> usize {
-    L3 + usize::from(b[L3] & 0xf) * 4
-}
-fn sport(b: &[u8]) -> u16 {
-    be16(b, l4(b))
-}
-fn dport(b: &[u8]) -> u16 {
-    be16(b, l4(b) + 2)
-}
-
-/// RFC 1071 sum of `data` (odd length padded), not complemented.
-fn sum(data: &[u8]) -> u32 {
-    let mut s = 0u32;
-    for c in data.chunks(2) {
-        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    s
-}
-fn folds_to_ffff(mut s: u32) -> bool {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s == 0xffff
-}
-
-/// Asserts that the IPv4 header checksum and the TCP/UDP/ICMP checksum of `b` are valid.
-fn assert_checksums(b: &[u8]) {
-    let ihl = usize::from(b[L3] & 0xf) * 4;
-    assert!(
-        folds_to_ffff(sum(&b[L3..L3 + ihl])),
-        "bad IPv4 header checksum"
-    );
-    let tot = usize::from(be16(b, L3 + 2));
-    let seg = &b[L3 + ihl..L3 + tot];
-    let proto = b[L3 + 9];
-    match proto {
-        6 | 17 => {
-            if proto == 17 && be16(seg, 6) == 0 {
-                return;
-            }
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&b[L3 + 12..L3 + 20]);
-            pseudo.extend_from_slice(&[0, proto]);
-            pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-            assert!(
-                folds_to_ffff(sum(&pseudo) + sum(seg)),
-                "bad L4 checksum (proto {proto})"
-            );
-        }
-        1 => assert!(folds_to_ffff(sum(seg)), "bad ICMP checksum"),
-        _ => {}
-    }
-}
-
-fn tcp_mss(b: &[u8]) -> Option<u16> {
-    let off = l4(b);
-    let hlen = usize::from(b[off + 12] >> 4) * 4;
-    let mut i = off + 20;
-    while i < off + hlen {
-        match b[i] {
-            0 => return None,
-            1 => i += 1,
-            2 => return Some(be16(b, i + 2)),
-            _ => i += usize::from(b[i + 1]),
-        }
-    }
-    None
-}
+use etherparse::PacketBuilder;
 
 fn drops(dp: &Datapath, reason: &str) -> u64 {
     *dp.drops().expect("drops").get(reason).expect("reason")
@@ -266,17 +27,6 @@ fn nat_entry(dp: &mut Datapath, key: NatKey4) -> Option<NatEntry4> {
         .into_iter()
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
-}
-
-fn key(s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16, proto: u8) -> NatKey4 {
-    NatKey4 {
-        saddr: ip4(s),
-        daddr: ip4(d),
-        sport: sp.to_be(),
-        dport: dp.to_be(),
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 // --- source node: egw_from_pod --------------------------------------------------------
@@ -351,18 +101,6 @@ fn from_pod_oversize_df_packet_is_answered_with_frag_needed() {
     );
     assert_checksums(&out);
     assert_eq!(drops(&dp, "frag_needed"), 1);
-}
-
-/// Sets the TTL of `pkt` and fixes its header checksum.
-fn with_ttl(mut pkt: Vec<u8>, ttl: u8) -> Vec<u8> {
-    pkt[L3 + 8] = ttl;
-    pkt[L3 + 10..L3 + 12].copy_from_slice(&[0, 0]);
-    let mut s = sum(&pkt[L3..L3 + 20]);
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    pkt[L3 + 10..L3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-    pkt
 }
 
 #[test]
