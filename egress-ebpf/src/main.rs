@@ -135,8 +135,7 @@ fn snat_and_send(
         return Err(DropReason::TtlExceeded);
     }
     let m = nat::snat_mapping(ctx, cfg, p, egress_ip, node_ip, policy_id)?;
-    nat::rewrite_src(ctx, p, m)?;
-    nat::dec_ttl(ctx, p)?;
+    nat::snat_hop(ctx, p, m)?;
     count_tx(policy_id, ctx.len());
     redirect_neigh(cfg.uplink_ifindex)
 }
@@ -208,8 +207,7 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     if p.ttl <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    nat::rewrite_dst(ctx, &p, e.addr, e.port)?;
-    nat::dec_ttl(ctx, &p)?;
+    nat::rnat_hop(ctx, &p, e.addr, e.port)?;
     deliver(ctx, cfg, &p, &e, true)
 }
 

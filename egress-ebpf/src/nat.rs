@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_NOEXIST,
     },
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release,
         bpf_skc_lookup_tcp,
     },
     programs::TcContext,
@@ -23,10 +23,11 @@ use egress_common::{
 };
 
 use crate::{
+    csum,
     maps::EGW_NAT4,
     parse::{
-        Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
-        IP_DST_OFF, IP_SRC_OFF, IP_TTL_OFF, TCP_ACK, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
+        ptr_at_mut, Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_OFF,
+        TCP_ACK, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
     },
 };
 
@@ -78,12 +79,12 @@ pub fn touch(e: *mut NatEntry4, p: &Packet4, reply: bool) {
     // SAFETY: `e` comes from a map lookup in this program run; racing writers only store
     // whole aligned integers, which is what expiry needs.
     unsafe {
-        let now = bpf_ktime_get_ns();
+        let now = bpf_ktime_get_coarse_ns();
         let state = next_state((*e).state, p, reply);
         if state != (*e).state {
             (*e).state = state;
             (*e).last_seen_ns = now;
-        } else if now.wrapping_sub((*e).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        } else if now.saturating_sub((*e).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*e).last_seen_ns = now;
         }
     }
@@ -126,7 +127,7 @@ fn closed(rev: &NatEntry4, fwd: Option<&NatEntry4>, now: u64) -> bool {
     } else {
         rev.last_seen_ns
     };
-    rev.state == CT_CLOSING && fstate == CT_CLOSING && now.wrapping_sub(last) >= CLOSED_REUSE_NS
+    rev.state == CT_CLOSING && fstate == CT_CLOSING && now.saturating_sub(last) >= CLOSED_REUSE_NS
 }
 
 /// Hands the port of reverse key `rkey` to a new flow (reverse value `rval`) if the flow that
@@ -239,7 +240,7 @@ pub fn snat_mapping(
         }
     }
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let state = next_state(CT_NEW, p, false);
     let min = u32::from(cfg.nat_port_min);
     let max = u32::from(cfg.nat_port_max);
@@ -339,7 +340,13 @@ fn l4_csum(p: &Packet4) -> (usize, u64) {
 }
 
 /// Rewrites one side (source or destination) of the packet: address, port or ICMP identifier,
-/// and every checksum that covers them.
+/// every checksum that covers them, and (`hop`) the TTL.
+///
+/// Header bytes are written through direct packet access and the IPv4 header checksum is
+/// updated here (RFC 1624): helper calls cost tens of ns each on kernels with retpolines,
+/// and the header stays self-consistent, so a CHECKSUM_COMPLETE `skb->csum` needs no change.
+/// The L4 checksum goes through `bpf_l4_csum_replace`, the only way to handle CHECKSUM_PARTIAL
+/// and CHECKSUM_COMPLETE skbs correctly (the address is in the pseudo header, the port not).
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -347,18 +354,21 @@ fn rewrite(
     src: bool,
     new_addr: u32,
     new_port: u16,
+    hop: bool,
 ) -> Result<(), DropReason> {
-    let (addr_off, old_addr) = if src {
-        (IP_SRC_OFF, p.saddr)
-    } else {
-        (IP_DST_OFF, p.daddr)
-    };
+    let old_addr = if src { p.saddr } else { p.daddr };
     let (port_off, old_port) = match (p.proto, src) {
         (IPPROTO_ICMP, true) => (p.l4_off + ICMP_ID, p.sport),
         (IPPROTO_ICMP, false) => (p.l4_off + ICMP_ID, p.dport),
         (_, true) => (p.l4_off, p.sport),
         (_, false) => (p.l4_off + 2, p.dport),
     };
+    write_ip(ctx, p, src, new_addr, hop)?;
+    if old_port != new_port {
+        let port: *mut u16 = ptr_at_mut(ctx, port_off)?;
+        // SAFETY: bounds checked by ptr_at_mut; packet data has no alignment guarantee.
+        unsafe { port.write_unaligned(new_port) };
+    }
     let (csum_off, addr_flags) = l4_csum(p);
     let mangled = addr_flags & BPF_F_MARK_MANGLED_0 as u64;
     if p.proto != IPPROTO_ICMP && old_addr != new_addr {
@@ -368,38 +378,57 @@ fn rewrite(
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port.into(), new_port.into(), mangled | 2)
             .map_err(|_| DropReason::Rewrite)?;
-        ctx.store(port_off, &new_port, 0)
-            .map_err(|_| DropReason::Rewrite)?;
-    }
-    if old_addr != new_addr {
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr.into(), new_addr.into(), 4)
-            .map_err(|_| DropReason::Rewrite)?;
-        ctx.store(addr_off, &new_addr, 0)
-            .map_err(|_| DropReason::Rewrite)?;
     }
     Ok(())
 }
 
-/// Forwarding: one hop less. The caller has checked that the TTL is above 1.
+/// Writes the IPv4 source (`src`) or destination address and, with `hop`, one hop less of
+/// TTL, updating the header checksum. The caller has checked that the TTL is above 1.
+#[inline(always)]
+fn write_ip(
+    ctx: &TcContext,
+    p: &Packet4,
+    src: bool,
+    new_addr: u32,
+    hop: bool,
+) -> Result<(), DropReason> {
+    let h: *mut [u8; 20] = ptr_at_mut(ctx, IP_OFF)?;
+    // SAFETY: bounds checked by ptr_at_mut; byte array, no alignment needed.
+    let h = unsafe { &mut *h };
+    let mut check = u16::from_ne_bytes([h[10], h[11]]);
+    let old_addr = if src { p.saddr } else { p.daddr };
+    if old_addr != new_addr {
+        check = csum::replace32(check, old_addr, new_addr);
+        let at = if src { 12 } else { 16 };
+        h[at..at + 4].copy_from_slice(&new_addr.to_ne_bytes());
+    }
+    if hop {
+        // TTL and protocol form one 16-bit word of the checksum.
+        let old = u16::from_ne_bytes([p.ttl, p.proto]);
+        let new = u16::from_ne_bytes([p.ttl - 1, p.proto]);
+        check = csum::replace16(check, old, new);
+        h[8] = p.ttl - 1;
+    }
+    h[10..12].copy_from_slice(&check.to_ne_bytes());
+    Ok(())
+}
+
+/// Forwarding without translation: one hop less. The caller has checked that the TTL is
+/// above 1.
 #[inline(always)]
 pub fn dec_ttl(ctx: &TcContext, p: &Packet4) -> Result<(), DropReason> {
-    // TTL and protocol form one 16-bit word of the header checksum.
-    let old = u16::from_be_bytes([p.ttl, p.proto]).to_be();
-    let new = u16::from_be_bytes([p.ttl - 1, p.proto]).to_be();
-    ctx.l3_csum_replace(IP_CSUM_OFF, old.into(), new.into(), 2)
-        .map_err(|_| DropReason::Rewrite)?;
-    ctx.store(IP_TTL_OFF, &(p.ttl - 1), 0)
-        .map_err(|_| DropReason::Rewrite)
+    write_ip(ctx, p, true, p.saddr, true)
 }
 
-/// SNAT: the source becomes `m`.
+/// SNAT on the gateway, which routes the packet: the source becomes `m`, the TTL one less.
 #[inline(always)]
-pub fn rewrite_src(ctx: &TcContext, p: &Packet4, m: Mapping) -> Result<(), DropReason> {
-    rewrite(ctx, p, true, m.addr, m.port)
+pub fn snat_hop(ctx: &TcContext, p: &Packet4, m: Mapping) -> Result<(), DropReason> {
+    rewrite(ctx, p, true, m.addr, m.port, true)
 }
 
-/// Reverse NAT: the destination becomes the pod's address and port.
+/// Reverse NAT on the gateway, which routes the reply: the destination becomes the pod's
+/// address and port, the TTL one less.
 #[inline(always)]
-pub fn rewrite_dst(ctx: &TcContext, p: &Packet4, addr: u32, port: u16) -> Result<(), DropReason> {
-    rewrite(ctx, p, false, addr, port)
+pub fn rnat_hop(ctx: &TcContext, p: &Packet4, addr: u32, port: u16) -> Result<(), DropReason> {
+    rewrite(ctx, p, false, addr, port, true)
 }

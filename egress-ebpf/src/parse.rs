@@ -12,9 +12,7 @@ pub const ETH_HLEN: usize = EthHdr::LEN;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IP_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, check);
-pub const IP_SRC_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DST_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, dst_addr);
-pub const IP_TTL_OFF: usize = IP_OFF + offset_of!(Ipv4Hdr, ttl);
 pub const TCP_CSUM: usize = offset_of!(TcpHdr, check);
 pub const UDP_CSUM: usize = offset_of!(UdpHdr, check);
 pub const ICMP_CSUM: usize = 2;
@@ -41,6 +39,13 @@ pub const TCP_ACK: u8 = 0x10;
 pub const IP_DF: u16 = 0x4000;
 pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFMASK: u16 = 0x1fff;
+
+/// Bounds-checked pointer for writing a `T` at `off` bytes into the packet (direct packet
+/// access; the verifier makes a cloned skb's data private first).
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &TcContext, off: usize) -> Result<*mut T, DropReason> {
+    ptr_at::<T>(ctx, off).map(|p| p.cast_mut())
+}
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the packet.
 #[inline(always)]
