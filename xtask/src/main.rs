@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod setup;
 
 #[derive(Parser)]
@@ -32,6 +33,13 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this string (fmt and clippy still run).
         filter: Option<String>,
+    },
+    /// The main job: a lab where mail pods on every node send real mail; SPF soft-fails
+    /// for the workers' pods until the egress agent runs, then passes for all.
+    Demo {
+        /// Leave the lab, its servers and the agents up, and print how to look around.
+        #[arg(long)]
+        keep: bool,
     },
     /// Bring a lab up for a person to explore, tear it down, or list running labs.
     Lab {
@@ -68,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf()
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Demo { keep } => demo::run(keep),
         Cmd::Lab { action } => lab(action),
     }
 }
