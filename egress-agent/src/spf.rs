@@ -500,7 +500,9 @@ impl Report {
                 });
             }
         }
-        let suggested_record = if record_broken || !missing.is_empty() {
+        // Without the current record (a failed lookup) there is nothing sound to suggest.
+        let lookup_failed = matches!(published, Published::Error(_));
+        let suggested_record = if !lookup_failed && (record_broken || !missing.is_empty()) {
             // A broken record is replaced whole: name every egress IP.
             let ips_to_add: Vec<Ipv4Addr> = if record_broken {
                 ips.iter().map(|c| c.ip).collect()
@@ -919,6 +921,23 @@ mod tests {
             r.suggested_record.as_deref(),
             Some("v=spf1 ip4:192.0.2.10 ~all")
         );
+    }
+
+    #[test]
+    fn a_failed_lookup_suggests_nothing() {
+        let r = Report::new(
+            "d.example",
+            Published::Error("timed out".into()),
+            LookupCount::default(),
+            vec![ipc("192.0.2.10", "temperror", "temperror", &[])],
+        );
+        assert!(!r.ok);
+        assert!(
+            r.problems[0].contains("failed: timed out"),
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(r.suggested_record, None);
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn check(lab: &Lab, server: &DnsServer, ips: &[Ipv4Addr]) -> (bool, Value) {
     (out.status.success(), report)
 }
 
-fn ip_report<'a>(report: &'a Value, ip: Ipv4Addr) -> &'a Value {
+fn ip_report(report: &Value, ip: Ipv4Addr) -> &Value {
     report["ips"]
         .as_array()
         .expect("ips")
