@@ -569,7 +569,7 @@ fn look_around(demo: &DemoLab) -> String {
     );
     let _ = writeln!(
         s,
-        "  {agent} inspect endpoints --pin-root {}     # worker1's selected pods",
+        "  {agent} inspect endpoints --pin-root {}     # worker1's pods, selected or not",
         w1.display()
     );
     let _ = writeln!(s, "  {agent} inspect counters --pin-root {gw}");

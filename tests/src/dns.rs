@@ -204,3 +204,56 @@ impl Drop for DnsServer {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names() {
+        let ip = Ipv4Addr::new(192, 0, 2, 10);
+        assert_eq!(reverse_name(ip), "10.2.0.192.in-addr.arpa");
+        assert_eq!(reverse_zone(ip), "2.0.192.in-addr.arpa");
+    }
+
+    #[test]
+    fn long_txt_becomes_several_character_strings() {
+        let long = "v=spf1 ".to_owned() + &"a".repeat(300);
+        let line = Record::txt("d.example", &long).conf_line();
+        let parts: Vec<&str> = line
+            .trim_start_matches("txt-record=d.example,")
+            .split("\",\"")
+            .collect();
+        assert_eq!(parts.len(), 2, "{line}");
+        assert_eq!(parts[0].len(), 256, "a quote and 255 bytes");
+    }
+
+    #[test]
+    fn config_serves_only_its_records_authoritatively() {
+        let ip = Ipv4Addr::new(198, 51, 100, 10);
+        let c = config(
+            ip,
+            &["d.example"],
+            &[
+                Record::txt("d.example", "v=spf1 ip4:192.0.2.10 ~all"),
+                Record::host("mail.d.example", Ipv4Addr::new(192, 0, 2, 10)),
+                Record::a("x.d.example", Ipv4Addr::new(192, 0, 2, 20)),
+            ],
+            Path::new("/tmp/dns.log"),
+        );
+        for line in [
+            "no-resolv",
+            "no-hosts",
+            "listen-address=198.51.100.10",
+            "txt-record=d.example,\"v=spf1 ip4:192.0.2.10 ~all\"",
+            "host-record=mail.d.example,192.0.2.10",
+            "address=/x.d.example/192.0.2.20",
+            "local=/d.example/",
+            "local=/2.0.192.in-addr.arpa/",
+            "log-facility=/tmp/dns.log",
+        ] {
+            assert!(c.lines().any(|l| l == line), "no {line:?} in\n{c}");
+        }
+        assert_eq!(c.matches("local=/2.0.192.in-addr.arpa/").count(), 1);
+    }
+}

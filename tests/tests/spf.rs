@@ -192,3 +192,20 @@ fn spf_check_more_than_ten_lookups_overflow() {
         problems(&r)
     );
 }
+
+#[test]
+fn spf_check_without_live_policies_or_egress_ip_says_what_to_do() {
+    let dir = std::env::temp_dir().join(format!("egw-spf-nopins-{}", std::process::id()));
+    let out = std::process::Command::new(agent_binary())
+        .args(["spf", "check", "--domain", D, "--pin-root"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run egress-agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reading the live policies") && err.contains("--egress-ip"),
+        "{err}"
+    );
+}
