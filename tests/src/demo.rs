@@ -229,13 +229,10 @@ impl DemoLab {
                 .flatten()
                 .flatten()
             {
-                let text = fs::read_to_string(e.path()).unwrap_or_default();
-                let head = text
-                    .split("\n\n")
-                    .next()
+                let text = fs::read_to_string(e.path())
                     .unwrap_or_default()
-                    .replace("\r\n", "\n")
-                    + "\n";
+                    .replace("\r\n", "\n");
+                let head = text.split("\n\n").next().unwrap_or_default().to_owned() + "\n";
                 if head.contains(&needle) {
                     return Ok(head);
                 }
