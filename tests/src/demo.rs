@@ -1,13 +1,14 @@
 //! The demo: the problem and its fix, end to end, with real mail and real SPF.
 //!
 //! A lab with a gateway node and two workers, a mail pod on each node and one pod without the
-//! mail label. On the internet host: dnsmasq publishing the demo domain's SPF record
+//! mail policy. On the internet host: dnsmasq publishing the demo domain's SPF record
 //! (`v=spf1 ip4:192.0.2.10 ~all`, the gateway node's address) with A/PTR/MX records for it,
 //! and a real SMTP server (aiosmtpd's Maildir handler, which stamps each message with the peer
 //! address it came from). Each pod sends a message with swaks, a real SMTP client; the receiving
 //! side reads the peer address and evaluates SPF for it with mail-auth against the lab's DNS,
 //! as a receiving MTA does. Before the agents run, the mail pods on the workers soft-fail;
-//! after, every mail pod passes and the unlabelled pod still leaves with its node's address.
+//! after, every mail pod passes and the pod the policy leaves out still leaves with its node's
+//! address.
 //!
 //! `run` is the whole story; `cargo xtask demo` prints it and `tests/tests/demo.rs` asserts
 //! on what it returns.
@@ -54,7 +55,7 @@ const RECEIVER: &str = "mx.inbox.example";
 /// mail pods by name. The only place the demo depends on the agent's configuration format.
 pub const AGENT_CONFIG: &str = include_str!("demo-agent.yaml");
 
-/// A pod of the demo: `(name, node, has the mail label)`. Created in this order, so their
+/// A pod of the demo: `(name, node, selected by the mail policy)`. Created in this order, so their
 /// addresses are the ones in `AGENT_CONFIG`.
 pub const PODS: [(&str, &str, bool); 4] = [
     ("mail-gateway", "gateway", true),
@@ -81,7 +82,7 @@ pub struct Row {
     pub pod_ip: Ipv4Addr,
     pub node: String,
     pub node_ip: Ipv4Addr,
-    /// Carries the mail label (selected by the policy).
+    /// A mail pod: the policy selects it.
     pub mail: bool,
     pub before: Delivery,
     pub after: Delivery,
@@ -103,14 +104,14 @@ impl Outcome {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<14} {:<8} {:<6} | {:<13} {:<9} | {:<13} {:<9}",
-            "POD", "NODE", "LABEL", "BEFORE: FROM", "SPF", "AFTER: FROM", "SPF"
+            "{:<14} {:<8} {:<6} | {:<13} {:<9} | {:<13} SPF",
+            "POD", "NODE", "POLICY", "BEFORE: FROM", "SPF", "AFTER: FROM"
         );
         let _ = writeln!(s, "{}", "-".repeat(83));
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "{:<14} {:<8} {:<6} | {:<13} {:<9} | {:<13} {:<9}",
+                "{:<14} {:<8} {:<6} | {:<13} {:<9} | {:<13} {}",
                 r.pod,
                 r.node,
                 if r.mail { "mail" } else { "-" },
@@ -433,9 +434,9 @@ pub fn run(out: &mut dyn Write, keep: bool) -> Result<Outcome> {
             p.ip,
             p.node,
             if mail {
-                "label app=mail"
+                "mail pod, selected by policy mail"
             } else {
-                "no mail label"
+                "not selected"
             }
         )?;
     }
@@ -525,7 +526,7 @@ pub fn run(out: &mut dyn Write, keep: bool) -> Result<Outcome> {
         "{}",
         if fixed {
             "Every mail pod now passes SPF: its mail leaves through the gateway as 192.0.2.10.\n\
-             The pod without the mail label still leaves with its own node's address."
+             The pod the policy does not select still leaves with its own node's address."
         } else {
             "UNEXPECTED: see the table above."
         }

@@ -38,7 +38,7 @@ fn demo_mail_pods_pass_spf_after_the_agent_starts() {
                 r.after.received_spf
             );
         } else {
-            // The unlabelled pod keeps its node's address (and its softfail).
+            // The pod the policy leaves out keeps its node's address (and its softfail).
             assert_eq!(r.after.from_ip, r.node_ip, "{} after\n{text}", r.pod);
             assert_eq!(r.after.spf, "softfail", "{} after\n{text}", r.pod);
         }
