@@ -8,3 +8,4 @@ pub mod desired;
 pub mod inspect;
 pub mod nat_gc;
 pub mod netdev;
+pub mod spf;

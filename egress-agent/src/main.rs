@@ -49,6 +49,9 @@ enum Cmd {
         #[arg(long, default_value = "egw0")]
         device: String,
     },
+    /// Check a mail domain's SPF record and reverse DNS against the egress IPs.
+    #[command(subcommand)]
+    Spf(egress_agent::spf::SpfCmd),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,5 +125,6 @@ fn real_main(cli: Cli) -> Result<()> {
                 anyhow::Ok(())
             })
         }
+        Cmd::Spf(cmd) => Ok(egress_agent::spf::run(cmd, &cli.pin_root)?),
     }
 }

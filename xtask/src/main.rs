@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod setup;
 
 #[derive(Parser)]
@@ -33,6 +34,13 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this string (fmt and clippy still run).
         filter: Option<String>,
+    },
+    /// The main job: a lab where mail pods on every node send real mail; SPF soft-fails
+    /// for the workers' pods until the egress agent runs, then passes for all.
+    Demo {
+        /// Leave the lab, its servers and the agents up, and print how to look around.
+        #[arg(long)]
+        keep: bool,
     },
     /// Benchmarks in the lab: ours against a kernel-only gateway and the direct path
     /// (throughput, latency, connection rate, per-program run time, agent footprint), plus
@@ -83,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf()
         }
         Cmd::Test { filter } => test(filter),
+        Cmd::Demo { keep } => demo::run(keep),
         Cmd::Bench {
             rounds,
             secs,

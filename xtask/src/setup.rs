@@ -22,6 +22,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "conntrack",
     "dnsmasq-base",
     "swaks",
+    "python3-aiosmtpd",
     "iputils-ping",
 ];
 
