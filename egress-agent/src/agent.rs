@@ -1,5 +1,7 @@
 //! `egress-agent run`: load (or reuse) the datapath, then keep the maps and attachments in
-//! step with the configuration file and the node's interfaces.
+//! step with the source and the node's interfaces. Event-driven: a change of the configuration
+//! file, or a netlink link/address/route event (a pod's veth appearing or going), wakes the
+//! reconciler at once; a slow periodic resync is only a safety net.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -14,13 +16,16 @@ use egress_common::{
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 use tracing::{info, warn};
 
 use crate::{
     config::AgentConfig,
     datapath::{ip4, ip4_from, policy_key, Datapath},
-    desired::desired,
+    model::{self, PolicyStatus},
     nat_gc, netdev,
 };
 
@@ -28,7 +33,10 @@ pub struct RunOptions {
     pub config: PathBuf,
     pub node: String,
     pub pin_root: PathBuf,
-    pub interval: Duration,
+    /// How often to look at the configuration file's modification time.
+    pub file_poll: Duration,
+    /// Full reconcile even without a trigger (a safety net: triggers are the normal path).
+    pub resync: Duration,
     pub gc_interval: Duration,
 }
 
@@ -37,11 +45,39 @@ struct State {
     pod_links: HashMap<String, u32>,
     uplink: Option<String>,
     warnings: Vec<String>,
+    status: BTreeMap<String, PolicyStatus>,
+}
+
+/// What woke the reconciler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Trigger {
+    Start,
+    Config,
+    Netlink,
+    Resync,
+}
+
+/// Watches the file's modification time and size: robust against editors that replace the
+/// file and against ConfigMap volumes (symlink swaps), where inotify on the path misses edits.
+fn watch_file(path: PathBuf, every: Duration, tx: mpsc::UnboundedSender<Trigger>) {
+    tokio::spawn(async move {
+        let mut last = modified(&path);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = modified(&path);
+            if now != last {
+                last = now;
+                if tx.send(Trigger::Config).is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let mut cfg = AgentConfig::load(&opts.config)?;
-    let mut mtime = modified(&opts.config);
+    let mut cluster = cfg.cluster.to_model();
     let mut dp =
         Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).context("loading the datapath")?;
     info!(pin_root = %opts.pin_root.display(), "datapath loaded; maps pinned");
@@ -50,49 +86,99 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pod_links: HashMap::new(),
         uplink: None,
         warnings: Vec::new(),
+        status: BTreeMap::new(),
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut last_gc = Instant::now();
-    loop {
-        let m = modified(&opts.config);
-        if m != mtime {
-            mtime = m;
-            match AgentConfig::load(&opts.config) {
-                Ok(c) => {
-                    info!(config = %opts.config.display(), "configuration reloaded");
-                    cfg = c;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    watch_file(opts.config.clone(), opts.file_poll, tx.clone());
+    let mut links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while links.recv().await.is_some() {
+                if tx.send(Trigger::Netlink).is_err() {
+                    break;
                 }
-                Err(e) => warn!("keeping the previous configuration: {e}"),
             }
-        }
-        let started = Instant::now();
-        match reconcile(&mut dp, &handle, &cfg, &opts.node, &mut st).await {
-            Ok(changes) if changes > 0 => {
-                info!(
+        });
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut gc = tokio::time::interval(opts.gc_interval);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trigger = Some(Trigger::Start);
+    loop {
+        if let Some(mut why) = trigger.take() {
+            // Coalesce a burst (a CNI adding a veth, its addresses and routes) into one pass.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            while let Ok(t) = rx.try_recv() {
+                why = why.min(t);
+            }
+            let started = Instant::now();
+            if why <= Trigger::Config {
+                match AgentConfig::load(&opts.config) {
+                    Ok(c) if why == Trigger::Config => {
+                        info!(config = %opts.config.display(), "configuration reloaded");
+                        cluster = c.cluster.to_model();
+                        cfg = c;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("keeping the previous configuration: {e}"),
+                }
+            }
+            match reconcile(&mut dp, &handle, &cfg, &cluster, &opts.node, &mut st).await {
+                Ok(changes) if changes > 0 || why <= Trigger::Config => info!(
+                    trigger = ?why,
                     changes,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "datapath programmed"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => warn!("reconcile failed (retrying): {e:#}"),
-        }
-        if last_gc.elapsed() >= opts.gc_interval {
-            last_gc = Instant::now();
-            match collect_nat(&mut dp, &cfg.nat.timeouts) {
-                Ok(0) => {}
-                Ok(n) => info!(expired = n, "NAT entries collected"),
-                Err(e) => warn!("NAT collection failed: {e:#}"),
+                    elapsed = ?started.elapsed(),
+                    "reconciled"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("reconcile failed (retrying in a second): {e:#}");
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = tx.send(Trigger::Resync);
+                    });
+                }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(opts.interval) => {}
+            t = rx.recv() => trigger = t,
+            _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
+            _ = gc.tick() => match collect_nat(&mut dp, &cfg.nat.timeouts) {
+                Ok(0) => {}
+                Ok(n) => info!(expired = n, "NAT entries collected"),
+                Err(e) => warn!("NAT collection failed: {e:#}"),
+            },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
     }
     info!("stopping; the datapath stays attached and pinned (use `egress-agent cleanup` to remove it)");
     Ok(())
+}
+
+/// Logs each policy whose status changed.
+fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, PolicyStatus>) {
+    for (name, s) in new {
+        if old.get(name) == Some(s) {
+            continue;
+        }
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        info!(
+            policy = %name,
+            id = s.datapath_id.unwrap_or(0),
+            ready = ready.map_or("Unknown", |c| c.status.as_str()),
+            reason = ready.map_or("", |c| c.reason.as_str()),
+            gateway = s.gateway_node.as_deref().unwrap_or("-"),
+            egress_ip = s.egress_ip.as_deref().unwrap_or("-"),
+            pods = s.selected_pods,
+            "policy status"
+        );
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        info!(policy = %name, "policy removed");
+    }
 }
 
 fn modified(path: &std::path::Path) -> Option<SystemTime> {
@@ -115,10 +201,19 @@ async fn reconcile(
     dp: &mut Datapath,
     handle: &rtnetlink::Handle,
     cfg: &AgentConfig,
+    cluster: &model::Cluster,
     node: &str,
     st: &mut State,
 ) -> Result<usize> {
-    let d = desired(&cfg.cluster, node);
+    let local = model::LocalFacts {
+        interfaces: netdev::ipv4_addresses(handle).await?,
+    };
+    let m = model::compute(cluster, node, &local);
+    if m.status != st.status {
+        log_status(&st.status, &m.status);
+        st.status = m.status;
+    }
+    let d = m.desired;
     if d.warnings != st.warnings {
         for w in &d.warnings {
             warn!("{w}");
@@ -127,7 +222,7 @@ async fn reconcile(
     }
     let node_ip = d
         .node_ip
-        .with_context(|| format!("node {node} is not in the configuration"))?;
+        .with_context(|| format!("node {node} is not known to the source, or has no address"))?;
     let mut changes = 0;
 
     // Devices and the node configuration.

@@ -3,11 +3,12 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{lpm_trie::LpmTrie, HashMap, Map, MapData};
 use egress_common::{
     endpoint::Endpoint,
     map_names,
     nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
+    policy::{PolicyKey4, PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY, POLICY_ID_BITS},
 };
 use serde_json::json;
 
@@ -139,6 +140,70 @@ pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
     writeln!(out, "\n{:<26} {:>10}", "DROP REASON", "PACKETS")?;
     for (r, n) in &drops {
         writeln!(out, "{r:<26} {n:>10}")?;
+    }
+    Ok(out)
+}
+
+/// The policy map (like `cilium bpf egress list`): per policy id and destination prefix, the
+/// action, gateway and egress IP, with the policy's traffic counters.
+pub fn policies(pin_root: &Path, as_json: bool) -> Result<String> {
+    let map = open(pin_root, map_names::POLICY4)?;
+    let trie: LpmTrie<&MapData, PolicyKey4, PolicyValue> = (&map).try_into()?;
+    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
+    let mut rows = Vec::new();
+    for kv in trie.iter() {
+        let (k, v) = kv?;
+        let data = k.data();
+        let id = u32::from_be(data.policy_id_be);
+        let prefix = k.prefix_len().saturating_sub(POLICY_ID_BITS);
+        let s = stats.get(&id).copied().unwrap_or_default();
+        rows.push(json!({
+            "policy": id,
+            "destination": format!("{}/{prefix}", ip4_from(data.dst)),
+            "action": match v.action {
+                ACTION_VIA_GATEWAY => "gateway",
+                ACTION_EXCLUDED => "excluded",
+                _ => "unknown",
+            },
+            "gateway": ip4_from(v.gateway_ip4).to_string(),
+            "egress_ip": ip4_from(v.egress_ip4).to_string(),
+            "tx_packets": s.tx_packets,
+            "tx_bytes": s.tx_bytes,
+        }));
+    }
+    rows.sort_by_key(|r| {
+        (
+            r["policy"].as_u64(),
+            r["destination"].as_str().map(str::to_owned),
+        )
+    });
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    let mut out = format!(
+        "{:>6} {:<18} {:<9} {:<15} {:<15} {:>12} {:>14}\n",
+        "POLICY", "DESTINATION", "ACTION", "GATEWAY", "EGRESS IP", "TX PACKETS", "TX BYTES"
+    );
+    for r in &rows {
+        let excluded = r["action"] == "excluded";
+        let dash = |k: &str| {
+            if excluded {
+                "-".to_owned()
+            } else {
+                r[k].as_str().unwrap_or("").to_owned()
+            }
+        };
+        writeln!(
+            out,
+            "{:>6} {:<18} {:<9} {:<15} {:<15} {:>12} {:>14}",
+            r["policy"],
+            r["destination"].as_str().unwrap_or(""),
+            r["action"].as_str().unwrap_or(""),
+            dash("gateway"),
+            dash("egress_ip"),
+            r["tx_packets"],
+            r["tx_bytes"]
+        )?;
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod datapath;
-pub mod desired;
 pub mod inspect;
+pub mod model;
 pub mod nat_gc;
 pub mod netdev;

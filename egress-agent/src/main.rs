@@ -1,18 +1,31 @@
 //! `egress-agent`: the egress gateway's node agent and its CLI.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use egress_agent::{agent, datapath::DEFAULT_PIN_ROOT, inspect, netdev};
+use egress_agent::{agent, datapath::DEFAULT_PIN_ROOT, inspect, model, netdev};
 use tracing_subscriber::EnvFilter;
 
-/// Egress gateway agent: sends selected pods' traffic through a gateway node, source-NATed to
-/// one egress IP, with tc eBPF programs.
+/// Egress gateway agent: sends selected pods' traffic to selected destinations through one
+/// gateway node, source-NATed to one egress IP, with tc eBPF programs.
+///
+/// Runs on every node (a DaemonSet). Policies select pods by labels and name the gateway node;
+/// see the README for the configuration file and `egress-agent crd` for the custom resource.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  \
+    egress-agent run --config deploy/example-config.yaml --node worker1\n  \
+    egress-agent inspect policies\n  \
+    egress-agent inspect nat --json\n  \
+    egress-agent crd > deploy/crd.yaml\n  \
+    egress-agent cleanup\n\n\
+    Logging: RUST_LOG=debug (default info), to stderr."
+)]
 struct Cli {
-    /// Where maps and links are pinned (a bpffs; mounted if missing).
+    /// Where maps and links are pinned (a bpffs; mounted if missing). One agent per pin root.
     #[arg(long, global = true, env = "EGRESS_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
     #[command(subcommand)]
@@ -21,31 +34,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the agent on this node.
+    /// Run the agent on this node: load (or reuse) the datapath and keep it in step with the
+    /// policies, pods and nodes of the configuration file.
+    ///
+    /// A change to the file, or a pod interface appearing or going, is applied within
+    /// milliseconds; only the differences are written to the maps. The datapath stays pinned
+    /// when the agent stops, so established flows survive restarts.
     Run {
-        /// The configuration file (YAML); reloaded when it changes.
+        /// The configuration file (YAML: nodes, namespaces, pods, policies; see the README).
+        /// Re-read whenever it changes; a broken edit is logged and the previous one kept.
         #[arg(long, short, env = "EGRESS_CONFIG")]
         config: PathBuf,
         /// This node's name, as in the configuration (Kubernetes: from the downward API).
         #[arg(long, env = "NODE_NAME")]
         node: String,
-        /// How often to reconcile, in milliseconds.
-        #[arg(long, default_value_t = 200)]
-        interval_ms: u64,
-        /// How often to expire NAT entries, in seconds.
+        /// How often to check the configuration file for changes, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        file_poll_ms: u64,
+        /// Reconcile at least this often even without a change, in seconds (a safety net).
+        #[arg(long, default_value_t = 30)]
+        resync_s: u64,
+        /// How often to expire idle NAT entries, in seconds.
         #[arg(long, default_value_t = 10)]
         gc_interval_s: u64,
     },
-    /// Show what the datapath holds, read from the pinned maps.
+    /// Show what the datapath holds, read from the pinned maps (the agent need not run).
     Inspect {
         what: What,
-        /// Machine-readable output.
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
+    /// Print the EgressGatewayPolicy CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
     /// Remove the datapath from this node: unpin maps and links (detaching the programs) and
-    /// delete the tunnel device.
+    /// delete the tunnel device. Translated flows break; stop the agent first.
     Cleanup {
+        /// The tunnel device to delete.
         #[arg(long, default_value = "egw0")]
         device: String,
     },
@@ -53,6 +78,8 @@ enum Cmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
+    /// Policy prefixes: destination, action, gateway, egress IP, traffic per policy id.
+    Policies,
     /// Translated flows (forward direction).
     Nat,
     /// Local pods known to the datapath.
@@ -63,7 +90,11 @@ enum What {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // netlink-packet-route warns about every attribute newer than itself.
+            "info,netlink_packet_route=error".into()
+        }))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match real_main(Cli::parse()) {
@@ -80,22 +111,29 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Run {
             config,
             node,
-            interval_ms,
+            file_poll_ms,
+            resync_s,
             gc_interval_s,
         } => tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
             config,
             node,
             pin_root: cli.pin_root,
-            interval: Duration::from_millis(interval_ms),
-            gc_interval: Duration::from_secs(gc_interval_s),
+            file_poll: Duration::from_millis(file_poll_ms.max(10)),
+            resync: Duration::from_secs(resync_s.max(1)),
+            gc_interval: Duration::from_secs(gc_interval_s.max(1)),
         })),
         Cmd::Inspect { what, json } => {
             let out = match what {
+                What::Policies => inspect::policies(&cli.pin_root, json)?,
                 What::Nat => inspect::nat(&cli.pin_root, json)?,
                 What::Endpoints => inspect::endpoints(&cli.pin_root, json)?,
                 What::Counters => inspect::counters(&cli.pin_root, json)?,
             };
             print!("{out}");
+            Ok(())
+        }
+        Cmd::Crd => {
+            print!("{}", model::crd::crd_yaml());
             Ok(())
         }
         Cmd::Cleanup { device } => {

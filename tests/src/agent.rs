@@ -65,12 +65,12 @@ impl Agent {
             .append(true)
             .open(&self.log)?;
         let child = command_in(&self.ns, &bin)?
-            .args(["run", "--node", &self.node, "--interval-ms", "100"])
+            .args(["run", "--node", &self.node])
             .arg("--config")
             .arg(&self.config)
             .arg("--pin-root")
             .arg(&self.pin_root)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,netlink_packet_route=error")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

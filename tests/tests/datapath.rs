@@ -4,7 +4,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use egress_tests::{
@@ -18,27 +18,48 @@ use egress_tests::{
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
-/// Writes the agents' configuration: `selected` pods use the "mail" policy through the
-/// gateway node.
+/// Writes the agents' configuration: the "mail" policy selects pods labelled `app: mail` in
+/// namespace `mailu` and sends them through the node labelled `egress-gateway: "true"`; the
+/// `selected` pods carry that label, the others `app: other`.
 fn write_config(lab: &Lab, selected: &[&str], egress_ip: Option<Ipv4Addr>) -> PathBuf {
     let mut y = String::from("nodes:\n");
     for n in lab.nodes() {
-        y += &format!("  - {{ name: {}, ip: {} }}\n", n.name, n.underlay_ip);
+        let labels = if n.name == "gateway" {
+            "{ egress-gateway: \"true\" }"
+        } else {
+            "{}"
+        };
+        y += &format!(
+            "  - {{ name: {}, ip: {}, labels: {labels} }}\n",
+            n.name, n.underlay_ip
+        );
     }
-    y += "policies:\n  - name: mail\n    id: 1\n    gatewayNode: gateway\n";
+    y += "namespaces:\n  - { name: mailu, labels: { team: mail } }\n";
+    y += "policies:\n  - name: mail\n    spec:\n      selectors:\n";
+    y += "        - podSelector: { matchLabels: { app: mail } }\n";
+    y += "          namespaceSelector: { matchExpressions: [{ key: team, operator: In, values: [mail] }] }\n";
+    y += "      destinationCIDRs: [198.51.100.0/24]\n";
+    y += "      gateway:\n        nodeSelector: { matchLabels: { egress-gateway: \"true\" } }\n";
     if let Some(ip) = egress_ip {
-        y += &format!("    egressIp: {ip}\n");
+        y += &format!("        egressIP: {ip}\n");
     }
-    y += "    destinationCidrs: [198.51.100.0/24]\npods:\n";
+    y += "pods:\n";
     for p in lab.pods() {
-        y += &format!("  - {{ name: {}, ip: {}, node: {}", p.name, p.ip, p.node);
-        if selected.contains(&p.name.as_str()) {
-            y += ", policy: mail";
-        }
-        y += " }\n";
+        let app = if selected.contains(&p.name.as_str()) {
+            "mail"
+        } else {
+            "other"
+        };
+        y += &format!(
+            "  - {{ namespace: mailu, name: {}, ip: {}, node: {}, labels: {{ app: {app} }} }}\n",
+            p.name, p.ip, p.node
+        );
     }
+    // Write and rename, as an editor or a ConfigMap update does: never a half-written file.
     let path = lab.dir().join("agent.yaml");
-    std::fs::write(&path, y).expect("write config");
+    let tmp = lab.dir().join("agent.yaml.tmp");
+    std::fs::write(&tmp, y).expect("write config");
+    std::fs::rename(&tmp, &path).expect("rename config");
     path
 }
 
@@ -155,22 +176,54 @@ fn extra_address_on_the_uplink_as_egress_ip() {
     );
 }
 
+/// How long until `agent` programs the endpoint `ip` as selected (or not).
+fn time_until_selected(agent: &Agent, ip: Ipv4Addr, selected: bool) -> Option<Duration> {
+    let start = Instant::now();
+    eventually(Duration::from_secs(5), || {
+        let eps = agent.inspect("endpoints").ok()?;
+        let ep = eps.as_array()?.iter().find(|e| e["ip"] == ip.to_string())?;
+        (ep["selected"] == selected).then(|| start.elapsed())
+    })
+}
+
 #[test]
-fn editing_the_config_moves_a_pod_onto_the_gateway_and_off_again() {
+fn relabelling_a_pod_in_the_config_moves_it_onto_the_gateway_and_off_again() {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
     let cfg = write_config(&lab, &[], None);
-    let _agents = start_agents(&lab, &cfg);
+    let agents = start_agents(&lab, &cfg);
+    let worker1 = agents
+        .iter()
+        .find(|a| a.node == "worker1")
+        .expect("worker1 agent");
+    let pod_ip = lab.pod("pod-worker1-0").ip;
     let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
     let w1 = IpAddr::V4(lab.node("worker1").underlay_ip);
     let gw = IpAddr::V4(GATEWAY_IP);
     assert_eq!(tcp_source(&lab, &tcp, "pod-worker1-0"), w1);
+
     write_config(&lab, &["pod-worker1-0"], None);
+    let took = time_until_selected(worker1, pod_ip, true).expect("pod selected after relabel");
+    assert!(
+        took < Duration::from_secs(1),
+        "relabel took {took:?} to reach the datapath"
+    );
     let moved = eventually(Duration::from_secs(5), || {
         (tcp_source(&lab, &tcp, "pod-worker1-0") == gw).then_some(())
     });
     assert!(moved.is_some(), "pod did not move onto the gateway");
+    assert!(
+        worker1.log().contains("trigger=Config"),
+        "the log says why it reconciled:\n{}",
+        worker1.log()
+    );
+
     write_config(&lab, &[], None);
+    let took = time_until_selected(worker1, pod_ip, false).expect("pod deselected");
+    assert!(
+        took < Duration::from_secs(1),
+        "relabel took {took:?} to reach the datapath"
+    );
     let back = eventually(Duration::from_secs(5), || {
         (tcp_source(&lab, &tcp, "pod-worker1-0") == w1).then_some(())
     });
@@ -199,7 +252,35 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
     // MSS clamping made the segments fit: nothing needed a frag-needed answer.
     let c = agents[1].inspect("counters").expect("counters");
     assert_eq!(c["drops"]["frag_needed"], 0, "{c:#}");
-    assert!(c["policies"]["1"]["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB);
+    let id = mail_policy_id(&agents[1]);
+    assert!(
+        c["policies"][id.to_string()]["tx_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 50 * MB,
+        "{c:#}"
+    );
+    // `inspect policies` shows the same traffic beside the policy's prefixes.
+    let p = agents[1].inspect("policies").expect("inspect policies");
+    let row = p
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["destination"] == "198.51.100.0/24"))
+        .unwrap_or_else(|| panic!("the policy prefix is listed: {p:#}"));
+    assert_eq!(row["action"], "gateway");
+    assert_eq!(row["gateway"], GATEWAY_IP.to_string());
+    assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB, "{row:#}");
+}
+
+/// The datapath id of the "mail" policy, from the agent's programmed policy prefixes.
+fn mail_policy_id(agent: &Agent) -> u64 {
+    let p = agent.inspect("policies").expect("inspect policies");
+    p.as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["action"] == "gateway")
+                .and_then(|r| r["policy"].as_u64())
+        })
+        .unwrap_or_else(|| panic!("no policy programmed: {p:#}"))
 }
 
 #[test]
