@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -25,12 +26,19 @@ use tracing::{info, warn};
 use crate::{
     config::AgentConfig,
     datapath::{ip4, ip4_from, policy_key, Datapath},
+    kube_source::{self, KubeSource},
+    metrics,
     model::{self, PolicyStatus},
     nat_gc, netdev,
 };
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// Settings (tunnel, NAT, map sizes, cluster CIDRs) and, for the file source, the cluster.
+    pub config: Option<PathBuf>,
+    /// Take nodes, namespaces, pods and policies from the Kubernetes API instead of the file.
+    pub kubernetes: bool,
+    /// Uplink interface when the source names none (Kubernetes).
+    pub uplink: String,
     pub node: String,
     pub pin_root: PathBuf,
     /// How often to look at the configuration file's modification time.
@@ -38,6 +46,8 @@ pub struct RunOptions {
     /// Full reconcile even without a trigger (a safety net: triggers are the normal path).
     pub resync: Duration,
     pub gc_interval: Duration,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` (`None`: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 struct State {
@@ -53,6 +63,7 @@ struct State {
 enum Trigger {
     Start,
     Config,
+    Kubernetes,
     Netlink,
     Resync,
 }
@@ -75,9 +86,62 @@ fn watch_file(path: PathBuf, every: Duration, tx: mpsc::UnboundedSender<Trigger>
     });
 }
 
+fn load_config(opts: &RunOptions) -> Result<AgentConfig> {
+    let cfg = match &opts.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::parse("{}")?,
+    };
+    let c = &cfg.cluster;
+    if opts.kubernetes && !(c.nodes.is_empty() && c.pods.is_empty() && c.policies.is_empty()) {
+        anyhow::bail!(
+            "with --kubernetes the cluster comes from the API: remove nodes, pods and policies \
+             from the configuration file (keep tunnel, nat, mapSizes, clusterCidrs)"
+        );
+    }
+    Ok(cfg)
+}
+
+/// Sends `Trigger`s for every message of `rx`.
+fn forward(mut rx: mpsc::UnboundedReceiver<()>, t: Trigger, tx: mpsc::UnboundedSender<Trigger>) {
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            if tx.send(t).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let mut cfg = AgentConfig::load(&opts.config)?;
-    let mut cluster = cfg.cluster.to_model();
+    if !opts.kubernetes && opts.config.is_none() {
+        anyhow::bail!("give --config FILE (nodes, pods and policies), or --kubernetes");
+    }
+    let mut cfg = load_config(&opts)?;
+    let health = Arc::new(metrics::Health::default());
+    if let Some(addr) = opts.metrics_addr {
+        let reg = metrics::registry(opts.pin_root.clone(), health.clone());
+        metrics::serve(addr, metrics::router(reg, health.clone()))
+            .await
+            .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let kube = if opts.kubernetes {
+        let client = kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API (in-cluster service account, or KUBECONFIG)",
+        )?;
+        let (ktx, krx) = mpsc::unbounded_channel();
+        let source = KubeSource::start(client.clone(), cfg.cluster.cluster_cidrs.clone(), ktx);
+        forward(krx, Trigger::Kubernetes, tx.clone());
+        source.wait_synced(Duration::from_secs(60)).await?;
+        info!("Kubernetes caches synced (pods, namespaces, nodes, policies)");
+        Some((client, source))
+    } else {
+        None
+    };
+    let snapshot = |cfg: &AgentConfig| match &kube {
+        Some((_, source)) => source.snapshot(),
+        None => cfg.cluster.to_model(),
+    };
     let mut dp =
         Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).context("loading the datapath")?;
     info!(pin_root = %opts.pin_root.display(), "datapath loaded; maps pinned");
@@ -88,19 +152,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         warnings: Vec::new(),
         status: BTreeMap::new(),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    watch_file(opts.config.clone(), opts.file_poll, tx.clone());
-    let mut links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while links.recv().await.is_some() {
-                if tx.send(Trigger::Netlink).is_err() {
-                    break;
-                }
-            }
-        });
+    if let Some(path) = &opts.config {
+        watch_file(path.clone(), opts.file_poll, tx.clone());
     }
+    let links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
+    forward(links, Trigger::Netlink, tx.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut gc = tokio::time::interval(opts.gc_interval);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,26 +169,38 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 why = why.min(t);
             }
             let started = Instant::now();
-            if why <= Trigger::Config {
-                match AgentConfig::load(&opts.config) {
-                    Ok(c) if why == Trigger::Config => {
-                        info!(config = %opts.config.display(), "configuration reloaded");
-                        cluster = c.cluster.to_model();
+            if why == Trigger::Config {
+                match load_config(&opts) {
+                    Ok(c) => {
+                        info!("configuration reloaded");
                         cfg = c;
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!("keeping the previous configuration: {e}"),
+                    Err(e) => warn!("keeping the previous configuration: {e:#}"),
                 }
             }
-            match reconcile(&mut dp, &handle, &cfg, &cluster, &opts.node, &mut st).await {
-                Ok(changes) if changes > 0 || why <= Trigger::Config => info!(
-                    trigger = ?why,
-                    changes,
-                    elapsed = ?started.elapsed(),
-                    "reconciled"
-                ),
-                Ok(_) => {}
+            let cluster = snapshot(&cfg);
+            match reconcile(&mut dp, &handle, &cfg, &cluster, &opts, &mut st).await {
+                Ok(changes) => {
+                    metrics::observe_reconcile(started.elapsed(), true);
+                    health.ready.store(true, Ordering::Relaxed);
+                    if let Ok(mut names) = health.policy_names.write() {
+                        *names = st
+                            .status
+                            .iter()
+                            .filter_map(|(n, s)| Some((s.datapath_id?, n.clone())))
+                            .collect();
+                    }
+                    if changes > 0 || why <= Trigger::Kubernetes {
+                        info!(
+                            trigger = ?why,
+                            changes,
+                            elapsed = ?started.elapsed(),
+                            "reconciled"
+                        );
+                    }
+                }
                 Err(e) => {
+                    metrics::observe_reconcile(started.elapsed(), false);
                     warn!("reconcile failed (retrying in a second): {e:#}");
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -140,6 +208,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         let _ = tx.send(Trigger::Resync);
                     });
                 }
+            }
+            if let Some((client, source)) = &kube {
+                write_status(client, source, &cluster, &opts.node, &st.status).await;
             }
         }
         tokio::select! {
@@ -156,6 +227,35 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!("stopping; the datapath stays attached and pinned (use `egress-agent cleanup` to remove it)");
     Ok(())
+}
+
+/// Writes the status of the policies this node is responsible for, where it changed.
+async fn write_status(
+    client: &kube::Client,
+    source: &KubeSource,
+    cluster: &model::Cluster,
+    node: &str,
+    status: &BTreeMap<String, PolicyStatus>,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    for obj in source.policy_objects() {
+        let name = kube::ResourceExt::name_any(obj.as_ref());
+        let Some(new) = status.get(&name) else {
+            continue;
+        };
+        if !kube_source::writes_status(new, cluster, node)
+            || !kube_source::status_differs(new, obj.status.as_ref())
+        {
+            continue;
+        }
+        let s = kube_source::with_transition_times(new.clone(), obj.status.as_ref(), &now);
+        match kube_source::apply_status(client, &name, &s).await {
+            Ok(()) => info!(policy = %name, "status written"),
+            Err(e) => warn!(policy = %name, "writing status: {e}"),
+        }
+    }
 }
 
 /// Logs each policy whose status changed.
@@ -202,9 +302,10 @@ async fn reconcile(
     handle: &rtnetlink::Handle,
     cfg: &AgentConfig,
     cluster: &model::Cluster,
-    node: &str,
+    opts: &RunOptions,
     st: &mut State,
 ) -> Result<usize> {
+    let node = opts.node.as_str();
     let local = model::LocalFacts {
         interfaces: netdev::ipv4_addresses(handle).await?,
     };
@@ -234,7 +335,7 @@ async fn reconcile(
     )
     .await?;
     let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
-    let uplink_name = d.uplink.clone().unwrap_or_else(|| "eth0".into());
+    let uplink_name = d.uplink.clone().unwrap_or_else(|| opts.uplink.clone());
     let uplink_if = netdev::ifindex(handle, &uplink_name)
         .await?
         .with_context(|| format!("uplink {uplink_name} not found"))?;

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod config;
 pub mod datapath;
 pub mod inspect;
+pub mod kube_source;
+pub mod metrics;
 pub mod model;
 pub mod nat_gc;
 pub mod netdev;

@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use egress_agent::{agent, datapath::DEFAULT_PIN_ROOT, inspect, model, netdev};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
     about,
     after_help = "Examples:\n  \
     egress-agent run --config deploy/example-config.yaml --node worker1\n  \
+    egress-agent run --kubernetes --node \"$NODE_NAME\"\n  \
     egress-agent inspect policies\n  \
     egress-agent inspect nat --json\n  \
     egress-agent crd > deploy/crd.yaml\n  \
@@ -35,19 +36,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the agent on this node: load (or reuse) the datapath and keep it in step with the
-    /// policies, pods and nodes of the configuration file.
+    /// policies, pods and nodes of its source: the configuration file or the Kubernetes API.
     ///
     /// A change to the file, or a pod interface appearing or going, is applied within
     /// milliseconds; only the differences are written to the maps. The datapath stays pinned
     /// when the agent stops, so established flows survive restarts.
     Run {
-        /// The configuration file (YAML: nodes, namespaces, pods, policies; see the README).
+        /// The configuration file (YAML; see the README): tunnel, NAT and map settings, the
+        /// cluster CIDRs, and (without --kubernetes) the nodes, namespaces, pods and policies.
         /// Re-read whenever it changes; a broken edit is logged and the previous one kept.
-        #[arg(long, short, env = "EGRESS_CONFIG")]
-        config: PathBuf,
-        /// This node's name, as in the configuration (Kubernetes: from the downward API).
+        #[arg(
+            long,
+            short,
+            env = "EGRESS_CONFIG",
+            required_unless_present = "kubernetes"
+        )]
+        config: Option<PathBuf>,
+        /// Watch nodes, namespaces, pods and EgressGatewayPolicy objects in the Kubernetes API
+        /// (in-cluster service account, or KUBECONFIG) and write policy status.
+        #[arg(long, env = "EGRESS_KUBERNETES")]
+        kubernetes: bool,
+        /// This node's name, as the source knows it (Kubernetes: from the downward API).
         #[arg(long, env = "NODE_NAME")]
         node: String,
+        /// Uplink (internet-facing) interface, when the source does not name one.
+        #[arg(long, env = "EGRESS_UPLINK", default_value = "eth0")]
+        uplink: String,
+        /// Serve /metrics, /healthz and /readyz here; `off` to disable.
+        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "0.0.0.0:9479")]
+        metrics_addr: String,
         /// How often to check the configuration file for changes, in milliseconds.
         #[arg(long, default_value_t = 100)]
         file_poll_ms: u64,
@@ -110,18 +127,32 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run {
             config,
+            kubernetes,
             node,
+            uplink,
+            metrics_addr,
             file_poll_ms,
             resync_s,
             gc_interval_s,
-        } => tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
-            config,
-            node,
-            pin_root: cli.pin_root,
-            file_poll: Duration::from_millis(file_poll_ms.max(10)),
-            resync: Duration::from_secs(resync_s.max(1)),
-            gc_interval: Duration::from_secs(gc_interval_s.max(1)),
-        })),
+        } => {
+            let metrics_addr = match metrics_addr.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse().with_context(|| {
+                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 0.0.0.0:9479) or off")
+                })?),
+            };
+            tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
+                config,
+                kubernetes,
+                uplink,
+                node,
+                pin_root: cli.pin_root,
+                file_poll: Duration::from_millis(file_poll_ms.max(10)),
+                resync: Duration::from_secs(resync_s.max(1)),
+                gc_interval: Duration::from_secs(gc_interval_s.max(1)),
+                metrics_addr,
+            }))
+        }
         Cmd::Inspect { what, json } => {
             let out = match what {
                 What::Policies => inspect::policies(&cli.pin_root, json)?,

@@ -269,6 +269,32 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
     assert_eq!(row["action"], "gateway");
     assert_eq!(row["gateway"], GATEWAY_IP.to_string());
     assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB, "{row:#}");
+    // And so does /metrics, labelled with the policy's name.
+    let m = exec(
+        &agents[1].ns,
+        &["curl", "-sf", "http://127.0.0.1:9479/metrics"],
+    )
+    .expect("scrape the gateway agent");
+    let bytes = m
+        .lines()
+        .find(|l| {
+            l.starts_with("egress_policy_bytes_total{")
+                && l.contains("policy=\"mail\"")
+                && l.contains("direction=\"tx\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no tx bytes for policy mail in:\n{m}"));
+    assert!(bytes > 50 * MB, "{bytes}");
+    assert!(m.contains("egress_datapath_up 1"), "{m}");
+    assert!(
+        m.contains("egress_drops_total{reason=\"frag_needed\"} 0"),
+        "{m}"
+    );
+    let ready = exec(
+        &agents[1].ns,
+        &["curl", "-sf", "http://127.0.0.1:9479/readyz"],
+    );
+    assert_eq!(ready.expect("readyz").trim(), "ready");
 }
 
 /// The datapath id of the "mail" policy, from the agent's programmed policy prefixes.

@@ -23,6 +23,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "swaks",
     "iputils-ping",
+    "curl",
 ];
 
 /// bpf-linker release line that works with aya 0.14 and the nightly's LLVM.
