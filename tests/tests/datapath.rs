@@ -367,3 +367,65 @@ fn port_unreachable_from_the_internet_reaches_the_pod() {
         .count();
     assert_eq!(to_port_9, 2, "{nat:#}");
 }
+
+/// The agent follows pod interfaces by netlink events, not by polling: the /32 route the CNI
+/// installs for a pod goes (the endpoint is forgotten) and comes back (programmed again), each
+/// within a second, while the periodic resync is 30 s away.
+#[test]
+fn a_pod_route_going_and_coming_back_is_followed_within_a_second() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0"], None);
+    let agents = start_agents(&lab, &cfg);
+    let worker1 = agents
+        .iter()
+        .find(|a| a.node == "worker1")
+        .expect("worker1 agent");
+    let pod = lab.pod("pod-worker1-0");
+    let node_ns = &lab.node("worker1").ns;
+    let route = format!("{}/32", pod.ip);
+    let has_endpoint = |a: &Agent| {
+        a.inspect("endpoints").ok().and_then(|eps| {
+            Some(
+                eps.as_array()?
+                    .iter()
+                    .any(|e| e["ip"] == pod.ip.to_string() && e["selected"] == true),
+            )
+        })
+    };
+    assert_eq!(has_endpoint(worker1), Some(true));
+
+    exec(
+        node_ns,
+        &["ip", "route", "del", &route, "dev", &pod.host_veth],
+    )
+    .expect("route del");
+    let start = Instant::now();
+    let gone = eventually(Duration::from_secs(5), || {
+        (has_endpoint(worker1) == Some(false)).then(|| start.elapsed())
+    })
+    .expect("endpoint forgotten");
+    assert!(gone < Duration::from_secs(1), "took {gone:?}");
+
+    exec(
+        node_ns,
+        &["ip", "route", "add", &route, "dev", &pod.host_veth],
+    )
+    .expect("route add");
+    let start = Instant::now();
+    let back = eventually(Duration::from_secs(5), || {
+        (has_endpoint(worker1) == Some(true)).then(|| start.elapsed())
+    })
+    .expect("endpoint programmed again");
+    assert!(back < Duration::from_secs(1), "took {back:?}");
+    assert!(
+        worker1.log().contains("trigger=Netlink"),
+        "{}",
+        worker1.log()
+    );
+    let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
+    assert_eq!(
+        tcp_source(&lab, &tcp, "pod-worker1-0"),
+        IpAddr::V4(GATEWAY_IP)
+    );
+}
