@@ -30,6 +30,8 @@ pub struct Agent {
     pub ns: String,
     pub pin_root: PathBuf,
     pub config: PathBuf,
+    /// `KUBECONFIG` for `--kubernetes` agents.
+    pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -45,8 +47,31 @@ impl Agent {
             ns: n.ns.clone(),
             pin_root,
             config: config.to_owned(),
+            kubeconfig: None,
             child: None,
             log,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    /// Starts `egress-agent run --kubernetes` on `node`: settings from `config`, the cluster
+    /// from the API server that `kubeconfig` names.
+    pub fn start_kubernetes(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        kubeconfig: &Path,
+    ) -> Result<Agent> {
+        let n = lab.node(node);
+        let mut a = Agent {
+            node: node.to_owned(),
+            ns: n.ns.clone(),
+            pin_root: lab.pin_root(node),
+            config: config.to_owned(),
+            kubeconfig: Some(kubeconfig.to_owned()),
+            child: None,
+            log: lab.dir().join(format!("agent-{node}.log")),
         };
         a.spawn()?;
         Ok(a)
@@ -64,8 +89,12 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = command_in(&self.ns, &bin)?
-            .args(["run", "--node", &self.node])
+        let mut cmd = command_in(&self.ns, &bin)?;
+        cmd.args(["run", "--node", &self.node]);
+        if let Some(k) = &self.kubeconfig {
+            cmd.arg("--kubernetes").env("KUBECONFIG", k);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--pin-root")

@@ -1,5 +1,6 @@
 //! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks.
 
 pub mod agent;
+pub mod fake_api;
 pub mod lab;
 pub mod net;
