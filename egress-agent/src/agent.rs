@@ -21,7 +21,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
@@ -68,8 +68,9 @@ enum Trigger {
     Resync,
 }
 
-/// Watches the file's modification time and size: robust against editors that replace the
-/// file and against ConfigMap volumes (symlink swaps), where inotify on the path misses edits.
+/// Watches the file's modification time, size and inode: robust against editors that replace
+/// the file and against ConfigMap volumes (symlink swaps), where inotify on the path misses
+/// edits.
 fn watch_file(path: PathBuf, every: Duration, tx: mpsc::UnboundedSender<Trigger>) {
     tokio::spawn(async move {
         let mut last = modified(&path);
@@ -139,7 +140,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None
     };
     let snapshot = |cfg: &AgentConfig| match &kube {
-        Some((_, source)) => source.snapshot(),
+        Some((_, source)) => {
+            let mut c = source.snapshot();
+            // The file's cluster CIDRs, also after a reload.
+            c.cluster_cidrs = cfg.cluster.cluster_cidrs.clone();
+            c
+        }
         None => cfg.cluster.to_model(),
     };
     let mut dp =
@@ -165,11 +171,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         if let Some(mut why) = trigger.take() {
             // Coalesce a burst (a CNI adding a veth, its addresses and routes) into one pass.
             tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut reload = why == Trigger::Config;
             while let Ok(t) = rx.try_recv() {
+                reload |= t == Trigger::Config;
                 why = why.min(t);
             }
             let started = Instant::now();
-            if why == Trigger::Config {
+            if reload {
                 match load_config(&opts) {
                     Ok(c) => {
                         info!("configuration reloaded");
@@ -190,13 +198,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                             .filter_map(|(n, s)| Some((s.datapath_id?, n.clone())))
                             .collect();
                     }
-                    if changes > 0 || why <= Trigger::Kubernetes {
+                    if changes > 0 || reload {
                         info!(
                             trigger = ?why,
                             changes,
                             elapsed = ?started.elapsed(),
                             "reconciled"
                         );
+                    } else {
+                        debug!(trigger = ?why, elapsed = ?started.elapsed(), "nothing to change");
                     }
                 }
                 Err(e) => {
@@ -281,8 +291,12 @@ fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, Polic
     }
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What identifies a version of the file: modification time, size and inode (a rename over
+/// the file changes the inode even within one mtime tick).
+fn modified(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 /// Deletes expired NAT entries; returns how many.
