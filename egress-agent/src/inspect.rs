@@ -12,7 +12,7 @@ use egress_common::{
 };
 use serde_json::json;
 
-use crate::datapath::{ip4_from, read_drops, read_policy_stats};
+use crate::datapath::{ip4_from, read_drops, read_nat_stats, read_policy_stats};
 
 fn open(pin_root: &Path, name: &str) -> Result<Map> {
     let path = pin_root.join("maps").join(name);
@@ -111,6 +111,7 @@ pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
 pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
     let drops = read_drops(&open(pin_root, map_names::DROPS)?)?;
     let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
+    let nat = read_nat_stats(&open(pin_root, map_names::NAT_STATS)?)?;
     if as_json {
         let policies: serde_json::Map<String, serde_json::Value> = stats
             .iter()
@@ -122,9 +123,11 @@ pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
                 )
             })
             .collect();
-        return Ok(
-            serde_json::to_string_pretty(&json!({"drops": drops, "policies": policies}))? + "\n",
-        );
+        return Ok(serde_json::to_string_pretty(&json!({
+            "drops": drops,
+            "policies": policies,
+            "nat": {"port_retries": nat.port_retries, "allocations": nat.allocations},
+        }))? + "\n");
     }
     let mut out = format!(
         "{:<8} {:>12} {:>14} {:>12} {:>14}\n",
@@ -137,6 +140,11 @@ pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
             id, s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes
         )?;
     }
+    writeln!(
+        out,
+        "\nNAT: {} mappings created, {} taken ports retried",
+        nat.allocations, nat.port_retries
+    )?;
     writeln!(out, "\n{:<26} {:>10}", "DROP REASON", "PACKETS")?;
     for (r, n) in &drops {
         writeln!(out, "{r:<26} {n:>10}")?;

@@ -34,7 +34,7 @@ use prometheus_client::{
 };
 use tracing::info;
 
-use crate::datapath::{read_drops, read_policy_stats};
+use crate::datapath::{read_drops, read_nat_stats, read_policy_stats};
 
 type Labels = Vec<(String, String)>;
 
@@ -107,7 +107,10 @@ impl Collector for DatapathCollector {
             open(&self.pin_root, map_names::POLICY_STATS).and_then(|m| read_policy_stats(&m).ok());
         let drops = open(&self.pin_root, map_names::DROPS).and_then(|m| read_drops(&m).ok());
         let nat = self.nat_entries();
-        let up = i64::from(stats.is_some() && drops.is_some() && nat.is_some());
+        let nat_stats =
+            open(&self.pin_root, map_names::NAT_STATS).and_then(|m| read_nat_stats(&m).ok());
+        let up =
+            i64::from(stats.is_some() && drops.is_some() && nat.is_some() && nat_stats.is_some());
         let g = ConstGauge::new(up);
         g.encode(enc.encode_descriptor(
             "egress_datapath_up",
@@ -162,6 +165,20 @@ impl Collector for DatapathCollector {
                 "egress_drops",
                 "Packets dropped by the datapath, by reason",
                 &rows,
+            )?;
+        }
+        if let Some(s) = nat_stats {
+            counter(
+                &mut enc,
+                "egress_nat_port_retries",
+                "Candidate SNAT ports found taken (by a flow or a host socket), each followed by another try",
+                &[(vec![], s.port_retries)],
+            )?;
+            counter(
+                &mut enc,
+                "egress_nat_allocations",
+                "SNAT mappings created",
+                &[(vec![], s.allocations)],
             )?;
         }
         if let Some(n) = nat {

@@ -14,11 +14,12 @@ use aya_ebpf::{
 };
 use egress_common::{
     config::Config,
-    counters::DropReason,
+    counters::{DropReason, NAT_STAT_ALLOCATIONS, NAT_STAT_PORT_RETRIES},
     nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
 };
 
 use crate::{
+    counters::count_nat,
     maps::EGW_NAT4,
     parse::{
         Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
@@ -159,6 +160,7 @@ pub fn snat_mapping(
         let port = (cand as u16).to_be();
         let rkey = key.reply_to(egress_ip, port);
         if host_socket_owns(ctx, &rkey) {
+            count_nat(NAT_STAT_PORT_RETRIES);
             continue;
         }
         let rval = NatEntry4 {
@@ -172,7 +174,10 @@ pub fn snat_mapping(
         };
         match EGW_NAT4.insert(rkey, rval, BPF_NOEXIST as u64) {
             Ok(()) => {}
-            Err(e) if e == -EEXIST => continue,
+            Err(e) if e == -EEXIST => {
+                count_nat(NAT_STAT_PORT_RETRIES);
+                continue;
+            }
             Err(_) => return Err(DropReason::NatInsertFailed),
         }
         let fval = NatEntry4 {
@@ -185,10 +190,13 @@ pub fn snat_mapping(
             last_seen_ns: now,
         };
         return match EGW_NAT4.insert(key, fval, BPF_NOEXIST as u64) {
-            Ok(()) => Ok(Mapping {
-                addr: egress_ip,
-                port,
-            }),
+            Ok(()) => {
+                count_nat(NAT_STAT_ALLOCATIONS);
+                Ok(Mapping {
+                    addr: egress_ip,
+                    port,
+                })
+            }
             Err(e) => {
                 let _ = EGW_NAT4.remove(rkey);
                 // Another CPU created the flow's mapping first: use it.

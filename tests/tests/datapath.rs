@@ -269,7 +269,8 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
     assert_eq!(row["action"], "gateway");
     assert_eq!(row["gateway"], GATEWAY_IP.to_string());
     assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB, "{row:#}");
-    // And so does /metrics, labelled with the policy's name.
+    // And so does /metrics on that node (the source node counts what it tunnels), labelled
+    // with the policy's name.
     let m = exec(
         &agents[1].ns,
         &["curl", "-sf", "http://127.0.0.1:9479/metrics"],
@@ -286,6 +287,19 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
         .unwrap_or_else(|| panic!("no tx bytes for policy mail in:\n{m}"));
     assert!(bytes > 50 * MB, "{bytes}");
     assert!(m.contains("egress_datapath_up 1"), "{m}");
+    // The gateway translated both transfers.
+    let gw = agents
+        .iter()
+        .find(|a| a.node == "gateway")
+        .expect("gateway agent");
+    let m = exec(&gw.ns, &["curl", "-sf", "http://127.0.0.1:9479/metrics"])
+        .expect("scrape the gateway agent");
+    let allocations = m
+        .lines()
+        .find_map(|l| l.strip_prefix("egress_nat_allocations_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(allocations >= Some(2), "two transfers, two mappings:\n{m}");
+    assert!(m.contains("egress_nat_port_retries_total "), "{m}");
     assert!(
         m.contains("egress_drops_total{reason=\"frag_needed\"} 0"),
         "{m}"
