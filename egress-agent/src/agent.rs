@@ -32,6 +32,11 @@ use crate::{
     nat_gc, netdev,
 };
 
+/// Default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/run/egress-gateway";
+/// The policy status file in the state directory.
+pub const STATUS_FILE: &str = "policies.json";
+
 pub struct RunOptions {
     /// Settings (tunnel, NAT, map sizes, cluster CIDRs) and, for the file source, the cluster.
     pub config: Option<PathBuf>,
@@ -41,6 +46,8 @@ pub struct RunOptions {
     pub uplink: String,
     pub node: String,
     pub pin_root: PathBuf,
+    /// Where the policy status file goes.
+    pub state_dir: PathBuf,
     /// How often to look at the configuration file's modification time.
     pub file_poll: Duration,
     /// Full reconcile even without a trigger (a safety net: triggers are the normal path).
@@ -268,6 +275,15 @@ async fn write_status(
     }
 }
 
+/// Writes the policy status for `inspect policies` (write and rename: never half a file).
+fn save_status(dir: &std::path::Path, status: &BTreeMap<String, PolicyStatus>) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, dir.join(STATUS_FILE))?;
+    Ok(())
+}
+
 /// Logs each policy whose status changed.
 fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, PolicyStatus>) {
     for (name, s) in new {
@@ -326,6 +342,12 @@ async fn reconcile(
     let m = model::compute(cluster, node, &local);
     if m.status != st.status {
         log_status(&st.status, &m.status);
+        if let Err(e) = save_status(&opts.state_dir, &m.status) {
+            warn!(
+                "writing {}: {e:#}",
+                opts.state_dir.join(STATUS_FILE).display()
+            );
+        }
         st.status = m.status;
     }
     let d = m.desired;

@@ -227,6 +227,70 @@ impl Cluster {
     }
 }
 
+/// The fields of a policy spec, per level: (field, the fields of its objects, if checked).
+struct Fields(&'static [(&'static str, Option<&'static Fields>)]);
+
+const SELECTOR_FIELDS: Fields = Fields(&[
+    ("matchLabels", None),
+    (
+        "matchExpressions",
+        Some(&Fields(&[
+            ("key", None),
+            ("operator", None),
+            ("values", None),
+        ])),
+    ),
+]);
+const SPEC_FIELDS: Fields = Fields(&[
+    (
+        "selectors",
+        Some(&Fields(&[
+            ("podSelector", Some(&SELECTOR_FIELDS)),
+            ("namespaceSelector", Some(&SELECTOR_FIELDS)),
+        ])),
+    ),
+    ("destinationCIDRs", None),
+    ("excludedCIDRs", None),
+    (
+        "gateway",
+        Some(&Fields(&[
+            ("nodeName", None),
+            ("nodeSelector", Some(&SELECTOR_FIELDS)),
+            ("egressIP", None),
+            ("interface", None),
+        ])),
+    ),
+]);
+
+/// Refuses keys of `v` (an object, or a list of objects) that `fields` does not name,
+/// suggesting the field that differs only in case.
+fn check_fields(v: &serde_yaml::Value, at: &str, fields: &Fields) -> Result<(), String> {
+    let objects: Vec<&serde_yaml::Value> = match v {
+        serde_yaml::Value::Sequence(s) => s.iter().collect(),
+        other => vec![other],
+    };
+    for o in objects {
+        let Some(map) = o.as_mapping() else { continue };
+        for (k, child) in map {
+            let key = k.as_str().unwrap_or_default();
+            match fields.0.iter().find(|(f, _)| *f == key) {
+                Some((_, Some(sub))) => check_fields(child, &format!("{at}.{key}"), sub)?,
+                Some((_, None)) => {}
+                None => {
+                    let hint = fields
+                        .0
+                        .iter()
+                        .find(|(f, _)| f.eq_ignore_ascii_case(key))
+                        .map(|(f, _)| format!(" (did you mean {f}?)"))
+                        .unwrap_or_default();
+                    return Err(format!("{at}.{key}: unknown field{hint}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -248,6 +312,14 @@ impl AgentConfig {
             source,
         })?;
         cfg.validate()?;
+        // The custom resource's types accept unknown fields (the API server prunes them); in
+        // the file a misspelt optional field would silently do nothing, so refuse it.
+        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+        for p in raw["policies"].as_sequence().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or("?");
+            check_fields(&p["spec"], "spec", &SPEC_FIELDS)
+                .map_err(|e| ConfigError::Invalid(format!("policy {name}: {e}")))?;
+        }
         Ok(cfg)
     }
 
@@ -357,6 +429,67 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("policy x is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_spec_field_is_an_error_with_a_hint() {
+        let spec = |gateway: &str| {
+            format!(
+                "policies: [{{name: mail, spec: {{selectors: [{{podSelector: {{matchLabels: {{a: b}}}}}}], \
+                 destinationCIDRs: [0.0.0.0/0], excludedCidrs: [10.0.0.0/8], gateway: {gateway}}}}}]"
+            )
+        };
+        let e = AgentConfig::parse(&spec("{nodeName: gw}")).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "policy mail: spec.excludedCidrs: unknown field (did you mean excludedCIDRs?)"
+            ),
+            "{e}"
+        );
+        let ok = spec("{nodeName: gw}").replace("excludedCidrs", "excludedCIDRs");
+        AgentConfig::parse(&ok).expect("the right spelling parses");
+        let e = AgentConfig::parse(
+            &ok.replace("{nodeName: gw}", "{nodeSelector: {matchLabel: {a: b}}}"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.gateway.nodeSelector.matchLabel: unknown field"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(&ok.replace("podSelector", "podselector")).unwrap_err();
+        assert!(e.to_string().contains("did you mean podSelector?"), "{e}");
+    }
+
+    #[test]
+    fn the_checked_field_list_knows_every_field_of_the_types() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        let sel = LabelSelector {
+            match_labels: Some([("a".to_owned(), "b".to_owned())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "In".into(),
+                values: Some(vec!["v".into()]),
+            }]),
+        };
+        let full = EgressGatewayPolicySpec {
+            selectors: vec![model::PodSelection {
+                pod_selector: Some(sel.clone()),
+                namespace_selector: Some(sel.clone()),
+            }],
+            destination_cidrs: vec!["0.0.0.0/0".into()],
+            excluded_cidrs: vec!["10.0.0.0/8".into()],
+            gateway: model::GatewaySpec {
+                node_name: Some("n".into()),
+                node_selector: Some(sel),
+                egress_ip: Some("192.0.2.1".into()),
+                interface: Some("eth0".into()),
+            },
+        };
+        let v = serde_yaml::to_value(&full).expect("serializes");
+        check_fields(&v, "spec", &SPEC_FIELDS).expect("every serialized field is known");
     }
 
     #[test]

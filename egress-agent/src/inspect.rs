@@ -1,6 +1,6 @@
 //! `egress-agent inspect`: reads the pinned maps of a running (or stopped) agent.
 
-use std::{fmt::Write as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::LpmTrie, HashMap, Map, MapData};
@@ -12,7 +12,10 @@ use egress_common::{
 };
 use serde_json::json;
 
-use crate::datapath::{ip4_from, read_drops, read_nat_stats, read_policy_stats};
+use crate::{
+    datapath::{ip4_from, read_drops, read_nat_stats, read_policy_stats},
+    model::PolicyStatus,
+};
 
 fn open(pin_root: &Path, name: &str) -> Result<Map> {
     let path = pin_root.join("maps").join(name);
@@ -154,7 +157,17 @@ pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
 
 /// The policy map (like `cilium bpf egress list`): per policy id and destination prefix, the
 /// action, gateway and egress IP, with the policy's traffic counters.
-pub fn policies(pin_root: &Path, as_json: bool) -> Result<String> {
+pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<String> {
+    // Names and status, when the agent has written them (it need not run now).
+    let status: BTreeMap<String, PolicyStatus> =
+        std::fs::read(state_dir.join(crate::agent::STATUS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+    let name_of: BTreeMap<u32, &str> = status
+        .iter()
+        .filter_map(|(n, s)| Some((s.datapath_id?, n.as_str())))
+        .collect();
     let map = open(pin_root, map_names::POLICY4)?;
     let trie: LpmTrie<&MapData, PolicyKey4, PolicyValue> = (&map).try_into()?;
     let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
@@ -167,6 +180,7 @@ pub fn policies(pin_root: &Path, as_json: bool) -> Result<String> {
         let s = stats.get(&id).copied().unwrap_or_default();
         rows.push(json!({
             "policy": id,
+            "name": name_of.get(&id).copied().unwrap_or(""),
             "destination": format!("{}/{prefix}", ip4_from(data.dst)),
             "action": match v.action {
                 ACTION_VIA_GATEWAY => "gateway",
@@ -188,10 +202,64 @@ pub fn policies(pin_root: &Path, as_json: bool) -> Result<String> {
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows)? + "\n");
     }
-    let mut out = format!(
-        "{:>6} {:<18} {:<9} {:<15} {:<15} {:>12} {:>14}\n",
-        "POLICY", "DESTINATION", "ACTION", "GATEWAY", "EGRESS IP", "TX PACKETS", "TX BYTES"
-    );
+    let mut out = String::new();
+    // Per policy: status (when known) and traffic on this node.
+    let mut ids: Vec<u32> = rows
+        .iter()
+        .filter_map(|r| r["policy"].as_u64())
+        .map(|i| i as u32)
+        .collect();
+    ids.dedup();
+    writeln!(
+        out,
+        "{:<20} {:>4} {:<6} {:<16} {:<12} {:<15} {:>5} {:>11} {:>14}",
+        "NAME", "ID", "READY", "REASON", "GATEWAY", "EGRESS IP", "PODS", "TX PACKETS", "TX BYTES"
+    )?;
+    let mut listed: Vec<(String, Option<&PolicyStatus>, Option<u32>)> = status
+        .iter()
+        .map(|(n, s)| (n.clone(), Some(s), s.datapath_id))
+        .collect();
+    // Ids in the maps without a known name (no status file, or a stale entry).
+    for id in &ids {
+        if !name_of.contains_key(id) {
+            listed.push(("?".into(), None, Some(*id)));
+        }
+    }
+    for (name, s, id) in &listed {
+        let ready = s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let traffic = id.and_then(|i| stats.get(&i)).copied().unwrap_or_default();
+        writeln!(
+            out,
+            "{:<20} {:>4} {:<6} {:<16} {:<12} {:<15} {:>5} {:>11} {:>14}",
+            name,
+            id.map_or("-".into(), |i| i.to_string()),
+            ready.map_or("?", |c| c.status.as_str()),
+            ready.map_or("", |c| c.reason.as_str()),
+            s.and_then(|s| s.gateway_node.as_deref()).unwrap_or("-"),
+            s.and_then(|s| s.egress_ip.as_deref()).unwrap_or("-"),
+            s.map_or("-".into(), |s| s.selected_pods.to_string()),
+            traffic.tx_packets,
+            traffic.tx_bytes,
+        )?;
+        // Everything but a plain Ready=True, under the policy.
+        for c in s
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .filter(|c| c.type_ != "Ready" || c.status != "True")
+        {
+            writeln!(
+                out,
+                "    {}={} {}: {}",
+                c.type_, c.status, c.reason, c.message
+            )?;
+        }
+    }
+    // The datapath's prefixes.
+    writeln!(
+        out,
+        "\n{:>4} {:<18} {:<9} {:<15} EGRESS IP",
+        "ID", "DESTINATION", "ACTION", "GATEWAY"
+    )?;
     for r in &rows {
         let excluded = r["action"] == "excluded";
         let dash = |k: &str| {
@@ -201,17 +269,15 @@ pub fn policies(pin_root: &Path, as_json: bool) -> Result<String> {
                 r[k].as_str().unwrap_or("").to_owned()
             }
         };
-        writeln!(
-            out,
-            "{:>6} {:<18} {:<9} {:<15} {:<15} {:>12} {:>14}",
-            r["policy"],
+        let line = format!(
+            "{:>4} {:<18} {:<9} {:<15} {}",
+            r["policy"].as_u64().unwrap_or(0),
             r["destination"].as_str().unwrap_or(""),
             r["action"].as_str().unwrap_or(""),
             dash("gateway"),
             dash("egress_ip"),
-            r["tx_packets"],
-            r["tx_bytes"]
-        )?;
+        );
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(out)
 }

@@ -29,6 +29,9 @@ struct Cli {
     /// Where maps and links are pinned (a bpffs; mounted if missing). One agent per pin root.
     #[arg(long, global = true, env = "EGRESS_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
+    /// Where the agent keeps its policy status (`policies.json`, read by `inspect policies`).
+    #[arg(long, global = true, env = "EGRESS_STATE_DIR", default_value = agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -98,7 +101,8 @@ enum Cmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
-    /// Policy prefixes: destination, action, gateway, egress IP, traffic per policy id.
+    /// Policies: status (name, ready, gateway, egress IP, pods) and their prefixes in the
+    /// datapath (destination, action, gateway, egress IP, traffic per policy id).
     Policies,
     /// Translated flows (forward direction).
     Nat,
@@ -152,6 +156,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 uplink,
                 node,
                 pin_root: cli.pin_root,
+                state_dir: cli.state_dir,
                 file_poll: Duration::from_millis(file_poll_ms.max(10)),
                 resync: Duration::from_secs(resync_s.max(1)),
                 gc_interval: Duration::from_secs(gc_interval_s.max(1)),
@@ -160,7 +165,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Inspect { what, json } => {
             let out = match what {
-                What::Policies => inspect::policies(&cli.pin_root, json)?,
+                What::Policies => inspect::policies(&cli.pin_root, &cli.state_dir, json)?,
                 What::Nat => inspect::nat(&cli.pin_root, json)?,
                 What::Endpoints => inspect::endpoints(&cli.pin_root, json)?,
                 What::Counters => inspect::counters(&cli.pin_root, json)?,

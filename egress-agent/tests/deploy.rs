@@ -124,6 +124,13 @@ fn the_daemonset_is_unprivileged_with_the_capabilities_it_needs() {
         .iter()
         .flatten()
         .any(|m| m.name == bpffs.name && m.mount_path == "/sys/fs/bpf"));
+    // The root file system is read-only: the state directory must be a volume.
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert!(c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == egress_agent::agent::DEFAULT_STATE_DIR));
     let args = c.args.clone().unwrap_or_default();
     assert!(args.contains(&"--kubernetes".to_owned()), "{args:?}");
     let probe =

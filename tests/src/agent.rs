@@ -30,6 +30,8 @@ pub struct Agent {
     pub ns: String,
     pub pin_root: PathBuf,
     pub config: PathBuf,
+    /// The agent's `--state-dir` (policy status for `inspect policies`).
+    pub state_dir: PathBuf,
     /// `KUBECONFIG` for `--kubernetes` agents.
     pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
@@ -47,6 +49,7 @@ impl Agent {
             ns: n.ns.clone(),
             pin_root,
             config: config.to_owned(),
+            state_dir: lab.dir().join(format!("state-{node}")),
             kubeconfig: None,
             child: None,
             log,
@@ -69,6 +72,7 @@ impl Agent {
             ns: n.ns.clone(),
             pin_root: lab.pin_root(node),
             config: config.to_owned(),
+            state_dir: lab.dir().join(format!("state-{node}")),
             kubeconfig: Some(kubeconfig.to_owned()),
             child: None,
             log: lab.dir().join(format!("agent-{node}.log")),
@@ -99,6 +103,8 @@ impl Agent {
             .arg(&self.config)
             .arg("--pin-root")
             .arg(&self.pin_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .env("RUST_LOG", "info,netlink_packet_route=error")
             .stdout(Stdio::null())
             .stderr(log)
@@ -129,14 +135,26 @@ impl Agent {
 
     /// Runs `egress-agent inspect <what> --json` against this agent's pins.
     pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
-        let out = std::process::Command::new(agent_binary())
-            .args(["inspect", what, "--json", "--pin-root"])
+        Ok(serde_json::from_str(&self.inspect_text(what, true)?)?)
+    }
+
+    /// Runs `egress-agent inspect <what>` (the table, or with `json` the JSON text).
+    pub fn inspect_text(&self, what: &str, json: bool) -> Result<String> {
+        let mut cmd = std::process::Command::new(agent_binary());
+        cmd.args(["inspect", what]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .arg("--pin-root")
             .arg(&self.pin_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .output()?;
         if !out.status.success() {
             bail!("inspect {what}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Waits until the agent has programmed `n` local endpoints.

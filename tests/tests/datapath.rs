@@ -267,7 +267,18 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
         .and_then(|rows| rows.iter().find(|r| r["destination"] == "198.51.100.0/24"))
         .unwrap_or_else(|| panic!("the policy prefix is listed: {p:#}"));
     assert_eq!(row["action"], "gateway");
+    assert_eq!(row["name"], "mail");
     assert_eq!(row["gateway"], GATEWAY_IP.to_string());
+    let table = agents[1]
+        .inspect_text("policies", false)
+        .expect("inspect policies");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("mail "))
+        .unwrap_or_else(|| panic!("no status line for mail:\n{table}"));
+    for want in ["True", "Active", "gateway", "192.0.2.10"] {
+        assert!(line.contains(want), "{want} in {line:?}\n{table}");
+    }
     assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB, "{row:#}");
     // And so does /metrics on that node (the source node counts what it tunnels), labelled
     // with the policy's name.
