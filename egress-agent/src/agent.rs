@@ -42,8 +42,9 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// Take nodes, namespaces, pods and policies from the Kubernetes API instead of the file.
     pub kubernetes: bool,
-    /// Uplink interface when the source names none (Kubernetes).
-    pub uplink: String,
+    /// Uplink interface when the source names none (Kubernetes); without it, the interface
+    /// of the default route.
+    pub uplink: Option<String>,
     pub node: String,
     pub pin_root: PathBuf,
     /// Where the policy status file goes.
@@ -371,7 +372,12 @@ async fn reconcile(
     )
     .await?;
     let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
-    let uplink_name = d.uplink.clone().unwrap_or_else(|| opts.uplink.clone());
+    let uplink_name = match d.uplink.clone().or_else(|| opts.uplink.clone()) {
+        Some(u) => u,
+        None => netdev::default_route_interface(handle)
+            .await?
+            .context("no uplink: the node has no IPv4 default route; give --uplink")?,
+    };
     let uplink_if = netdev::ifindex(handle, &uplink_name)
         .await?
         .with_context(|| format!("uplink {uplink_name} not found"))?;

@@ -62,9 +62,10 @@ enum Cmd {
         /// This node's name, as the source knows it (Kubernetes: from the downward API).
         #[arg(long, env = "NODE_NAME")]
         node: String,
-        /// Uplink (internet-facing) interface, when the source does not name one.
-        #[arg(long, env = "EGRESS_UPLINK", default_value = "eth0")]
-        uplink: String,
+        /// Uplink (internet-facing) interface, when the source does not name one. Default: the
+        /// interface of the IPv4 default route.
+        #[arg(long, env = "EGRESS_UPLINK")]
+        uplink: Option<String>,
         /// Serve /metrics, /healthz and /readyz here; `off` to disable.
         #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "0.0.0.0:9479")]
         metrics_addr: String,

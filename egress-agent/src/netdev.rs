@@ -175,6 +175,42 @@ pub async fn ipv4_addresses(
     Ok(out)
 }
 
+/// The interface of the main table's IPv4 default route (the lowest metric), if any: the
+/// uplink when nothing names one.
+pub async fn default_route_interface(handle: &Handle) -> Result<Option<String>, NetdevError> {
+    let names = link_names(handle).await?;
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut best: Option<(u32, u32)> = None;
+    while let Some(r) = routes.try_next().await? {
+        if r.header.destination_prefix_length != 0 {
+            continue;
+        }
+        let mut oif = None;
+        let mut metric = 0;
+        let mut table = u32::from(r.header.table);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Priority(p) => metric = *p,
+                RouteAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        if table != u32::from(libc::RT_TABLE_MAIN) {
+            continue;
+        }
+        if let Some(i) = oif {
+            if best.is_none_or(|(m, _)| metric < m) {
+                best = Some((metric, i));
+            }
+        }
+    }
+    Ok(best.and_then(|(_, i)| names.get(&i).cloned()))
+}
+
 /// Pod address -> (ifindex, name) of the interface its /32 route points at (Calico, Cilium
 /// and the ptp plugin install such routes to the pod's host-side veth).
 pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, String)>, NetdevError> {

@@ -115,6 +115,12 @@ fn relabelling_a_pod_in_the_api_moves_it_onto_the_gateway_and_off_with_status() 
     assert_eq!(st["egressIP"], GATEWAY_IP.to_string());
     assert_eq!(st["conditions"][0]["type"], "Ready");
     assert_eq!(st["conditions"][0]["status"], "True");
+    // The API names no uplink and neither does the command line: the default route's.
+    let gw = agents
+        .iter()
+        .find(|a| a.node == "gateway")
+        .expect("gateway");
+    assert!(gw.log().contains("uplink=eth0"), "{}", gw.log());
     assert!(
         worker1.log().contains("trigger=Kubernetes"),
         "{}",
