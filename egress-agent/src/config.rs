@@ -307,6 +307,26 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+        let old_policy = raw["policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("gatewayNode").is_some() || p.get("id").is_some());
+        let old_pod = raw["pods"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("policy").is_some());
+        if old_policy || old_pod {
+            return Err(ConfigError::Invalid(
+                "this is the old format: a policy is now `{name, spec}` with the \
+                 EgressGatewayPolicy spec (selectors, destinationCIDRs, gateway), ids are \
+                 derived from names, and pods are selected by their `labels` instead of \
+                 `policy:` (see the README, \"The configuration file\")"
+                    .into(),
+            ));
+        }
         let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<config>".into(),
             source,
@@ -314,7 +334,6 @@ impl AgentConfig {
         cfg.validate()?;
         // The custom resource's types accept unknown fields (the API server prunes them); in
         // the file a misspelt optional field would silently do nothing, so refuse it.
-        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
         for p in raw["policies"].as_sequence().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("?");
             check_fields(&p["spec"], "spec", &SPEC_FIELDS)
@@ -498,7 +517,10 @@ mod tests {
             "policies: [{name: mail, id: 1, gatewayNode: gw, destinationCidrs: [0.0.0.0/0]}]",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("unknown field `id`"), "{e}");
+        assert!(e.to_string().contains("old format"), "{e}");
+        let e = AgentConfig::parse("pods: [{name: p, ip: 10.0.0.1, node: a, policy: mail}]")
+            .unwrap_err();
+        assert!(e.to_string().contains("by their `labels`"), "{e}");
     }
 
     #[test]

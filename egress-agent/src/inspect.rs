@@ -281,3 +281,153 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
     }
     Ok(out)
 }
+
+/// `egress-agent check`: what the model makes of a configuration file, without a kernel: every
+/// policy's status (as its gateway node computes it, less the interface addresses only the
+/// running agent sees) and, per node, the local pods, how many are selected, and the remote
+/// pods a gateway accepts.
+pub fn check(cfg: &crate::config::AgentConfig, as_json: bool) -> Result<String> {
+    let cluster = cfg.cluster.to_model();
+    let local = crate::model::LocalFacts::default();
+    let mut nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    nodes.sort_unstable();
+    let models: BTreeMap<&str, crate::model::Model> = nodes
+        .iter()
+        .map(|n| (*n, crate::model::compute(&cluster, n, &local)))
+        .collect();
+    let any = crate::model::compute(&cluster, nodes.first().copied().unwrap_or(""), &local);
+    let mut status = any.status.clone();
+    for (name, s) in status.iter_mut() {
+        if let Some(m) = s.gateway_node.as_deref().and_then(|g| models.get(g)) {
+            if let Some(gs) = m.status.get(name) {
+                *s = gs.clone();
+            }
+        }
+    }
+    let per_node: BTreeMap<&str, serde_json::Value> = models
+        .iter()
+        .map(|(n, m)| {
+            (
+                *n,
+                json!({
+                    "pods": m.desired.pods.len(),
+                    "selected": m.desired.pods.iter().filter(|p| p.policy_id.is_some()).count(),
+                    "remote": m.desired.remote_endpoints.len(),
+                }),
+            )
+        })
+        .collect();
+    let mut warnings: Vec<&String> = models
+        .values()
+        .flat_map(|m| &m.desired.warnings)
+        .chain(&any.desired.warnings)
+        .collect();
+    warnings.sort();
+    warnings.dedup();
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&json!({
+            "policies": status,
+            "nodes": per_node,
+            "warnings": warnings,
+        }))? + "\n");
+    }
+    let c = &cfg.cluster;
+    let mut out = format!(
+        "configuration parses: {} nodes, {} namespaces, {} pods, {} policies\n\n",
+        c.nodes.len(),
+        c.namespaces.len(),
+        c.pods.len(),
+        c.policies.len()
+    );
+    writeln!(
+        out,
+        "{:<20} {:>4} {:<6} {:<22} {:<12} {:<15} {:>5}",
+        "POLICY", "ID", "READY", "REASON", "GATEWAY", "EGRESS IP", "PODS"
+    )?;
+    for (name, s) in &status {
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        writeln!(
+            out,
+            "{:<20} {:>4} {:<6} {:<22} {:<12} {:<15} {:>5}",
+            name,
+            s.datapath_id.map_or("-".into(), |i| i.to_string()),
+            ready.map_or("?", |c| c.status.as_str()),
+            ready.map_or("", |c| c.reason.as_str()),
+            s.gateway_node.as_deref().unwrap_or("-"),
+            s.egress_ip.as_deref().unwrap_or("-"),
+            s.selected_pods
+        )?;
+        for c in s
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready" || c.status != "True")
+        {
+            writeln!(
+                out,
+                "    {}={} {}: {}",
+                c.type_, c.status, c.reason, c.message
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "\n{:<20} {:>5} {:>9} {:>7}",
+        "NODE", "PODS", "SELECTED", "REMOTE"
+    )?;
+    for (n, v) in &per_node {
+        writeln!(
+            out,
+            "{:<20} {:>5} {:>9} {:>7}",
+            n,
+            v["pods"].as_u64().unwrap_or(0),
+            v["selected"].as_u64().unwrap_or(0),
+            v["remote"].as_u64().unwrap_or(0)
+        )?;
+    }
+    if !warnings.is_empty() {
+        writeln!(out, "\nwarnings:")?;
+        for w in warnings {
+            writeln!(out, "  {w}")?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_reports_the_example_configuration() {
+        let cfg =
+            crate::config::AgentConfig::parse(include_str!("../../deploy/example-config.yaml"))
+                .expect("the example parses");
+        let out = check(&cfg, false).expect("a report");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("mailu-postfix "))
+            .unwrap_or_else(|| panic!("{out}"));
+        for want in ["True", "Active", "gateway", "192.0.2.10"] {
+            assert!(line.contains(want), "{want} in {line:?}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&check(&cfg, true).expect("json")).expect("valid JSON");
+        assert_eq!(v["policies"]["mailu-postfix"]["selectedPods"], 2);
+        assert_eq!(v["nodes"]["worker1"]["selected"], 1);
+        assert_eq!(v["nodes"]["gateway"]["remote"], 1);
+        assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+    }
+
+    #[test]
+    fn check_shows_why_a_policy_is_not_ready() {
+        let cfg = crate::config::AgentConfig::parse(
+            "nodes: [{name: a, ip: 192.0.2.1}]\n\
+             policies: [{name: p, spec: {selectors: [{podSelector: {}}], \
+             destinationCIDRs: [0.0.0.0/0], gateway: {nodeName: nowhere}}}]\n",
+        )
+        .expect("parses");
+        let out = check(&cfg, false).expect("a report");
+        assert!(out.contains("GatewayNotFound"), "{out}");
+        assert!(out.contains("gateway node nowhere does not exist"), "{out}");
+    }
+}

@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
     version,
     about,
     after_help = "Examples:\n  \
+    egress-agent check --config deploy/example-config.yaml\n  \
     egress-agent run --config deploy/example-config.yaml --node worker1\n  \
     egress-agent run --kubernetes --node \"$NODE_NAME\"\n  \
     egress-agent inspect policies\n  \
@@ -85,6 +86,16 @@ enum Cmd {
     /// Show what the datapath holds, read from the pinned maps (the agent need not run).
     Inspect {
         what: What,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file without touching the node: parse it and show what the
+    /// policy model makes of it (each policy's status, and per node the pods it programs).
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "EGRESS_CONFIG")]
+        config: PathBuf,
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
@@ -172,6 +183,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 What::Counters => inspect::counters(&cli.pin_root, json)?,
             };
             print!("{out}");
+            Ok(())
+        }
+        Cmd::Check { config, json } => {
+            let cfg = egress_agent::config::AgentConfig::load(&config)?;
+            print!("{}", inspect::check(&cfg, json)?);
             Ok(())
         }
         Cmd::Crd => {
