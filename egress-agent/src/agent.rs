@@ -235,8 +235,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             t = rx.recv() => trigger = t,
             _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
             _ = gc.tick() => match collect_nat(&mut dp, &cfg.nat.timeouts) {
-                Ok(0) => {}
-                Ok(n) => info!(expired = n, "NAT entries collected"),
+                Ok((expired, live)) => {
+                    health.nat_flows.store(live as i64, Ordering::Relaxed);
+                    if expired > 0 {
+                        info!(expired, live, "NAT entries collected");
+                    }
+                }
                 Err(e) => warn!("NAT collection failed: {e:#}"),
             },
             _ = tokio::signal::ctrl_c() => break,
@@ -316,15 +320,21 @@ fn modified(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// Deletes expired NAT entries; returns how many.
-pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<usize> {
+/// Deletes expired NAT entries; returns how many, and how many translated flows (forward
+/// entries) are left.
+pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<(usize, usize)> {
     let entries = dp.maps().nat_entries()?;
     let dead = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
     let mut maps = dp.maps();
     for k in &dead {
         maps.del_nat(*k)?;
     }
-    Ok(dead.len())
+    let dead: std::collections::HashSet<_> = dead.into_iter().collect();
+    let live = entries
+        .iter()
+        .filter(|(k, v)| v.flags & egress_common::nat::NAT_F_REVERSE == 0 && !dead.contains(k))
+        .count();
+    Ok((dead.len(), live))
 }
 
 /// One reconcile pass; returns the number of changes made.

@@ -9,18 +9,15 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, LazyLock, RwLock,
     },
     time::Duration,
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use aya::maps::{HashMap, Map, MapData};
-use egress_common::{
-    map_names,
-    nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
-};
+use aya::maps::{Map, MapData};
+use egress_common::map_names;
 use prometheus_client::{
     collector::Collector,
     encoding::{text::encode, DescriptorEncoder, EncodeMetric},
@@ -55,12 +52,25 @@ pub fn observe_reconcile(took: Duration, ok: bool) {
 }
 
 /// Shared between the reconciler and the HTTP server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// Set after the first successful reconcile.
     pub ready: AtomicBool,
     /// Policy id -> name, for labels.
     pub policy_names: RwLock<BTreeMap<u32, String>>,
+    /// Translated flows counted by the last NAT collection (-1: none yet). Counting the NAT
+    /// table at scrape time would cost a syscall per entry on every scrape.
+    pub nat_flows: AtomicI64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            ready: AtomicBool::new(false),
+            policy_names: RwLock::default(),
+            nat_flows: AtomicI64::new(-1),
+        }
+    }
 }
 
 /// Reads the pinned maps on each scrape.
@@ -73,19 +83,6 @@ struct DatapathCollector {
 fn open(pin_root: &std::path::Path, name: &str) -> Option<Map> {
     let md = MapData::from_pin(pin_root.join("maps").join(name)).ok()?;
     Map::from_map_data(md).ok()
-}
-
-impl DatapathCollector {
-    fn nat_entries(&self) -> Option<i64> {
-        let map = open(&self.pin_root, map_names::NAT4)?;
-        let m: HashMap<&MapData, NatKey4, NatEntry4> = (&map).try_into().ok()?;
-        Some(
-            m.iter()
-                .filter_map(Result::ok)
-                .filter(|(_, v)| v.flags & NAT_F_REVERSE == 0)
-                .count() as i64,
-        )
-    }
 }
 
 fn counter(
@@ -106,11 +103,10 @@ impl Collector for DatapathCollector {
         let stats =
             open(&self.pin_root, map_names::POLICY_STATS).and_then(|m| read_policy_stats(&m).ok());
         let drops = open(&self.pin_root, map_names::DROPS).and_then(|m| read_drops(&m).ok());
-        let nat = self.nat_entries();
+        let nat = Some(self.health.nat_flows.load(Ordering::Relaxed)).filter(|n| *n >= 0);
         let nat_stats =
             open(&self.pin_root, map_names::NAT_STATS).and_then(|m| read_nat_stats(&m).ok());
-        let up =
-            i64::from(stats.is_some() && drops.is_some() && nat.is_some() && nat_stats.is_some());
+        let up = i64::from(stats.is_some() && drops.is_some() && nat_stats.is_some());
         let g = ConstGauge::new(up);
         g.encode(enc.encode_descriptor(
             "egress_datapath_up",
@@ -185,7 +181,7 @@ impl Collector for DatapathCollector {
             let g = ConstGauge::new(n);
             g.encode(enc.encode_descriptor(
                 "egress_nat_entries",
-                "Translated flows in the NAT table",
+                "Translated flows in the NAT table at the last collection (--gc-interval-s)",
                 None,
                 g.metric_type(),
             )?)?;

@@ -312,6 +312,10 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
     assert!(allocations >= Some(2), "two transfers, two mappings:\n{m}");
     assert!(m.contains("egress_nat_port_retries_total "), "{m}");
     assert!(
+        m.contains("\negress_nat_entries "),
+        "counted by the NAT collection: {m}"
+    );
+    assert!(
         m.contains("egress_drops_total{reason=\"frag_needed\"} 0"),
         "{m}"
     );
