@@ -9,7 +9,7 @@
 //! | gateway node unknown, or `nodeSelector` matches no node with an InternalIP | not programmed | `Ready=False`, `GatewayNotFound` |
 //! | `nodeSelector` matches several nodes | the first by name is the gateway | `Ready=True`; message names the others |
 //! | a pod matched by two policies | the older policy (creation time, then name) gets it | `PodConflict=True` on the younger one |
-//! | `egressIP` not among the gateway's known addresses | still programmed (the address may be routed to the node without being configured) | `EgressIPOnGateway=False`, `EgressIPNotOnGateway` |
+//! | `egressIP` not among the gateway's known addresses | still programmed (the address may be routed to the node without being configured) | `EgressIPOnGateway=False`, `EgressIPNotOnGateway` (seen by the gateway's agent, which also knows its interfaces; other nodes say `Unknown`) |
 //! | `interface` missing or without IPv4 on the gateway (known only there) | the gateway does not SNAT for the policy (its tunnel packets are dropped and counted) | `Ready=False`, `InterfaceNotFound` |
 //! | IPv6 CIDRs | ignored (the datapath is IPv4 for now) | `IPv6Ignored=True` |
 //! | more than 1023 policies | the youngest get no datapath id, not programmed | `Ready=False`, `TooManyPolicies` |
@@ -601,6 +601,20 @@ fn resolve(
                     "Assigned",
                     format!("{ip} is on {}", gw.name),
                 ));
+            } else if !on_gateway {
+                // Only the gateway's agent sees its interface addresses; it writes the status.
+                conds.push(PolicyCondition {
+                    status: "Unknown".into(),
+                    ..cond(
+                        "EgressIPOnGateway",
+                        false,
+                        "CheckedOnGateway",
+                        format!(
+                            "{ip} is not among {}'s node addresses; its agent checks its interfaces",
+                            gw.name
+                        ),
+                    )
+                });
             } else {
                 conds.push(cond(
                     "EgressIPOnGateway",

@@ -580,7 +580,16 @@ fn an_egress_ip_on_the_gateway_is_used_and_confirmed() {
 fn an_egress_ip_not_on_the_gateway_is_programmed_with_a_false_condition() {
     let mut c = cluster();
     c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    // A worker cannot see the gateway's interfaces: it cannot tell, and does not warn.
     let m = run(&c, "w1");
+    let e = condition(&m.status["mail"], "EgressIPOnGateway").unwrap();
+    assert_eq!(
+        (e.status.as_str(), e.reason.as_str()),
+        ("Unknown", "CheckedOnGateway")
+    );
+    assert!(m.desired.warnings.is_empty(), "{:?}", m.desired.warnings);
+    // The gateway, whose interfaces lack it, says so (and it writes the status).
+    let m = run(&c, "gw");
     let e = condition(&m.status["mail"], "EgressIPOnGateway").unwrap();
     assert_eq!(
         (e.status.as_str(), e.reason.as_str()),
