@@ -120,7 +120,7 @@ enum What {
     Nat,
     /// Local pods known to the datapath.
     Endpoints,
-    /// Per-policy traffic and per-reason drops.
+    /// Per-policy traffic, drops by reason, NAT mappings created and taken ports retried.
     Counters,
 }
 

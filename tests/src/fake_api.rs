@@ -149,6 +149,28 @@ impl FakeApi {
             .send((path, json!({"type": kind, "object": obj})));
     }
 
+    /// Deletes the object `kind`/`name` (pods: `namespace/name`), and tells every open watch.
+    pub fn delete(&self, kind: &str, name: &str) {
+        let path = match kind {
+            "Pod" => "/api/v1/pods",
+            "Namespace" => "/api/v1/namespaces",
+            "Node" => "/api/v1/nodes",
+            _ => POLICIES,
+        };
+        let mut o = self.shared.objects.lock().expect("lock");
+        o.rv += 1;
+        let rv = o.rv.to_string();
+        let key = name.rsplit('/').next().unwrap_or(name).to_owned();
+        let Some(mut obj) = o.by_path.get_mut(path).and_then(|m| m.remove(&key)) else {
+            return;
+        };
+        obj["metadata"]["resourceVersion"] = json!(rv);
+        let _ = self
+            .shared
+            .events
+            .send((path.to_owned(), json!({"type": "DELETED", "object": obj})));
+    }
+
     /// The status patches received so far: (policy name, patch).
     pub fn status_patches(&self) -> Vec<(String, Value)> {
         self.shared

@@ -1,6 +1,7 @@
 //! End to end with the Kubernetes source: the real agents run `--kubernetes` on every lab node
 //! against an in-process fake API server (list, watch, status patches); relabelling a pod in
-//! the API moves its traffic onto the gateway and off again, and the policy status is written.
+//! the API moves its traffic onto the gateway and off again, deleting it removes its endpoint,
+//! and the policy status is written.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -142,11 +143,29 @@ fn relabelling_a_pod_in_the_api_moves_it_onto_the_gateway_and_off_with_status() 
         last_status(&api).filter(|s| s["selectedPods"] == 0)
     })
     .is_some());
+    // A pod deleted from the API (selected until then) is forgotten by its node.
+    api.put(fake_api::pod("mailu", &pod.name, pod.ip, &pod.node, "mail"));
+    assert!(eventually(Duration::from_secs(5), || {
+        (selected(worker1, pod.ip) == Some(true)).then_some(())
+    })
+    .is_some());
+    api.delete("Pod", &format!("mailu/{}", pod.name));
+    let start = Instant::now();
+    let took = eventually(Duration::from_secs(5), || {
+        selected(worker1, pod.ip).is_none().then(|| start.elapsed())
+    })
+    .expect("the deleted pod's endpoint is removed");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(eventually(Duration::from_secs(5), || {
+        last_status(&api).filter(|s| s["selectedPods"] == 0)
+    })
+    .is_some());
+
     // Written when it changed, by one agent: no write loop through its own watch event.
     std::thread::sleep(Duration::from_millis(500));
     let writes = api.status_patches().len();
     assert!(
-        writes <= 4,
+        writes <= 6,
         "{writes} status writes: {:#?}",
         api.status_patches()
     );
