@@ -1043,11 +1043,11 @@ fn nat_at_scale(p: &Params) -> Value {
     assert_eq!(dead.len(), expected_dead, "the closing, idle flows");
     drop(entries);
     let t = Instant::now();
-    let deleted = collect_nat(&mut dp, &timeouts).expect("collect_nat");
+    let (deleted, _) = collect_nat(&mut dp, &timeouts).expect("collect_nat");
     let collect_s = t.elapsed().as_secs_f64();
     assert_eq!(deleted, expected_dead);
     let t = Instant::now();
-    let again = collect_nat(&mut dp, &timeouts).expect("collect_nat");
+    let (again, _) = collect_nat(&mut dp, &timeouts).expect("collect_nat");
     let noop_s = t.elapsed().as_secs_f64();
     assert_eq!(again, 0);
     let rss_after = proc_status_bytes("VmRSS:");

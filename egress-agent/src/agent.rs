@@ -1,9 +1,12 @@
 //! `egress-agent run`: load (or reuse) the datapath, then keep the maps and attachments in
-//! step with the configuration file and the node's interfaces.
+//! step with the source and the node's interfaces. Event-driven: a change of the configuration
+//! file, or a netlink link/address/route event (a pod's veth appearing or going), wakes the
+//! reconciler at once; a slow periodic resync is only a safety net.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -14,22 +17,45 @@ use egress_common::{
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
     datapath::{ip4, ip4_from, policy_key, Datapath},
-    desired::desired,
+    kube_source::{self, KubeSource},
+    metrics,
+    model::{self, PolicyStatus},
     nat_gc, netdev,
 };
 
+/// Default `--state-dir`.
+pub const DEFAULT_STATE_DIR: &str = "/run/egress-gateway";
+/// The policy status file in the state directory.
+pub const STATUS_FILE: &str = "policies.json";
+
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// Settings (tunnel, NAT, map sizes, cluster CIDRs) and, for the file source, the cluster.
+    pub config: Option<PathBuf>,
+    /// Take nodes, namespaces, pods and policies from the Kubernetes API instead of the file.
+    pub kubernetes: bool,
+    /// Uplink interface when the source names none (Kubernetes); without it, the interface
+    /// of the default route.
+    pub uplink: Option<String>,
     pub node: String,
     pub pin_root: PathBuf,
-    pub interval: Duration,
+    /// Where the policy status file goes.
+    pub state_dir: PathBuf,
+    /// How often to look at the configuration file's modification time.
+    pub file_poll: Duration,
+    /// Full reconcile even without a trigger (a safety net: triggers are the normal path).
+    pub resync: Duration,
     pub gc_interval: Duration,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` (`None`: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 struct State {
@@ -37,11 +63,99 @@ struct State {
     pod_links: HashMap<String, u32>,
     uplink: Option<String>,
     warnings: Vec<String>,
+    status: BTreeMap<String, PolicyStatus>,
+}
+
+/// What woke the reconciler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Trigger {
+    Start,
+    Config,
+    Kubernetes,
+    Netlink,
+    Resync,
+}
+
+/// Watches the file's modification time, size and inode: robust against editors that replace
+/// the file and against ConfigMap volumes (symlink swaps), where inotify on the path misses
+/// edits.
+fn watch_file(path: PathBuf, every: Duration, tx: mpsc::UnboundedSender<Trigger>) {
+    tokio::spawn(async move {
+        let mut last = modified(&path);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = modified(&path);
+            if now != last {
+                last = now;
+                if tx.send(Trigger::Config).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+fn load_config(opts: &RunOptions) -> Result<AgentConfig> {
+    let cfg = match &opts.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::parse("{}")?,
+    };
+    let c = &cfg.cluster;
+    if opts.kubernetes && !(c.nodes.is_empty() && c.pods.is_empty() && c.policies.is_empty()) {
+        anyhow::bail!(
+            "with --kubernetes the cluster comes from the API: remove nodes, pods and policies \
+             from the configuration file (keep tunnel, nat, mapSizes, clusterCidrs)"
+        );
+    }
+    Ok(cfg)
+}
+
+/// Sends `Trigger`s for every message of `rx`.
+fn forward(mut rx: mpsc::UnboundedReceiver<()>, t: Trigger, tx: mpsc::UnboundedSender<Trigger>) {
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            if tx.send(t).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let mut cfg = AgentConfig::load(&opts.config)?;
-    let mut mtime = modified(&opts.config);
+    if !opts.kubernetes && opts.config.is_none() {
+        anyhow::bail!("give --config FILE (nodes, pods and policies), or --kubernetes");
+    }
+    let mut cfg = load_config(&opts)?;
+    let health = Arc::new(metrics::Health::default());
+    if let Some(addr) = opts.metrics_addr {
+        let reg = metrics::registry(opts.pin_root.clone(), health.clone());
+        metrics::serve(addr, metrics::router(reg, health.clone()))
+            .await
+            .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let kube = if opts.kubernetes {
+        let client = kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API (in-cluster service account, or KUBECONFIG)",
+        )?;
+        let (ktx, krx) = mpsc::unbounded_channel();
+        let source = KubeSource::start(client.clone(), cfg.cluster.cluster_cidrs.clone(), ktx);
+        forward(krx, Trigger::Kubernetes, tx.clone());
+        source.wait_synced(Duration::from_secs(60)).await?;
+        info!("Kubernetes caches synced (pods, namespaces, nodes, policies)");
+        Some((client, source))
+    } else {
+        None
+    };
+    let snapshot = |cfg: &AgentConfig| match &kube {
+        Some((_, source)) => {
+            let mut c = source.snapshot();
+            // The file's cluster CIDRs, also after a reload.
+            c.cluster_cidrs = cfg.cluster.cluster_cidrs.clone();
+            c
+        }
+        None => cfg.cluster.to_model(),
+    };
     let mut dp =
         Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).context("loading the datapath")?;
     info!(pin_root = %opts.pin_root.display(), "datapath loaded; maps pinned");
@@ -50,43 +164,85 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pod_links: HashMap::new(),
         uplink: None,
         warnings: Vec::new(),
+        status: BTreeMap::new(),
     };
+    if let Some(path) = &opts.config {
+        watch_file(path.clone(), opts.file_poll, tx.clone());
+    }
+    let links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
+    forward(links, Trigger::Netlink, tx.clone());
     let mut term = signal(SignalKind::terminate())?;
-    let mut last_gc = Instant::now();
+    let mut gc = tokio::time::interval(opts.gc_interval);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trigger = Some(Trigger::Start);
     loop {
-        let m = modified(&opts.config);
-        if m != mtime {
-            mtime = m;
-            match AgentConfig::load(&opts.config) {
-                Ok(c) => {
-                    info!(config = %opts.config.display(), "configuration reloaded");
-                    cfg = c;
+        if let Some(mut why) = trigger.take() {
+            // Coalesce a burst (a CNI adding a veth, its addresses and routes) into one pass.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut reload = why == Trigger::Config;
+            while let Ok(t) = rx.try_recv() {
+                reload |= t == Trigger::Config;
+                why = why.min(t);
+            }
+            let started = Instant::now();
+            if reload {
+                match load_config(&opts) {
+                    Ok(c) => {
+                        info!("configuration reloaded");
+                        cfg = c;
+                    }
+                    Err(e) => warn!("keeping the previous configuration: {e:#}"),
                 }
-                Err(e) => warn!("keeping the previous configuration: {e}"),
             }
-        }
-        let started = Instant::now();
-        match reconcile(&mut dp, &handle, &cfg, &opts.node, &mut st).await {
-            Ok(changes) if changes > 0 => {
-                info!(
-                    changes,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "datapath programmed"
-                )
+            let cluster = snapshot(&cfg);
+            match reconcile(&mut dp, &handle, &cfg, &cluster, &opts, &mut st).await {
+                Ok(changes) => {
+                    metrics::observe_reconcile(started.elapsed(), true);
+                    health.ready.store(true, Ordering::Relaxed);
+                    if let Ok(mut names) = health.policy_names.write() {
+                        *names = st
+                            .status
+                            .iter()
+                            .filter_map(|(n, s)| Some((s.datapath_id?, n.clone())))
+                            .collect();
+                    }
+                    if changes > 0 || reload {
+                        info!(
+                            trigger = ?why,
+                            changes,
+                            elapsed = ?started.elapsed(),
+                            "reconciled"
+                        );
+                    } else {
+                        debug!(trigger = ?why, elapsed = ?started.elapsed(), "nothing to change");
+                    }
+                }
+                Err(e) => {
+                    metrics::observe_reconcile(started.elapsed(), false);
+                    warn!("reconcile failed (retrying in a second): {e:#}");
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = tx.send(Trigger::Resync);
+                    });
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!("reconcile failed (retrying): {e:#}"),
-        }
-        if last_gc.elapsed() >= opts.gc_interval {
-            last_gc = Instant::now();
-            match collect_nat(&mut dp, &cfg.nat.timeouts) {
-                Ok(0) => {}
-                Ok(n) => info!(expired = n, "NAT entries collected"),
-                Err(e) => warn!("NAT collection failed: {e:#}"),
+            if let Some((client, source)) = &kube {
+                write_status(client, source, &cluster, &opts.node, &st.status).await;
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(opts.interval) => {}
+            t = rx.recv() => trigger = t,
+            _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
+            _ = gc.tick() => match collect_nat(&mut dp, &cfg.nat.timeouts) {
+                Ok((expired, live)) => {
+                    health.nat_flows.store(live as i64, Ordering::Relaxed);
+                    if expired > 0 {
+                        info!(expired, live, "NAT entries collected");
+                    }
+                }
+                Err(e) => warn!("NAT collection failed: {e:#}"),
+            },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
@@ -95,16 +251,82 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// Writes the status of the policies this node is responsible for, where it changed.
+async fn write_status(
+    client: &kube::Client,
+    source: &KubeSource,
+    cluster: &model::Cluster,
+    node: &str,
+    status: &BTreeMap<String, PolicyStatus>,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    for obj in source.policy_objects() {
+        let name = kube::ResourceExt::name_any(obj.as_ref());
+        let Some(new) = status.get(&name) else {
+            continue;
+        };
+        if !kube_source::writes_status(new, cluster, node)
+            || !kube_source::status_differs(new, obj.status.as_ref())
+        {
+            continue;
+        }
+        let s = kube_source::with_transition_times(new.clone(), obj.status.as_ref(), &now);
+        match kube_source::apply_status(client, &name, &s).await {
+            Ok(()) => info!(policy = %name, "status written"),
+            Err(e) => warn!(policy = %name, "writing status: {e}"),
+        }
+    }
 }
 
-/// Deletes expired NAT entries; returns how many.
+/// Writes the policy status for `inspect policies` (write and rename: never half a file).
+fn save_status(dir: &std::path::Path, status: &BTreeMap<String, PolicyStatus>) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, dir.join(STATUS_FILE))?;
+    Ok(())
+}
+
+/// Logs each policy whose status changed.
+fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, PolicyStatus>) {
+    for (name, s) in new {
+        if old.get(name) == Some(s) {
+            continue;
+        }
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        info!(
+            policy = %name,
+            id = s.datapath_id.unwrap_or(0),
+            ready = ready.map_or("Unknown", |c| c.status.as_str()),
+            reason = ready.map_or("", |c| c.reason.as_str()),
+            gateway = s.gateway_node.as_deref().unwrap_or("-"),
+            egress_ip = s.egress_ip.as_deref().unwrap_or("-"),
+            pods = s.selected_pods,
+            "policy status"
+        );
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        info!(policy = %name, "policy removed");
+    }
+}
+
+/// What identifies a version of the file: modification time, size and inode (a rename over
+/// the file changes the inode even within one mtime tick).
+fn modified(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Deletes expired NAT entries; returns how many, and how many translated flows (forward
+/// entries) are left.
 ///
 /// Listing a large table takes a while, and flows keep running meanwhile: the candidates are
 /// read again and judged on their current values just before they go, so that a flow that
 /// came back to life (or a port handed to a new flow) is not cut.
-pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<usize> {
+pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<(usize, usize)> {
     let entries = dp.maps().nat_entries()?;
     let candidates = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
     let mut maps = dp.maps();
@@ -118,7 +340,14 @@ pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<usize> {
     for k in &dead {
         maps.del_nat(*k)?;
     }
-    Ok(dead.len())
+    let dead: std::collections::HashSet<_> = dead.into_iter().collect();
+    let live = entries
+        .iter()
+        .filter(|(k, v)| {
+            v.flags & egress_common::nat::NAT_F_REVERSE == 0 && !k.is_claim() && !dead.contains(k)
+        })
+        .count();
+    Ok((dead.len(), live))
 }
 
 /// One reconcile pass; returns the number of changes made.
@@ -126,10 +355,26 @@ async fn reconcile(
     dp: &mut Datapath,
     handle: &rtnetlink::Handle,
     cfg: &AgentConfig,
-    node: &str,
+    cluster: &model::Cluster,
+    opts: &RunOptions,
     st: &mut State,
 ) -> Result<usize> {
-    let d = desired(&cfg.cluster, node);
+    let node = opts.node.as_str();
+    let local = model::LocalFacts {
+        interfaces: netdev::ipv4_addresses(handle).await?,
+    };
+    let m = model::compute(cluster, node, &local);
+    if m.status != st.status {
+        log_status(&st.status, &m.status);
+        if let Err(e) = save_status(&opts.state_dir, &m.status) {
+            warn!(
+                "writing {}: {e:#}",
+                opts.state_dir.join(STATUS_FILE).display()
+            );
+        }
+        st.status = m.status;
+    }
+    let d = m.desired;
     if d.warnings != st.warnings {
         for w in &d.warnings {
             warn!("{w}");
@@ -138,7 +383,7 @@ async fn reconcile(
     }
     let node_ip = d
         .node_ip
-        .with_context(|| format!("node {node} is not in the configuration"))?;
+        .with_context(|| format!("node {node} is not known to the source, or has no address"))?;
     let mut changes = 0;
 
     // Devices and the node configuration.
@@ -150,7 +395,12 @@ async fn reconcile(
     )
     .await?;
     let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
-    let uplink_name = d.uplink.clone().unwrap_or_else(|| "eth0".into());
+    let uplink_name = match d.uplink.clone().or_else(|| opts.uplink.clone()) {
+        Some(u) => u,
+        None => netdev::default_route_interface(handle)
+            .await?
+            .context("no uplink: the node has no IPv4 default route; give --uplink")?,
+    };
     let uplink_if = netdev::ifindex(handle, &uplink_name)
         .await?
         .with_context(|| format!("uplink {uplink_name} not found"))?;

@@ -1,6 +1,7 @@
-//! The agent's configuration file (YAML): the node's settings and a static description of
-//! nodes, egress policies and pods. The Kubernetes source (a later addition) produces the
-//! same `Cluster` data.
+//! The agent's configuration file (YAML): the node's settings and, for hosts without
+//! Kubernetes (and the lab), a static description of nodes, namespaces, pods and
+//! `EgressGatewayPolicy` specs in the custom resource's shape. It feeds the same model as the
+//! Kubernetes source.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
@@ -8,7 +9,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::datapath::MapSizes;
+use crate::{
+    datapath::MapSizes,
+    model::{self, EgressGatewayPolicySpec, Labels},
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -107,7 +111,7 @@ impl Default for NatConfig {
     }
 }
 
-/// Nodes, policies and pods: what a Kubernetes watch or the file provides.
+/// Nodes, namespaces, pods and policies: the static stand-in for the Kubernetes API.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cluster {
@@ -116,10 +120,14 @@ pub struct Cluster {
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// Namespace labels. A namespace that pods name but that is not listed has only the
+    /// `kubernetes.io/metadata.name` label, as every namespace does.
     #[serde(default)]
-    pub policies: Vec<Policy>,
+    pub namespaces: Vec<Namespace>,
     #[serde(default)]
     pub pods: Vec<Pod>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -128,40 +136,159 @@ pub struct Node {
     pub name: String,
     /// Underlay (InternalIP) address.
     pub ip: Ipv4Addr,
-    /// Uplink interface towards the internet (used on gateway nodes).
-    #[serde(default = "default_uplink")]
-    pub uplink: String,
-}
-
-fn default_uplink() -> String {
-    "eth0".into()
+    /// Uplink interface towards the internet (used on gateway nodes); default `eth0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    /// Other addresses on the node (candidates for `egressIP`).
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Policy {
+pub struct Namespace {
     pub name: String,
-    /// Stable small id (1..1023): the tunnel VNI and the counter index.
-    pub id: u32,
-    /// The gateway node.
-    pub gateway_node: String,
-    /// Source address after SNAT; default: the gateway node's address.
     #[serde(default)]
-    pub egress_ip: Option<Ipv4Addr>,
-    pub destination_cidrs: Vec<Ipv4Net>,
-    #[serde(default)]
-    pub excluded_cidrs: Vec<Ipv4Net>,
+    pub labels: Labels,
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pod {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
     pub node: String,
-    /// Name of the policy that selects this pod, if any.
     #[serde(default)]
-    pub policy: Option<String>,
+    pub labels: Labels,
+}
+
+/// An `EgressGatewayPolicy`: its name and the custom resource's `spec`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    pub name: String,
+    pub spec: EgressGatewayPolicySpec,
+}
+
+impl Cluster {
+    /// The model's view of the file.
+    pub fn to_model(&self) -> model::Cluster {
+        model::Cluster {
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| model::Node {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                    ip: Some(n.ip),
+                    addresses: n.addresses.clone(),
+                    uplink: Some(n.uplink.clone().unwrap_or_else(|| "eth0".into())),
+                })
+                .collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|n| model::Namespace {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                })
+                .collect(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| model::Pod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    node: Some(p.node.clone()),
+                    ip: Some(p.ip),
+                    host_network: false,
+                })
+                .collect(),
+            policies: self
+                .policies
+                .iter()
+                .map(|p| model::Policy {
+                    name: p.name.clone(),
+                    created: None,
+                    spec: p.spec.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The fields of a policy spec, per level: (field, the fields of its objects, if checked).
+struct Fields(&'static [(&'static str, Option<&'static Fields>)]);
+
+const SELECTOR_FIELDS: Fields = Fields(&[
+    ("matchLabels", None),
+    (
+        "matchExpressions",
+        Some(&Fields(&[
+            ("key", None),
+            ("operator", None),
+            ("values", None),
+        ])),
+    ),
+]);
+const SPEC_FIELDS: Fields = Fields(&[
+    (
+        "selectors",
+        Some(&Fields(&[
+            ("podSelector", Some(&SELECTOR_FIELDS)),
+            ("namespaceSelector", Some(&SELECTOR_FIELDS)),
+        ])),
+    ),
+    ("destinationCIDRs", None),
+    ("excludedCIDRs", None),
+    (
+        "gateway",
+        Some(&Fields(&[
+            ("nodeName", None),
+            ("nodeSelector", Some(&SELECTOR_FIELDS)),
+            ("egressIP", None),
+            ("interface", None),
+        ])),
+    ),
+]);
+
+/// Refuses keys of `v` (an object, or a list of objects) that `fields` does not name,
+/// suggesting the field that differs only in case.
+fn check_fields(v: &serde_yaml::Value, at: &str, fields: &Fields) -> Result<(), String> {
+    let objects: Vec<&serde_yaml::Value> = match v {
+        serde_yaml::Value::Sequence(s) => s.iter().collect(),
+        other => vec![other],
+    };
+    for o in objects {
+        let Some(map) = o.as_mapping() else { continue };
+        for (k, child) in map {
+            let key = k.as_str().unwrap_or_default();
+            match fields.0.iter().find(|(f, _)| *f == key) {
+                Some((_, Some(sub))) => check_fields(child, &format!("{at}.{key}"), sub)?,
+                Some((_, None)) => {}
+                None => {
+                    let hint = fields
+                        .0
+                        .iter()
+                        .find(|(f, _)| f.eq_ignore_ascii_case(key))
+                        .map(|(f, _)| format!(" (did you mean {f}?)"))
+                        .unwrap_or_default();
+                    return Err(format!("{at}.{key}: unknown field{hint}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl AgentConfig {
@@ -180,11 +307,38 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+        let old_policy = raw["policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("gatewayNode").is_some() || p.get("id").is_some());
+        let old_pod = raw["pods"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|p| p.get("policy").is_some());
+        if old_policy || old_pod {
+            return Err(ConfigError::Invalid(
+                "this is the old format: a policy is now `{name, spec}` with the \
+                 EgressGatewayPolicy spec (selectors, destinationCIDRs, gateway), ids are \
+                 derived from names, and pods are selected by their `labels` instead of \
+                 `policy:` (see the README, \"The configuration file\")"
+                    .into(),
+            ));
+        }
         let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<config>".into(),
             source,
         })?;
         cfg.validate()?;
+        // The custom resource's types accept unknown fields (the API server prunes them); in
+        // the file a misspelt optional field would silently do nothing, so refuse it.
+        for p in raw["policies"].as_sequence().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or("?");
+            check_fields(&p["spec"], "spec", &SPEC_FIELDS)
+                .map_err(|e| ConfigError::Invalid(format!("policy {name}: {e}")))?;
+        }
         Ok(cfg)
     }
 
@@ -202,24 +356,180 @@ impl AgentConfig {
                 self.tunnel.underlay_mtu
             )));
         }
-        let mut ids = BTreeSet::new();
-        let mut names = BTreeSet::new();
-        for p in &self.cluster.policies {
-            if p.id == 0 || p.id >= egress_common::policy::MAX_POLICIES {
+        // Names must be unique; everything else about policies is the model's to judge (a bad
+        // policy gets a status condition and a log line, the others keep working).
+        let mut seen = BTreeSet::new();
+        for n in &self.cluster.nodes {
+            if !seen.insert(("node", n.name.as_str())) {
                 return Err(ConfigError::Invalid(format!(
-                    "policy {}: id {} must be in 1..{}",
-                    p.name,
-                    p.id,
-                    egress_common::policy::MAX_POLICIES
+                    "node {} is listed twice",
+                    n.name
                 )));
             }
-            if !ids.insert(p.id) || !names.insert(p.name.as_str()) {
+        }
+        for p in &self.cluster.policies {
+            if !seen.insert(("policy", p.name.as_str())) {
                 return Err(ConfigError::Invalid(format!(
-                    "policy {}: duplicate name or id {}",
-                    p.name, p.id
+                    "policy {} is listed twice",
+                    p.name
+                )));
+            }
+        }
+        let mut pods = BTreeSet::new();
+        for p in &self.cluster.pods {
+            if !pods.insert((p.namespace.as_str(), p.name.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "pod {}/{} is listed twice",
+                    p.namespace, p.name
                 )));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{datapath::ip4, model};
+
+    const EXAMPLE: &str = include_str!("../../deploy/example-config.yaml");
+
+    #[test]
+    fn the_example_configuration_selects_the_mail_pods() {
+        let cfg = AgentConfig::parse(EXAMPLE).expect("the example parses");
+        let c = cfg.cluster.to_model();
+        let m = model::compute(&c, "worker1", &model::LocalFacts::default());
+        let st = &m.status["mailu-postfix"];
+        assert_eq!(st.gateway_node.as_deref(), Some("gateway"));
+        assert_eq!(st.selected_pods, 2);
+        assert_eq!(m.desired.pods.len(), 1);
+        assert_eq!(m.desired.pods[0].name, "mailu/postfix-0");
+        assert_eq!(m.desired.pods[0].policy_id, st.datapath_id);
+        assert_eq!(m.desired.uplink.as_deref(), Some("eth0"));
+        let gw = model::compute(&c, "gateway", &model::LocalFacts::default());
+        let r = gw.desired.remote_endpoints[&Ipv4Addr::new(10, 244, 1, 2)];
+        assert_eq!(r.node_ip4, ip4(Ipv4Addr::new(192, 0, 2, 11)));
+        assert!(m.desired.warnings.is_empty(), "{:?}", m.desired.warnings);
+    }
+
+    #[test]
+    fn defaults_fill_in_namespace_uplink_and_cluster_cidrs() {
+        let cfg = AgentConfig::parse(
+            "nodes: [{name: n, ip: 192.0.2.1}]\npods: [{name: p, ip: 10.244.0.5, node: n}]\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.cluster.pods[0].namespace, "default");
+        assert_eq!(cfg.cluster.cluster_cidrs.len(), 2);
+        assert_eq!(
+            cfg.cluster.to_model().nodes[0].uplink.as_deref(),
+            Some("eth0")
+        );
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let e = AgentConfig::parse("nat: { portRange: [100, 50] }").unwrap_err();
+        assert!(e.to_string().contains("portRange"), "{e}");
+        assert!(AgentConfig::parse("nodes: [{name: a}]").is_err());
+        let e = AgentConfig::parse("nodes: [{name: a, ip: 192.0.2.1}, {name: a, ip: 192.0.2.2}]")
+            .unwrap_err();
+        assert!(e.to_string().contains("node a is listed twice"), "{e}");
+        let e = AgentConfig::parse(
+            "pods: [{name: p, ip: 10.0.0.1, node: a}, {name: p, ip: 10.0.0.2, node: a}]",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("default/p"), "{e}");
+        let spec = "{selectors: [{podSelector: {}}], destinationCIDRs: [], gateway: {nodeName: a}}";
+        let e = AgentConfig::parse(&format!(
+            "policies: [{{name: x, spec: {spec}}}, {{name: x, spec: {spec}}}]"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("policy x is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_spec_field_is_an_error_with_a_hint() {
+        let spec = |gateway: &str| {
+            format!(
+                "policies: [{{name: mail, spec: {{selectors: [{{podSelector: {{matchLabels: {{a: b}}}}}}], \
+                 destinationCIDRs: [0.0.0.0/0], excludedCidrs: [10.0.0.0/8], gateway: {gateway}}}}}]"
+            )
+        };
+        let e = AgentConfig::parse(&spec("{nodeName: gw}")).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "policy mail: spec.excludedCidrs: unknown field (did you mean excludedCIDRs?)"
+            ),
+            "{e}"
+        );
+        let ok = spec("{nodeName: gw}").replace("excludedCidrs", "excludedCIDRs");
+        AgentConfig::parse(&ok).expect("the right spelling parses");
+        let e = AgentConfig::parse(
+            &ok.replace("{nodeName: gw}", "{nodeSelector: {matchLabel: {a: b}}}"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.gateway.nodeSelector.matchLabel: unknown field"),
+            "{e}"
+        );
+        let e = AgentConfig::parse(&ok.replace("podSelector", "podselector")).unwrap_err();
+        assert!(e.to_string().contains("did you mean podSelector?"), "{e}");
+    }
+
+    #[test]
+    fn the_checked_field_list_knows_every_field_of_the_types() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        let sel = LabelSelector {
+            match_labels: Some([("a".to_owned(), "b".to_owned())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "In".into(),
+                values: Some(vec!["v".into()]),
+            }]),
+        };
+        let full = EgressGatewayPolicySpec {
+            selectors: vec![model::PodSelection {
+                pod_selector: Some(sel.clone()),
+                namespace_selector: Some(sel.clone()),
+            }],
+            destination_cidrs: vec!["0.0.0.0/0".into()],
+            excluded_cidrs: vec!["10.0.0.0/8".into()],
+            gateway: model::GatewaySpec {
+                node_name: Some("n".into()),
+                node_selector: Some(sel),
+                egress_ip: Some("192.0.2.1".into()),
+                interface: Some("eth0".into()),
+            },
+        };
+        let v = serde_yaml::to_value(&full).expect("serializes");
+        check_fields(&v, "spec", &SPEC_FIELDS).expect("every serialized field is known");
+    }
+
+    #[test]
+    fn the_old_format_is_rejected_by_name() {
+        let e = AgentConfig::parse(
+            "policies: [{name: mail, id: 1, gatewayNode: gw, destinationCidrs: [0.0.0.0/0]}]",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("old format"), "{e}");
+        let e = AgentConfig::parse("pods: [{name: p, ip: 10.0.0.1, node: a, policy: mail}]")
+            .unwrap_err();
+        assert!(e.to_string().contains("by their `labels`"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_policy_is_the_models_business_not_a_parse_error() {
+        let cfg = AgentConfig::parse(
+            "policies: [{name: x, spec: {selectors: [], destinationCIDRs: [nonsense], gateway: {}}}]",
+        )
+        .expect("parses");
+        let m = model::compute(&cfg.cluster.to_model(), "n", &model::LocalFacts::default());
+        assert_eq!(m.status["x"].conditions[0].reason, "InvalidCIDR");
     }
 }

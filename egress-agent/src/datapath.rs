@@ -26,7 +26,7 @@ use aya::{
 };
 use egress_common::{
     config::Config,
-    counters::{DropReason, PolicyStats},
+    counters::{DropReason, PolicyStats, NAT_STAT_ALLOCATIONS, NAT_STAT_PORT_RETRIES},
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
     map_names,
     nat::{NatEntry4, NatKey4},
@@ -376,6 +376,11 @@ impl Datapath {
         read_drops(self.map(map_names::DROPS)?)
     }
 
+    /// NAT statistics summed over CPUs.
+    pub fn nat_stats(&self) -> Result<NatStats, DatapathError> {
+        read_nat_stats(self.map(map_names::NAT_STATS)?)
+    }
+
     /// Per-policy counters summed over CPUs (policies with any traffic).
     pub fn policy_stats(&self) -> Result<BTreeMap<u32, PolicyStats>, DatapathError> {
         read_policy_stats(self.map(map_names::POLICY_STATS)?)
@@ -392,6 +397,28 @@ pub fn read_drops(map: &Map) -> Result<BTreeMap<&'static str, u64>, DatapathErro
         out.insert(r.name(), v.iter().sum());
     }
     Ok(out)
+}
+
+/// NAT statistics, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// Candidate SNAT ports found taken (another flow, or a host socket).
+    pub port_retries: u64,
+    /// SNAT mappings created.
+    pub allocations: u64,
+}
+
+/// Reads the NAT statistics map.
+pub fn read_nat_stats(map: &Map) -> Result<NatStats, DatapathError> {
+    let name = map_names::NAT_STATS;
+    let m: PerCpuArray<&MapData, u64> = map.try_into().map_err(map_err(name))?;
+    let sum = |i: u32| -> Result<u64, DatapathError> {
+        Ok(m.get(&i, 0).map_err(map_err(name))?.iter().sum())
+    };
+    Ok(NatStats {
+        port_retries: sum(NAT_STAT_PORT_RETRIES)?,
+        allocations: sum(NAT_STAT_ALLOCATIONS)?,
+    })
 }
 
 /// Sums per-CPU policy counters of a stats map.

@@ -4,8 +4,10 @@
 pub mod agent;
 pub mod config;
 pub mod datapath;
-pub mod desired;
 pub mod inspect;
+pub mod kube_source;
+pub mod metrics;
+pub mod model;
 pub mod nat_gc;
 pub mod netdev;
 pub mod spf;

@@ -1,51 +1,111 @@
 //! `egress-agent`: the egress gateway's node agent and its CLI.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use egress_agent::{agent, datapath::DEFAULT_PIN_ROOT, inspect, netdev};
+use egress_agent::{agent, datapath::DEFAULT_PIN_ROOT, inspect, model, netdev};
 use tracing_subscriber::EnvFilter;
 
-/// Egress gateway agent: sends selected pods' traffic through a gateway node, source-NATed to
-/// one egress IP, with tc eBPF programs.
+/// Egress gateway agent: sends selected pods' traffic to selected destinations through one
+/// gateway node, source-NATed to one egress IP, with tc eBPF programs.
+///
+/// Runs on every node (a DaemonSet). Policies select pods by labels and name the gateway node;
+/// see the README for the configuration file and `egress-agent crd` for the custom resource.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  \
+    egress-agent check --config deploy/example-config.yaml\n  \
+    egress-agent run --config deploy/example-config.yaml --node worker1\n  \
+    egress-agent run --kubernetes --node \"$NODE_NAME\"\n  \
+    egress-agent inspect policies\n  \
+    egress-agent inspect nat --json\n  \
+    egress-agent crd > deploy/crd.yaml\n  \
+    egress-agent cleanup\n\n\
+    Logging: RUST_LOG=debug (default info), to stderr."
+)]
 struct Cli {
-    /// Where maps and links are pinned (a bpffs; mounted if missing).
+    /// Where maps and links are pinned (a bpffs; mounted if missing). One agent per pin root.
     #[arg(long, global = true, env = "EGRESS_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
+    /// Where the agent keeps its policy status (`policies.json`, read by `inspect policies`).
+    #[arg(long, global = true, env = "EGRESS_STATE_DIR", default_value = agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the agent on this node.
+    /// Run the agent on this node: load (or reuse) the datapath and keep it in step with the
+    /// policies, pods and nodes of its source: the configuration file or the Kubernetes API.
+    ///
+    /// A change to the file, or a pod interface appearing or going, is applied within
+    /// milliseconds; only the differences are written to the maps. The datapath stays pinned
+    /// when the agent stops, so established flows survive restarts.
     Run {
-        /// The configuration file (YAML); reloaded when it changes.
-        #[arg(long, short, env = "EGRESS_CONFIG")]
-        config: PathBuf,
-        /// This node's name, as in the configuration (Kubernetes: from the downward API).
+        /// The configuration file (YAML; see the README): tunnel, NAT and map settings, the
+        /// cluster CIDRs, and (without --kubernetes) the nodes, namespaces, pods and policies.
+        /// Re-read whenever it changes; a broken edit is logged and the previous one kept.
+        #[arg(
+            long,
+            short,
+            env = "EGRESS_CONFIG",
+            required_unless_present = "kubernetes"
+        )]
+        config: Option<PathBuf>,
+        /// Watch nodes, namespaces, pods and EgressGatewayPolicy objects in the Kubernetes API
+        /// (in-cluster service account, or KUBECONFIG) and write policy status.
+        #[arg(long, env = "EGRESS_KUBERNETES")]
+        kubernetes: bool,
+        /// This node's name, as the source knows it (Kubernetes: from the downward API).
         #[arg(long, env = "NODE_NAME")]
         node: String,
-        /// How often to reconcile, in milliseconds.
-        #[arg(long, default_value_t = 200)]
-        interval_ms: u64,
-        /// How often to expire NAT entries, in seconds.
+        /// Uplink (internet-facing) interface, when the source does not name one. Default: the
+        /// interface of the IPv4 default route.
+        #[arg(long, env = "EGRESS_UPLINK")]
+        uplink: Option<String>,
+        /// Serve /metrics, /healthz and /readyz here; `off` to disable.
+        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "0.0.0.0:9479")]
+        metrics_addr: String,
+        /// How often to check the configuration file for changes, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        file_poll_ms: u64,
+        /// Deprecated (the reconciler is event-driven now): taken as --file-poll-ms.
+        #[arg(long, hide = true)]
+        interval_ms: Option<u64>,
+        /// Reconcile at least this often even without a change, in seconds (a safety net).
+        #[arg(long, default_value_t = 30)]
+        resync_s: u64,
+        /// How often to expire idle NAT entries, in seconds.
         #[arg(long, default_value_t = 10)]
         gc_interval_s: u64,
     },
-    /// Show what the datapath holds, read from the pinned maps.
+    /// Show what the datapath holds, read from the pinned maps (the agent need not run).
     Inspect {
         what: What,
-        /// Machine-readable output.
+        /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
     },
+    /// Check a configuration file without touching the node: parse it and show what the
+    /// policy model makes of it (each policy's status, and per node the pods it programs).
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "EGRESS_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the EgressGatewayPolicy CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
     /// Remove the datapath from this node: unpin maps and links (detaching the programs) and
-    /// delete the tunnel device.
+    /// delete the tunnel device. Translated flows break; stop the agent first.
     Cleanup {
+        /// The tunnel device to delete.
         #[arg(long, default_value = "egw0")]
         device: String,
     },
@@ -56,11 +116,14 @@ enum Cmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum What {
+    /// Policies: status (name, ready, gateway, egress IP, pods) and their prefixes in the
+    /// datapath (destination, action, gateway, egress IP, traffic per policy id).
+    Policies,
     /// Translated flows (forward direction).
     Nat,
     /// Local pods known to the datapath.
     Endpoints,
-    /// Per-policy traffic and per-reason drops.
+    /// Per-policy traffic, drops by reason, NAT mappings created and taken ports retried.
     Counters,
 }
 
@@ -77,6 +140,7 @@ fn main() -> ExitCode {
                         .expect("valid directive"),
                 ),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match real_main(Cli::parse()) {
@@ -92,23 +156,52 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run {
             config,
+            kubernetes,
             node,
+            uplink,
+            metrics_addr,
+            file_poll_ms,
             interval_ms,
+            resync_s,
             gc_interval_s,
-        } => tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
-            config,
-            node,
-            pin_root: cli.pin_root,
-            interval: Duration::from_millis(interval_ms),
-            gc_interval: Duration::from_secs(gc_interval_s),
-        })),
+        } => {
+            let file_poll_ms = interval_ms.unwrap_or(file_poll_ms);
+            let metrics_addr = match metrics_addr.as_str() {
+                "off" | "" => None,
+                a => Some(a.parse().with_context(|| {
+                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 0.0.0.0:9479) or off")
+                })?),
+            };
+            tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
+                config,
+                kubernetes,
+                uplink,
+                node,
+                pin_root: cli.pin_root,
+                state_dir: cli.state_dir,
+                file_poll: Duration::from_millis(file_poll_ms.max(10)),
+                resync: Duration::from_secs(resync_s.max(1)),
+                gc_interval: Duration::from_secs(gc_interval_s.max(1)),
+                metrics_addr,
+            }))
+        }
         Cmd::Inspect { what, json } => {
             let out = match what {
+                What::Policies => inspect::policies(&cli.pin_root, &cli.state_dir, json)?,
                 What::Nat => inspect::nat(&cli.pin_root, json)?,
                 What::Endpoints => inspect::endpoints(&cli.pin_root, json)?,
                 What::Counters => inspect::counters(&cli.pin_root, json)?,
             };
             print!("{out}");
+            Ok(())
+        }
+        Cmd::Check { config, json } => {
+            let cfg = egress_agent::config::AgentConfig::load(&config)?;
+            print!("{}", inspect::check(&cfg, json)?);
+            Ok(())
+        }
+        Cmd::Crd => {
+            print!("{}", model::crd::crd_yaml());
             Ok(())
         }
         Cmd::Cleanup { device } => {

@@ -1,11 +1,15 @@
 //! Network devices through rtnetlink: the VXLAN tunnel device, interface lookups, and the
 //! host-side veth of each pod (found from the CNI's /32 route to the pod).
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr},
+};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
+    address::AddressAttribute,
+    link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAddress, RouteAttribute},
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -77,6 +81,10 @@ pub async fn ensure_vxlan(
             return Err(NetdevError::NotOurDevice(name.to_owned()));
         }
         let idx = l.header.index;
+        if l.header.flags.contains(LinkFlags::Up) {
+            // Setting it up again would emit a link event, and link events wake the reconciler.
+            return Ok(idx);
+        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(idx).up().build())
@@ -108,9 +116,7 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetdevErro
     }
 }
 
-/// Pod address -> (ifindex, name) of the interface its /32 route points at (Calico, Cilium
-/// and the ptp plugin install such routes to the pod's host-side veth).
-pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, String)>, NetdevError> {
+async fn link_names(handle: &Handle) -> Result<HashMap<u32, String>, NetdevError> {
     let mut names = HashMap::new();
     let mut links = handle.link().get().execute();
     while let Some(l) = links.try_next().await? {
@@ -118,6 +124,97 @@ pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, Strin
             names.insert(l.header.index, n.to_owned());
         }
     }
+    Ok(names)
+}
+
+/// Wakes the receiver whenever a link, an IPv4 address or an IPv4 route changes (the CNI
+/// adding or removing a pod's veth and /32 route, an egress address moving).
+pub fn watch_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetdevError> {
+    use rtnetlink::sys::AsyncSocket;
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
+    let groups = libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(0, groups as u32))?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Interface name -> its IPv4 addresses, in the kernel's order (primary first).
+pub async fn ipv4_addresses(
+    handle: &Handle,
+) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, NetdevError> {
+    let names = link_names(handle).await?;
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut addrs = handle.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        let Some(name) = names.get(&a.header.index) else {
+            continue;
+        };
+        let local = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        let addr = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local.or(addr) {
+            out.entry(name.clone()).or_default().push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// The interface of the main table's IPv4 default route (the lowest metric), if any: the
+/// uplink when nothing names one.
+pub async fn default_route_interface(handle: &Handle) -> Result<Option<String>, NetdevError> {
+    let names = link_names(handle).await?;
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut best: Option<(u32, u32)> = None;
+    while let Some(r) = routes.try_next().await? {
+        if r.header.destination_prefix_length != 0 {
+            continue;
+        }
+        let mut oif = None;
+        let mut metric = 0;
+        let mut table = u32::from(r.header.table);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Priority(p) => metric = *p,
+                RouteAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        if table != u32::from(libc::RT_TABLE_MAIN) {
+            continue;
+        }
+        if let Some(i) = oif {
+            if best.is_none_or(|(m, _)| metric < m) {
+                best = Some((metric, i));
+            }
+        }
+    }
+    Ok(best.and_then(|(_, i)| names.get(&i).cloned()))
+}
+
+/// Pod address -> (ifindex, name) of the interface its /32 route points at (Calico, Cilium
+/// and the ptp plugin install such routes to the pod's host-side veth).
+pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, String)>, NetdevError> {
+    let names = link_names(handle).await?;
     let mut out = HashMap::new();
     let mut routes = handle
         .route()

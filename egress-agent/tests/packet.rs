@@ -234,6 +234,12 @@ fn snat_taken_port_is_never_overwritten() {
         "other flow untouched"
     );
     assert_checksums(&out);
+    let nat = dp.nat_stats().expect("NAT statistics");
+    assert_eq!(nat.allocations, 1);
+    assert!(
+        nat.port_retries >= 1,
+        "the taken port counts as a retry: {nat:?}"
+    );
 }
 
 #[test]
@@ -252,6 +258,9 @@ fn snat_exhaustion_is_a_counted_drop() {
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(drops(&dp, "nat_exhausted"), 1);
     assert_eq!(nat_entry(&mut dp, taken), Some(NatEntry4::default()));
+    let nat = dp.nat_stats().expect("NAT statistics");
+    assert_eq!(nat.allocations, 0);
+    assert!(nat.port_retries > 1, "every try was counted: {nat:?}");
 }
 
 #[test]

@@ -53,6 +53,14 @@ pub enum DropReason {
     TtlExceeded = 141,
 }
 
+/// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
+/// and made the allocator try another.
+pub const NAT_STAT_PORT_RETRIES: u32 = 0;
+/// `EGW_NAT_STATS` index: SNAT mappings created.
+pub const NAT_STAT_ALLOCATIONS: u32 = 1;
+/// Number of NAT statistics (size of the NAT statistics array).
+pub const NAT_STAT_COUNT: u32 = 2;
+
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons (size of the drop counter array).

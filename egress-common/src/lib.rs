@@ -25,9 +25,10 @@ pub mod map_names {
     pub const NAT4: &str = "EGW_NAT4";
     pub const POLICY_STATS: &str = "EGW_POL_STATS";
     pub const DROPS: &str = "EGW_DROPS";
+    pub const NAT_STATS: &str = "EGW_NAT_STATS";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         ENDPOINTS4,
         POLICY4,
@@ -36,6 +37,7 @@ pub mod map_names {
         NAT4,
         POLICY_STATS,
         DROPS,
+        NAT_STATS,
     ];
 }
 

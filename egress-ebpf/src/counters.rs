@@ -2,11 +2,20 @@
 
 use egress_common::counters::DropReason;
 
-use crate::maps::{EGW_DROPS, EGW_POL_STATS};
+use crate::maps::{EGW_DROPS, EGW_NAT_STATS, EGW_POL_STATS};
 
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {
     if let Some(p) = EGW_DROPS.get_ptr_mut(reason.index()) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Counts a NAT event (`NAT_STAT_*`).
+#[inline(always)]
+pub fn count_nat(stat: u32) {
+    if let Some(p) = EGW_NAT_STATS.get_ptr_mut(stat) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *p += 1 };
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     config::Config,
-    counters::{PolicyStats, DROP_REASON_COUNT},
+    counters::{PolicyStats, DROP_REASON_COUNT, NAT_STAT_COUNT},
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
     nat::{NatEntry4, NatKey4},
     policy::{PolicyKey4, PolicyValue, MAX_POLICIES},
@@ -36,6 +36,9 @@ pub static EGW_POL_STATS: PerCpuArray<PolicyStats, { MAX_POLICIES as usize }> = 
 
 #[btf_map]
 pub static EGW_DROPS: PerCpuArray<u64, { DROP_REASON_COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static EGW_NAT_STATS: PerCpuArray<u64, { NAT_STAT_COUNT as usize }> = PerCpuArray::new();
 
 /// The node configuration, if the agent has written it.
 #[inline(always)]

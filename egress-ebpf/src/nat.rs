@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     config::Config,
-    counters::DropReason,
+    counters::{DropReason, NAT_STAT_ALLOCATIONS, NAT_STAT_PORT_RETRIES},
     nat::{
         NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE,
         NAT_KEY_CLAIM,
@@ -23,6 +23,7 @@ use egress_common::{
 };
 
 use crate::{
+    counters::count_nat,
     csum,
     maps::EGW_NAT4,
     parse::{
@@ -263,6 +264,7 @@ pub fn snat_mapping(
         let port = (cand as u16).to_be();
         let rkey = key.reply_to(egress_ip, port);
         if host_socket_owns(ctx, &rkey) {
+            count_nat(NAT_STAT_PORT_RETRIES);
             continue;
         }
         let rval = NatEntry4 {
@@ -278,6 +280,7 @@ pub fn snat_mapping(
             Ok(()) => {}
             Err(e) if e == -EEXIST => {
                 if !(syn && take_over(&rkey, &rval, now)) {
+                    count_nat(NAT_STAT_PORT_RETRIES);
                     continue;
                 }
             }
@@ -293,10 +296,13 @@ pub fn snat_mapping(
             last_seen_ns: now,
         };
         return match EGW_NAT4.insert(key, fval, BPF_NOEXIST as u64) {
-            Ok(()) => Ok(Mapping {
-                addr: egress_ip,
-                port,
-            }),
+            Ok(()) => {
+                count_nat(NAT_STAT_ALLOCATIONS);
+                Ok(Mapping {
+                    addr: egress_ip,
+                    port,
+                })
+            }
             Err(e) => {
                 let _ = EGW_NAT4.remove(rkey);
                 // Another CPU created the flow's mapping first: use it.

@@ -30,6 +30,10 @@ pub struct Agent {
     pub ns: String,
     pub pin_root: PathBuf,
     pub config: PathBuf,
+    /// The agent's `--state-dir` (policy status for `inspect policies`).
+    pub state_dir: PathBuf,
+    /// `KUBECONFIG` for `--kubernetes` agents.
+    pub kubeconfig: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -45,8 +49,33 @@ impl Agent {
             ns: n.ns.clone(),
             pin_root,
             config: config.to_owned(),
+            state_dir: lab.dir().join(format!("state-{node}")),
+            kubeconfig: None,
             child: None,
             log,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    /// Starts `egress-agent run --kubernetes` on `node`: settings from `config`, the cluster
+    /// from the API server that `kubeconfig` names.
+    pub fn start_kubernetes(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        kubeconfig: &Path,
+    ) -> Result<Agent> {
+        let n = lab.node(node);
+        let mut a = Agent {
+            node: node.to_owned(),
+            ns: n.ns.clone(),
+            pin_root: lab.pin_root(node),
+            config: config.to_owned(),
+            state_dir: lab.dir().join(format!("state-{node}")),
+            kubeconfig: Some(kubeconfig.to_owned()),
+            child: None,
+            log: lab.dir().join(format!("agent-{node}.log")),
         };
         a.spawn()?;
         Ok(a)
@@ -64,21 +93,19 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = command_in(&self.ns, &bin)?
-            .args([
-                "run",
-                "--node",
-                &self.node,
-                "--interval-ms",
-                "100",
-                "--gc-interval-s",
-                "1",
-            ])
+        let mut cmd = command_in(&self.ns, &bin)?;
+        cmd.args(["run", "--node", &self.node, "--gc-interval-s", "1"]);
+        if let Some(k) = &self.kubeconfig {
+            cmd.arg("--kubernetes").env("KUBECONFIG", k);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--pin-root")
             .arg(&self.pin_root)
-            .env("RUST_LOG", "info")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .env("RUST_LOG", "info,netlink_packet_route=error")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -113,14 +140,26 @@ impl Agent {
 
     /// Runs `egress-agent inspect <what> --json` against this agent's pins.
     pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
-        let out = std::process::Command::new(agent_binary())
-            .args(["inspect", what, "--json", "--pin-root"])
+        Ok(serde_json::from_str(&self.inspect_text(what, true)?)?)
+    }
+
+    /// Runs `egress-agent inspect <what>` (the table, or with `json` the JSON text).
+    pub fn inspect_text(&self, what: &str, json: bool) -> Result<String> {
+        let mut cmd = std::process::Command::new(agent_binary());
+        cmd.args(["inspect", what]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .arg("--pin-root")
             .arg(&self.pin_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .output()?;
         if !out.status.success() {
             bail!("inspect {what}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Waits until the agent has programmed `n` local endpoints.

@@ -1,7 +1,9 @@
 //! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks.
 
 pub mod agent;
+pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod fake_api;
 pub mod lab;
 pub mod net;

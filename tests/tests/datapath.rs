@@ -4,11 +4,12 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use egress_tests::{
     agent::Agent,
+    config::{self, mail_policy_id, ConfigSpec},
     lab::{exec, require_root, Lab, LabSpec, EXTRA_EGRESS_IP, INTERNET_HOST},
     net::{
         bulk_download, bulk_upload, eventually, tcp_roundtrip, udp_error, udp_roundtrip,
@@ -18,28 +19,17 @@ use egress_tests::{
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
-/// Writes the agents' configuration: `selected` pods use the "mail" policy through the
-/// gateway node.
+/// Writes the agents' configuration (see `ConfigSpec`): the `selected` pods are the mail
+/// policy's.
 fn write_config(lab: &Lab, selected: &[&str], egress_ip: Option<Ipv4Addr>) -> PathBuf {
-    let mut y = String::from("nodes:\n");
-    for n in lab.nodes() {
-        y += &format!("  - {{ name: {}, ip: {} }}\n", n.name, n.underlay_ip);
-    }
-    y += "policies:\n  - name: mail\n    id: 1\n    gatewayNode: gateway\n";
-    if let Some(ip) = egress_ip {
-        y += &format!("    egressIp: {ip}\n");
-    }
-    y += "    destinationCidrs: [198.51.100.0/24]\npods:\n";
-    for p in lab.pods() {
-        y += &format!("  - {{ name: {}, ip: {}, node: {}", p.name, p.ip, p.node);
-        if selected.contains(&p.name.as_str()) {
-            y += ", policy: mail";
-        }
-        y += " }\n";
-    }
-    let path = lab.dir().join("agent.yaml");
-    std::fs::write(&path, y).expect("write config");
-    path
+    config::write_config(
+        lab,
+        &ConfigSpec {
+            selected,
+            egress_ip,
+            ..ConfigSpec::default()
+        },
+    )
 }
 
 fn start_agents(lab: &Lab, config: &std::path::Path) -> Vec<Agent> {
@@ -155,22 +145,54 @@ fn extra_address_on_the_uplink_as_egress_ip() {
     );
 }
 
+/// How long until `agent` programs the endpoint `ip` as selected (or not).
+fn time_until_selected(agent: &Agent, ip: Ipv4Addr, selected: bool) -> Option<Duration> {
+    let start = Instant::now();
+    eventually(Duration::from_secs(5), || {
+        let eps = agent.inspect("endpoints").ok()?;
+        let ep = eps.as_array()?.iter().find(|e| e["ip"] == ip.to_string())?;
+        (ep["selected"] == selected).then(|| start.elapsed())
+    })
+}
+
 #[test]
-fn editing_the_config_moves_a_pod_onto_the_gateway_and_off_again() {
+fn relabelling_a_pod_in_the_config_moves_it_onto_the_gateway_and_off_again() {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
     let cfg = write_config(&lab, &[], None);
-    let _agents = start_agents(&lab, &cfg);
+    let agents = start_agents(&lab, &cfg);
+    let worker1 = agents
+        .iter()
+        .find(|a| a.node == "worker1")
+        .expect("worker1 agent");
+    let pod_ip = lab.pod("pod-worker1-0").ip;
     let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
     let w1 = IpAddr::V4(lab.node("worker1").underlay_ip);
     let gw = IpAddr::V4(GATEWAY_IP);
     assert_eq!(tcp_source(&lab, &tcp, "pod-worker1-0"), w1);
+
     write_config(&lab, &["pod-worker1-0"], None);
+    let took = time_until_selected(worker1, pod_ip, true).expect("pod selected after relabel");
+    assert!(
+        took < Duration::from_secs(1),
+        "relabel took {took:?} to reach the datapath"
+    );
     let moved = eventually(Duration::from_secs(5), || {
         (tcp_source(&lab, &tcp, "pod-worker1-0") == gw).then_some(())
     });
     assert!(moved.is_some(), "pod did not move onto the gateway");
+    assert!(
+        worker1.log().contains("trigger=Config"),
+        "the log says why it reconciled:\n{}",
+        worker1.log()
+    );
+
     write_config(&lab, &[], None);
+    let took = time_until_selected(worker1, pod_ip, false).expect("pod deselected");
+    assert!(
+        took < Duration::from_secs(1),
+        "relabel took {took:?} to reach the datapath"
+    );
     let back = eventually(Duration::from_secs(5), || {
         (tcp_source(&lab, &tcp, "pod-worker1-0") == w1).then_some(())
     });
@@ -199,7 +221,78 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
     // MSS clamping made the segments fit: nothing needed a frag-needed answer.
     let c = agents[1].inspect("counters").expect("counters");
     assert_eq!(c["drops"]["frag_needed"], 0, "{c:#}");
-    assert!(c["policies"]["1"]["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB);
+    let id = mail_policy_id(&agents[1]);
+    assert!(
+        c["policies"][id.to_string()]["tx_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 50 * MB,
+        "{c:#}"
+    );
+    // `inspect policies` shows the same traffic beside the policy's prefixes.
+    let p = agents[1].inspect("policies").expect("inspect policies");
+    let row = p
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["destination"] == "198.51.100.0/24"))
+        .unwrap_or_else(|| panic!("the policy prefix is listed: {p:#}"));
+    assert_eq!(row["action"], "gateway");
+    assert_eq!(row["name"], "mail");
+    assert_eq!(row["gateway"], GATEWAY_IP.to_string());
+    let table = agents[1]
+        .inspect_text("policies", false)
+        .expect("inspect policies");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("mail "))
+        .unwrap_or_else(|| panic!("no status line for mail:\n{table}"));
+    for want in ["True", "Active", "gateway", "192.0.2.10"] {
+        assert!(line.contains(want), "{want} in {line:?}\n{table}");
+    }
+    assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 50 * MB, "{row:#}");
+    // And so does /metrics on that node (the source node counts what it tunnels), labelled
+    // with the policy's name.
+    let m = exec(
+        &agents[1].ns,
+        &["curl", "-sf", "http://127.0.0.1:9479/metrics"],
+    )
+    .expect("scrape the gateway agent");
+    let bytes = m
+        .lines()
+        .find(|l| {
+            l.starts_with("egress_policy_bytes_total{")
+                && l.contains("policy=\"mail\"")
+                && l.contains("direction=\"tx\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no tx bytes for policy mail in:\n{m}"));
+    assert!(bytes > 50 * MB, "{bytes}");
+    assert!(m.contains("egress_datapath_up 1"), "{m}");
+    // The gateway translated both transfers.
+    let gw = agents
+        .iter()
+        .find(|a| a.node == "gateway")
+        .expect("gateway agent");
+    let m = exec(&gw.ns, &["curl", "-sf", "http://127.0.0.1:9479/metrics"])
+        .expect("scrape the gateway agent");
+    let allocations = m
+        .lines()
+        .find_map(|l| l.strip_prefix("egress_nat_allocations_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(allocations >= Some(2), "two transfers, two mappings:\n{m}");
+    assert!(m.contains("egress_nat_port_retries_total "), "{m}");
+    assert!(
+        m.contains("\negress_nat_entries "),
+        "counted by the NAT collection: {m}"
+    );
+    assert!(
+        m.contains("egress_drops_total{reason=\"frag_needed\"} 0"),
+        "{m}"
+    );
+    let ready = exec(
+        &agents[1].ns,
+        &["curl", "-sf", "http://127.0.0.1:9479/readyz"],
+    );
+    assert_eq!(ready.expect("readyz").trim(), "ready");
 }
 
 #[test]
@@ -263,4 +356,66 @@ fn port_unreachable_from_the_internet_reaches_the_pod() {
         .filter(|f| f["proto"] == "udp" && f["remote"] == "198.51.100.10:9")
         .count();
     assert_eq!(to_port_9, 2, "{nat:#}");
+}
+
+/// The agent follows pod interfaces by netlink events, not by polling: the /32 route the CNI
+/// installs for a pod goes (the endpoint is forgotten) and comes back (programmed again), each
+/// within a second, while the periodic resync is 30 s away.
+#[test]
+fn a_pod_route_going_and_coming_back_is_followed_within_a_second() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0"], None);
+    let agents = start_agents(&lab, &cfg);
+    let worker1 = agents
+        .iter()
+        .find(|a| a.node == "worker1")
+        .expect("worker1 agent");
+    let pod = lab.pod("pod-worker1-0");
+    let node_ns = &lab.node("worker1").ns;
+    let route = format!("{}/32", pod.ip);
+    let has_endpoint = |a: &Agent| {
+        a.inspect("endpoints").ok().and_then(|eps| {
+            Some(
+                eps.as_array()?
+                    .iter()
+                    .any(|e| e["ip"] == pod.ip.to_string() && e["selected"] == true),
+            )
+        })
+    };
+    assert_eq!(has_endpoint(worker1), Some(true));
+
+    exec(
+        node_ns,
+        &["ip", "route", "del", &route, "dev", &pod.host_veth],
+    )
+    .expect("route del");
+    let start = Instant::now();
+    let gone = eventually(Duration::from_secs(5), || {
+        (has_endpoint(worker1) == Some(false)).then(|| start.elapsed())
+    })
+    .expect("endpoint forgotten");
+    assert!(gone < Duration::from_secs(1), "took {gone:?}");
+
+    exec(
+        node_ns,
+        &["ip", "route", "add", &route, "dev", &pod.host_veth],
+    )
+    .expect("route add");
+    let start = Instant::now();
+    let back = eventually(Duration::from_secs(5), || {
+        (has_endpoint(worker1) == Some(true)).then(|| start.elapsed())
+    })
+    .expect("endpoint programmed again");
+    assert!(back < Duration::from_secs(1), "took {back:?}");
+    assert!(
+        worker1.log().contains("trigger=Netlink"),
+        "{}",
+        worker1.log()
+    );
+    let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
+    assert_eq!(
+        tcp_source(&lab, &tcp, "pod-worker1-0"),
+        IpAddr::V4(GATEWAY_IP)
+    );
 }

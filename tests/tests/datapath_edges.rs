@@ -13,6 +13,7 @@ use std::{
 
 use egress_tests::{
     agent::Agent,
+    config::{self, mail_policy_id, ConfigSpec},
     lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST, ISP_UNDERLAY},
     net::{
         bulk_upload, eventually, tcp_connect_from, tcp_roundtrip, udp_roundtrip, BulkServer,
@@ -22,31 +23,18 @@ use egress_tests::{
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const VXLAN_PORT: u16 = 4789;
-/// The policy id of the "mail" policy below: also the VNI its tunnelled packets carry.
-const POLICY_ID: u32 = 1;
 
-/// Writes the agents' configuration: `selected` pods use the "mail" policy through the
-/// gateway node; `extra` is appended at the top level (nat timeouts, map sizes).
+/// Writes the agents' configuration (see `ConfigSpec`): the `selected` pods are the mail
+/// policy's; `extra` goes at the top level (nat timeouts, map sizes).
 fn write_config(lab: &Lab, selected: &[&str], extra: &str) -> PathBuf {
-    let mut y = String::from(extra);
-    y += "nodes:\n";
-    for n in lab.nodes() {
-        y += &format!("  - {{ name: {}, ip: {} }}\n", n.name, n.underlay_ip);
-    }
-    y += &format!(
-        "policies:\n  - name: mail\n    id: {POLICY_ID}\n    gatewayNode: gateway\n    \
-         destinationCidrs: [198.51.100.0/24]\npods:\n"
-    );
-    for p in lab.pods() {
-        y += &format!("  - {{ name: {}, ip: {}, node: {}", p.name, p.ip, p.node);
-        if selected.contains(&p.name.as_str()) {
-            y += ", policy: mail";
-        }
-        y += " }\n";
-    }
-    let path = lab.dir().join("agent.yaml");
-    std::fs::write(&path, y).expect("write config");
-    path
+    config::write_config(
+        lab,
+        &ConfigSpec {
+            selected,
+            extra,
+            ..ConfigSpec::default()
+        },
+    )
 }
 
 fn start_agents(lab: &Lab, config: &std::path::Path) -> BTreeMap<String, Agent> {
@@ -380,11 +368,13 @@ fn forged_tunnel_packets_are_dropped_and_counted() {
     let udp = UdpEcho::start(&lab.internet().ns, INTERNET_HOST, 53);
     let mac = mac_of(&lab.gateway().ns, "egw0");
     let selected = SocketAddrV4::new(lab.pod("pod-worker1-0").ip, 5353);
+    // The policy's datapath id is the VNI its tunnelled packets carry.
+    let vni = mail_policy_id(gw) as u32;
 
     // Control: the forgery is well-formed. Sent by the pod's own node, it is translated.
     send_vxlan(
         &lab.node("worker1").ns,
-        &vxlan_frame(POLICY_ID, mac, selected, udp.addr),
+        &vxlan_frame(vni, mac, selected, udp.addr),
     );
     let p = udp.peer_within(Duration::from_secs(5)).map(|p| p.ip());
     assert_eq!(
@@ -395,10 +385,7 @@ fn forged_tunnel_packets_are_dropped_and_counted() {
 
     // From the isp: on the node network, but not a node.
     let before = drops(gw, "unknown_node");
-    send_vxlan(
-        &lab.isp().ns,
-        &vxlan_frame(POLICY_ID, mac, selected, udp.addr),
-    );
+    send_vxlan(&lab.isp().ns, &vxlan_frame(vni, mac, selected, udp.addr));
     assert_eq!(
         udp.peer_within(Duration::from_secs(1)),
         None,
@@ -411,17 +398,17 @@ fn forged_tunnel_packets_are_dropped_and_counted() {
     let unknown = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 99), 5353);
     send_vxlan(
         &lab.node("worker1").ns,
-        &vxlan_frame(POLICY_ID, mac, unknown, udp.addr),
+        &vxlan_frame(vni, mac, unknown, udp.addr),
     );
     // From a node, for a selected pod of another node.
     send_vxlan(
         &lab.node("worker2").ns,
-        &vxlan_frame(POLICY_ID, mac, selected, udp.addr),
+        &vxlan_frame(vni, mac, selected, udp.addr),
     );
     // From the right node, with another policy's VNI.
     send_vxlan(
         &lab.node("worker1").ns,
-        &vxlan_frame(POLICY_ID + 1, mac, selected, udp.addr),
+        &vxlan_frame(vni + 1, mac, selected, udp.addr),
     );
     assert_eq!(udp.peer_within(Duration::from_secs(1)), None);
     assert_eq!(drops(gw, "unknown_tunnel_endpoint"), before + 3);
@@ -551,7 +538,7 @@ fn a_full_nat_table_evicts_and_keeps_translating() {
     // delivered from it on the worker, translated both ways on the gateway.
     for node in ["worker1", "gateway"] {
         let c = agents[node].inspect("counters").expect("counters");
-        let p = &c["policies"][POLICY_ID.to_string()];
+        let p = &c["policies"][mail_policy_id(&agents[node]).to_string()];
         for dir in ["tx", "rx"] {
             assert_eq!(p[format!("{dir}_packets")], 300, "{node} {dir}: {c:#}");
             assert_eq!(p[format!("{dir}_bytes")], 300 * 46, "{node} {dir}: {c:#}");
@@ -616,12 +603,14 @@ fn ttl_expires_hop_by_hop_like_a_routed_path() {
 fn cluster_and_excluded_destinations_keep_the_normal_path() {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
-    let cfg = write_config(&lab, &["pod-worker1-0", "pod-worker2-0"], "");
-    let text = std::fs::read_to_string(&cfg).expect("read config").replace(
-        "destinationCidrs: [198.51.100.0/24]",
-        "destinationCidrs: [198.51.100.0/24]\n    excludedCidrs: [198.51.100.20/32]",
+    let cfg = config::write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &["pod-worker1-0", "pod-worker2-0"],
+            excluded: &["198.51.100.20/32"],
+            ..ConfigSpec::default()
+        },
     );
-    std::fs::write(&cfg, text).expect("write config");
     let agents = start_agents(&lab, &cfg);
     let inet = &lab.internet().ns;
     exec(

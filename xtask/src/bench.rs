@@ -13,7 +13,7 @@ use std::{
     fmt::Write as _,
     io::Read,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,6 +25,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use egress_tests::{
     agent::Agent,
+    config::{self, ConfigSpec},
     lab::{command_in, exec, in_netns, Lab, LabSpec, INTERNET_HOST},
 };
 
@@ -109,8 +110,7 @@ pub fn run(o: &Opts) -> Result<()> {
     })?;
     println!("xtask: lab {} up", lab.id());
     kernel_gateway(&lab)?;
-    let cfg = lab.dir().join("agent.yaml");
-    write_config(&lab, &cfg, &[Variant::Ours.pod()])?;
+    let cfg = write_config(&lab, &[Variant::Ours.pod()]);
     let agents: Vec<Agent> = ["gateway", "worker1"]
         .iter()
         .map(|n| Agent::start(&lab, n, &cfg))
@@ -151,7 +151,7 @@ pub fn run(o: &Opts) -> Result<()> {
     println!("xtask: per-program run time (kernel.bpf_stats_enabled)");
     let prog_ns = program_run_times(&lab, &agents, o.secs)?;
     println!("xtask: time from a config change to the datapath");
-    let programming = programming_latency(&lab, &cfg, &agents[1], 7)?;
+    let programming = programming_latency(&lab, &agents[1], 7)?;
     let loaded = resources(&agents, Duration::from_millis(100));
 
     let report = Report {
@@ -179,27 +179,17 @@ pub fn run(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// The agents' configuration: only the pod of "ours" is known to them, so the other
-/// variants' veths carry no program at all.
-fn write_config(lab: &Lab, path: &Path, selected: &[&str]) -> Result<()> {
-    let mut y = String::from("nodes:\n");
-    for n in lab.nodes() {
-        y += &format!("  - {{ name: {}, ip: {} }}\n", n.name, n.underlay_ip);
-    }
-    y += "policies:\n  - name: bench\n    id: 1\n    gatewayNode: gateway\n    \
-          destinationCidrs: [198.51.100.0/24]\npods:\n";
-    for name in selected {
-        let p = lab.pod(name);
-        y += &format!(
-            "  - {{ name: {}, ip: {}, node: {}, policy: bench }}\n",
-            p.name, p.ip, p.node
-        );
-    }
-    // Written to a temporary file and renamed, so the agent never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, y)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// The agents' configuration: only the listed pods are known to them (the other variants'
+/// veths carry no program at all), and all of those are selected by the policy.
+fn write_config(lab: &Lab, pods: &[&str]) -> PathBuf {
+    config::write_config(
+        lab,
+        &ConfigSpec {
+            selected: pods,
+            only_pods: Some(pods),
+            ..ConfigSpec::default()
+        },
+    )
 }
 
 /// The kernel-only gateway for the "kernel" pod: a VXLAN device between worker1 and the
@@ -594,7 +584,7 @@ fn bpftool(args: &[&str]) -> Result<serde_json::Value> {
 
 /// Milliseconds from rewriting the configuration (a pod newly selected, then unselected) to
 /// the node's endpoint map showing it, polled through the pinned map.
-fn programming_latency(lab: &Lab, cfg: &Path, agent: &Agent, n: usize) -> Result<Vec<f64>> {
+fn programming_latency(lab: &Lab, agent: &Agent, n: usize) -> Result<Vec<f64>> {
     let extra = Variant::Direct.pod();
     let ip = lab.pod(extra).ip.to_string();
     let mut out = Vec::new();
@@ -607,7 +597,7 @@ fn programming_latency(lab: &Lab, cfg: &Path, agent: &Agent, n: usize) -> Result
         };
         std::thread::sleep(Duration::from_millis(300));
         let t0 = Instant::now();
-        write_config(lab, cfg, selected)?;
+        write_config(lab, selected);
         loop {
             let eps = agent.inspect("endpoints")?;
             let present = eps

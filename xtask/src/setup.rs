@@ -24,6 +24,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "swaks",
     "python3-aiosmtpd",
     "iputils-ping",
+    "curl",
 ];
 
 /// bpf-linker release line that works with aya 0.14 and the nightly's LLVM.

@@ -1,0 +1,445 @@
+//! The Kubernetes source: reflectors (list + watch, relist on `410 Gone`, re-watch when a watch
+//! ends) for pods, namespaces, nodes and `EgressGatewayPolicy` objects, turned into the model's
+//! plain `Cluster`; and the status writer (server-side apply on the `status` subresource).
+//!
+//! Everything that needs no API server (the conversions) is a plain function tested here; the
+//! watch machinery is tested against an in-process fake API server (`tests/kube_source.rs`).
+
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+
+use futures::{Stream, StreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::{
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Client, Resource, ResourceExt,
+};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::model::{self, EgressGatewayPolicy, PolicyStatus};
+
+/// The field manager of the agent's server-side applies.
+pub const FIELD_MANAGER: &str = "egress-gateway-agent";
+
+#[derive(Debug, Error)]
+pub enum KubeSourceError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the {0} watch never completed its first list (RBAC? is the CRD installed?)")]
+    NotSynced(&'static str),
+}
+
+/// The four caches; each is complete once its first list has been read.
+#[derive(Clone)]
+pub struct KubeSource {
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    nodes: Store<Node>,
+    policies: Store<EgressGatewayPolicy>,
+    cluster_cidrs: Vec<Ipv4Net>,
+}
+
+/// Runs one reflector; every event (and every error, logged) wakes `tx`.
+fn reflect<K>(api: Api<K>, what: &'static str, tx: mpsc::UnboundedSender<()>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(drive(stream, what, tx));
+    store
+}
+
+async fn drive<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    what: &'static str,
+    tx: mpsc::UnboundedSender<()>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            // A relist delivers its objects one by one; wake the reconciler once it is done.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                // 410 Gone and ended watches are handled by the watcher (relist / re-watch).
+                warn!("{what} watch: {e} (retrying)");
+                continue;
+            }
+        }
+        debug!("{what} changed");
+        if tx.send(()).is_err() {
+            break;
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts the watches. `tx` is woken on every change.
+    pub fn start(
+        client: Client,
+        cluster_cidrs: Vec<Ipv4Net>,
+        tx: mpsc::UnboundedSender<()>,
+    ) -> KubeSource {
+        KubeSource {
+            pods: reflect(Api::all(client.clone()), "pod", tx.clone()),
+            namespaces: reflect(Api::all(client.clone()), "namespace", tx.clone()),
+            nodes: reflect(Api::all(client.clone()), "node", tx.clone()),
+            policies: reflect(Api::all(client), "policy", tx),
+            cluster_cidrs,
+        }
+    }
+
+    /// Waits until every cache holds its first complete list. Until then a reconcile would
+    /// delete what the datapath holds for pods not listed yet.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<(), KubeSourceError> {
+        synced(&self.pods, "pod", timeout).await?;
+        synced(&self.namespaces, "namespace", timeout).await?;
+        synced(&self.nodes, "node", timeout).await?;
+        synced(&self.policies, "policy", timeout).await?;
+        Ok(())
+    }
+
+    /// The model's input, from the caches.
+    pub fn snapshot(&self) -> model::Cluster {
+        model::Cluster {
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            nodes: self.nodes.state().iter().map(|n| node(n)).collect(),
+            namespaces: self
+                .namespaces
+                .state()
+                .iter()
+                .map(|n| namespace(n))
+                .collect(),
+            pods: self.pods.state().iter().filter_map(|p| pod(p)).collect(),
+            policies: self.policies.state().iter().map(|p| policy(p)).collect(),
+        }
+    }
+
+    /// The policy objects as cached (for their current status).
+    pub fn policy_objects(&self) -> Vec<Arc<EgressGatewayPolicy>> {
+        self.policies.state()
+    }
+}
+
+async fn synced<K>(
+    store: &Store<K>,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<(), KubeSourceError>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match tokio::time::timeout(timeout, store.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(KubeSourceError::NotSynced(what)),
+    }
+}
+
+fn ipv4(s: &str) -> Option<Ipv4Addr> {
+    s.parse().ok()
+}
+
+/// A node: InternalIP (the first IPv4 one) and its other IPv4 addresses.
+pub fn node(n: &Node) -> model::Node {
+    let addrs = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let ip = addrs
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| ipv4(&a.address));
+    let addresses = addrs
+        .iter()
+        .filter_map(|a| ipv4(&a.address))
+        .filter(|a| Some(*a) != ip)
+        .collect();
+    model::Node {
+        name: n.name_any(),
+        labels: n.labels().clone(),
+        ip,
+        addresses,
+        uplink: None,
+    }
+}
+
+pub fn namespace(n: &Namespace) -> model::Namespace {
+    model::Namespace {
+        name: n.name_any(),
+        labels: n.labels().clone(),
+    }
+}
+
+/// A pod, unless it has finished (its address may already belong to another pod).
+pub fn pod(p: &Pod) -> Option<model::Pod> {
+    let status = p.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    let ip = status.and_then(|s| {
+        s.pod_ip
+            .as_deref()
+            .and_then(ipv4)
+            .or_else(|| s.pod_ips.iter().flatten().find_map(|i| ipv4(&i.ip)))
+    });
+    let spec = p.spec.as_ref();
+    Some(model::Pod {
+        namespace: p.namespace().unwrap_or_else(|| "default".into()),
+        name: p.name_any(),
+        labels: p.labels().clone(),
+        node: spec.and_then(|s| s.node_name.clone()),
+        ip,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+    })
+}
+
+pub fn policy(p: &EgressGatewayPolicy) -> model::Policy {
+    model::Policy {
+        name: p.name_any(),
+        created: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        spec: p.spec.clone(),
+    }
+}
+
+/// Which agent writes a policy's status: the gateway node's; with no gateway, the first node
+/// by name (so that a broken policy still reports why).
+pub fn writes_status(status: &PolicyStatus, cluster: &model::Cluster, node: &str) -> bool {
+    match &status.gateway_node {
+        Some(gw) => gw == node,
+        None => cluster.nodes.iter().map(|n| n.name.as_str()).min() == Some(node),
+    }
+}
+
+/// Carries `lastTransitionTime` over from `old` for conditions whose status did not change,
+/// and sets `now` for the others.
+pub fn with_transition_times(
+    mut new: PolicyStatus,
+    old: Option<&PolicyStatus>,
+    now: &str,
+) -> PolicyStatus {
+    for c in &mut new.conditions {
+        let prev = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match prev {
+            Some(p) if p.status == c.status && p.last_transition_time.is_some() => {
+                p.last_transition_time.clone()
+            }
+            _ => Some(now.to_owned()),
+        };
+    }
+    new
+}
+
+/// True when `a` and `b` differ in more than transition times.
+pub fn status_differs(a: &PolicyStatus, b: Option<&PolicyStatus>) -> bool {
+    let strip = |s: &PolicyStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    b.is_none_or(|b| strip(a) != strip(b))
+}
+
+/// Writes `status` with server-side apply (field manager `egress-gateway-agent`, forced: the
+/// agent owns the status).
+pub async fn apply_status(
+    client: &Client,
+    name: &str,
+    status: &PolicyStatus,
+) -> Result<(), KubeSourceError> {
+    let api: Api<EgressGatewayPolicy> = Api::all(client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": EgressGatewayPolicy::api_version(&()),
+        "kind": EgressGatewayPolicy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: ns.map(Into::into),
+            labels: Some([("app".to_owned(), "mail".to_owned())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn node_takes_the_internal_ipv4_and_keeps_the_others() {
+        let addr = |t: &str, a: &str| NodeAddress {
+            type_: t.into(),
+            address: a.into(),
+        };
+        let n = Node {
+            metadata: meta("gw", None),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    addr("Hostname", "gw"),
+                    addr("InternalIP", "fd00::10"),
+                    addr("InternalIP", "10.0.0.10"),
+                    addr("ExternalIP", "5.75.247.168"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = node(&n);
+        assert_eq!(m.ip, Some(Ipv4Addr::new(10, 0, 0, 10)));
+        assert_eq!(m.addresses, [Ipv4Addr::new(5, 75, 247, 168)]);
+        assert_eq!(m.labels["app"], "mail");
+        assert_eq!(node(&Node::default()).ip, None);
+    }
+
+    #[test]
+    fn pods_map_address_node_and_host_network_and_finished_pods_are_dropped() {
+        let mut p = Pod {
+            metadata: meta("postfix-0", Some("mailu")),
+            spec: Some(PodSpec {
+                node_name: Some("w1".into()),
+                host_network: Some(false),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ips: Some(vec![
+                    PodIP {
+                        ip: "fd00::5".into(),
+                    },
+                    PodIP {
+                        ip: "10.244.1.5".into(),
+                    },
+                ]),
+                ..Default::default()
+            }),
+        };
+        let m = pod(&p).expect("a running pod");
+        assert_eq!(m.key(), "mailu/postfix-0");
+        assert_eq!(m.ip, Some(Ipv4Addr::new(10, 244, 1, 5)));
+        assert_eq!(m.node.as_deref(), Some("w1"));
+        assert!(!m.host_network);
+        p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert_eq!(pod(&p), None);
+        let pending = Pod {
+            metadata: meta("new", Some("mailu")),
+            ..Default::default()
+        };
+        let m = pod(&pending).expect("pending pods are kept");
+        assert_eq!((m.ip, m.node), (None, None));
+    }
+
+    #[test]
+    fn policy_age_comes_from_the_creation_timestamp() {
+        let mut p = EgressGatewayPolicy::new("mail", Default::default());
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+        ));
+        assert_eq!(policy(&p).created, Some(1_704_067_200));
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let c = |s: &str| model::PolicyCondition {
+            type_: "Ready".into(),
+            status: s.into(),
+            reason: "X".into(),
+            ..Default::default()
+        };
+        let old = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("True")],
+                ..Default::default()
+            },
+            None,
+            "t1",
+        );
+        let same = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("True")],
+                selected_pods: 3,
+                ..Default::default()
+            },
+            Some(&old),
+            "t2",
+        );
+        assert_eq!(
+            same.conditions[0].last_transition_time.as_deref(),
+            Some("t1")
+        );
+        assert!(status_differs(&same, Some(&old)));
+        let flipped = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("False")],
+                ..Default::default()
+            },
+            Some(&old),
+            "t3",
+        );
+        assert_eq!(
+            flipped.conditions[0].last_transition_time.as_deref(),
+            Some("t3")
+        );
+        let mut again = old.clone();
+        again.conditions[0].last_transition_time = Some("t9".into());
+        assert!(!status_differs(&again, Some(&old)));
+    }
+
+    #[test]
+    fn the_gateway_writes_status_or_else_the_first_node() {
+        let c = model::Cluster {
+            nodes: vec![
+                model::Node {
+                    name: "b".into(),
+                    ..Default::default()
+                },
+                model::Node {
+                    name: "a".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut s = PolicyStatus::default();
+        assert!(writes_status(&s, &c, "a"));
+        assert!(!writes_status(&s, &c, "b"));
+        s.gateway_node = Some("b".into());
+        assert!(writes_status(&s, &c, "b"));
+        assert!(!writes_status(&s, &c, "a"));
+    }
+}

@@ -1,0 +1,885 @@
+//! The model, one behaviour per test.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+use super::*;
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn match_labels(kv: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels(kv)),
+        match_expressions: None,
+    }
+}
+
+fn node(name: &str, ip: [u8; 4], l: &[(&str, &str)]) -> Node {
+    Node {
+        name: name.into(),
+        labels: labels(l),
+        ip: Some(Ipv4Addr::from(ip)),
+        ..Default::default()
+    }
+}
+
+fn pod(ns: &str, name: &str, ip: [u8; 4], node: &str, l: &[(&str, &str)]) -> Pod {
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels(l),
+        node: Some(node.into()),
+        ip: Some(Ipv4Addr::from(ip)),
+        host_network: false,
+    }
+}
+
+fn spec(pod_sel: Option<LabelSelector>, ns_sel: Option<LabelSelector>) -> EgressGatewayPolicySpec {
+    EgressGatewayPolicySpec {
+        selectors: vec![PodSelection {
+            pod_selector: pod_sel,
+            namespace_selector: ns_sel,
+        }],
+        destination_cidrs: vec!["0.0.0.0/0".into()],
+        excluded_cidrs: vec!["198.51.100.128/25".into()],
+        gateway: GatewaySpec {
+            node_selector: Some(match_labels(&[("egress-gateway", "true")])),
+            ..Default::default()
+        },
+    }
+}
+
+fn policy(name: &str, created: Option<i64>, spec: EgressGatewayPolicySpec) -> Policy {
+    Policy {
+        name: name.into(),
+        created,
+        spec,
+    }
+}
+
+/// Gateway `gw` (labelled), workers `w1`, `w2`; namespaces `mailu` (team=mail) and `web`;
+/// postfix pods on w1 and gw, a web pod on w2; policy `mail` selects app=postfix.
+fn cluster() -> Cluster {
+    Cluster {
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "10.96.0.0/12".parse().unwrap(),
+        ],
+        nodes: vec![
+            node("w2", [192, 0, 2, 12], &[]),
+            node("gw", [192, 0, 2, 10], &[("egress-gateway", "true")]),
+            node("w1", [192, 0, 2, 11], &[]),
+        ],
+        namespaces: vec![
+            Namespace {
+                name: "mailu".into(),
+                labels: labels(&[("team", "mail")]),
+            },
+            Namespace {
+                name: "web".into(),
+                labels: labels(&[]),
+            },
+        ],
+        pods: vec![
+            pod(
+                "mailu",
+                "postfix-0",
+                [10, 244, 1, 2],
+                "w1",
+                &[("app", "postfix")],
+            ),
+            pod(
+                "mailu",
+                "postfix-1",
+                [10, 244, 0, 2],
+                "gw",
+                &[("app", "postfix")],
+            ),
+            pod("mailu", "imap-0", [10, 244, 1, 3], "w1", &[("app", "imap")]),
+            pod("web", "web-0", [10, 244, 2, 2], "w2", &[("app", "web")]),
+        ],
+        policies: vec![policy(
+            "mail",
+            None,
+            spec(Some(match_labels(&[("app", "postfix")])), None),
+        )],
+    }
+}
+
+fn run(c: &Cluster, node: &str) -> Model {
+    compute(c, node, &LocalFacts::default())
+}
+
+fn id(c: &Cluster, name: &str) -> u32 {
+    run(c, "w1").status[name].datapath_id.expect("has an id")
+}
+
+/// Names of the pods each policy selects, as seen from `node`'s local pods plus the gateway's
+/// remote endpoints, by policy id.
+fn selected(c: &Cluster) -> BTreeMap<String, Option<u32>> {
+    let mut out = BTreeMap::new();
+    for n in &c.nodes {
+        for p in run(c, &n.name).desired.pods {
+            out.insert(p.name, p.policy_id);
+        }
+    }
+    out
+}
+
+fn condition<'a>(st: &'a PolicyStatus, type_: &str) -> Option<&'a PolicyCondition> {
+    st.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn ready(m: &Model, policy: &str) -> (String, String) {
+    let c = condition(&m.status[policy], "Ready").expect("a Ready condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+fn not_ready_reason(c: &Cluster, policy: &str) -> String {
+    let m = run(c, "w1");
+    let (status, reason) = ready(&m, policy);
+    assert_eq!(status, "False", "{policy}: {:?}", m.status[policy]);
+    assert!(
+        m.desired.policies.is_empty() && m.desired.pods.iter().all(|p| p.policy_id.is_none()),
+        "an inactive policy programs nothing"
+    );
+    assert!(m.desired.warnings.iter().any(|w| w.contains(policy)));
+    reason
+}
+
+const GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const W1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+
+#[test]
+fn worker_gets_its_pods_the_policy_and_no_remote_endpoints() {
+    let c = cluster();
+    let m = run(&c, "w1");
+    let d = &m.desired;
+    let pid = id(&c, "mail");
+    assert_eq!(d.node_ip, Some(W1));
+    let pods: Vec<_> = d
+        .pods
+        .iter()
+        .map(|p| (p.name.as_str(), p.policy_id))
+        .collect();
+    assert_eq!(
+        pods,
+        [("mailu/imap-0", None), ("mailu/postfix-0", Some(pid))]
+    );
+    assert!(d.remote_endpoints.is_empty());
+    assert_eq!(d.nodes, [GW, Ipv4Addr::new(192, 0, 2, 12)]);
+    let via = d.policies[&(pid, "0.0.0.0/0".parse().unwrap())];
+    assert_eq!(via.action, ACTION_VIA_GATEWAY);
+    assert_eq!(via.gateway_ip4, ip4(GW));
+    assert_eq!(
+        via.egress_ip4,
+        ip4(GW),
+        "egress IP defaults to the gateway's"
+    );
+    assert_eq!(ready(&m, "mail"), ("True".into(), "Active".into()));
+    assert_eq!(m.status["mail"].gateway_node.as_deref(), Some("gw"));
+    assert_eq!(m.status["mail"].egress_ip.as_deref(), Some("192.0.2.10"));
+    assert_eq!(m.status["mail"].selected_pods, 2);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
+fn cluster_and_excluded_cidrs_are_always_excluded() {
+    let c = cluster();
+    let d = run(&c, "w1").desired;
+    let pid = id(&c, "mail");
+    for cidr in ["10.244.0.0/16", "10.96.0.0/12", "198.51.100.128/25"] {
+        assert_eq!(
+            d.policies[&(pid, cidr.parse().unwrap())].action,
+            ACTION_EXCLUDED,
+            "{cidr}"
+        );
+    }
+    assert_eq!(d.policies.len(), 4);
+}
+
+#[test]
+fn an_excluded_cidr_equal_to_a_destination_wins() {
+    let mut c = cluster();
+    c.policies[0].spec.excluded_cidrs = vec!["0.0.0.0/0".into()];
+    let d = run(&c, "w1").desired;
+    assert_eq!(
+        d.policies[&(id(&c, "mail"), "0.0.0.0/0".parse().unwrap())].action,
+        ACTION_EXCLUDED
+    );
+}
+
+#[test]
+fn gateway_accepts_selected_pods_of_other_nodes_only() {
+    let c = cluster();
+    let d = run(&c, "gw").desired;
+    assert_eq!(d.remote_endpoints.len(), 1);
+    let r = d.remote_endpoints[&Ipv4Addr::new(10, 244, 1, 2)];
+    assert_eq!(r.node_ip4, ip4(W1));
+    assert_eq!(r.policy_id, id(&c, "mail"));
+    assert_eq!(d.pods.len(), 1, "its own postfix pod is a local endpoint");
+    assert_eq!(d.pods[0].policy_id, Some(id(&c, "mail")));
+}
+
+#[test]
+fn pod_selector_alone_selects_in_every_namespace() {
+    let mut c = cluster();
+    c.pods.push(pod(
+        "other",
+        "postfix-9",
+        [10, 244, 2, 9],
+        "w2",
+        &[("app", "postfix")],
+    ));
+    let s = selected(&c);
+    assert!(s["other/postfix-9"].is_some());
+    assert!(s["mailu/imap-0"].is_none());
+}
+
+#[test]
+fn namespace_selector_alone_selects_every_pod_of_matching_namespaces() {
+    let mut c = cluster();
+    c.policies[0].spec = spec(None, Some(match_labels(&[("team", "mail")])));
+    let s = selected(&c);
+    assert!(s["mailu/imap-0"].is_some());
+    assert!(s["mailu/postfix-0"].is_some());
+    assert!(s["web/web-0"].is_none());
+}
+
+#[test]
+fn both_selectors_must_match() {
+    let mut c = cluster();
+    c.pods.push(pod(
+        "web",
+        "postfix-w",
+        [10, 244, 2, 3],
+        "w2",
+        &[("app", "postfix")],
+    ));
+    c.policies[0].spec = spec(
+        Some(match_labels(&[("app", "postfix")])),
+        Some(match_labels(&[("team", "mail")])),
+    );
+    let s = selected(&c);
+    assert!(s["mailu/postfix-0"].is_some());
+    assert!(
+        s["web/postfix-w"].is_none(),
+        "right labels, wrong namespace"
+    );
+    assert!(s["mailu/imap-0"].is_none(), "right namespace, wrong labels");
+}
+
+#[test]
+fn namespaces_carry_their_name_label_even_when_unlisted() {
+    let mut c = cluster();
+    c.namespaces.clear();
+    c.policies[0].spec = spec(None, Some(match_labels(&[(NAMESPACE_NAME_LABEL, "web")])));
+    let s = selected(&c);
+    assert!(s["web/web-0"].is_some());
+    assert!(s["mailu/postfix-0"].is_none());
+}
+
+#[test]
+fn any_selector_entry_selects() {
+    let mut c = cluster();
+    c.policies[0].spec.selectors.push(PodSelection {
+        pod_selector: Some(match_labels(&[("app", "web")])),
+        namespace_selector: None,
+    });
+    let s = selected(&c);
+    assert!(s["web/web-0"].is_some());
+    assert!(s["mailu/postfix-0"].is_some());
+    assert!(s["mailu/imap-0"].is_none());
+}
+
+#[test]
+fn match_expressions_select_pods() {
+    let mut c = cluster();
+    c.policies[0].spec = spec(
+        Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["postfix".into(), "imap".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "canary".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+            ]),
+        }),
+        Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "Exists".into(),
+                values: None,
+            }]),
+        }),
+    );
+    c.pods.push(pod(
+        "mailu",
+        "canary",
+        [10, 244, 1, 9],
+        "w1",
+        &[("app", "postfix"), ("canary", "")],
+    ));
+    let s = selected(&c);
+    assert!(s["mailu/imap-0"].is_some());
+    assert!(s["mailu/postfix-1"].is_some());
+    assert!(s["mailu/canary"].is_none());
+    assert!(s["web/web-0"].is_none());
+}
+
+#[test]
+fn empty_pod_selector_selects_every_pod() {
+    let mut c = cluster();
+    c.policies[0].spec = spec(Some(LabelSelector::default()), None);
+    assert!(selected(&c).values().all(Option::is_some));
+}
+
+#[test]
+fn an_entry_without_selectors_is_invalid() {
+    let mut c = cluster();
+    c.policies[0].spec = spec(None, None);
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidSelector");
+}
+
+#[test]
+fn an_invalid_operator_is_invalid() {
+    let mut c = cluster();
+    c.policies[0].spec = spec(
+        Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "Equals".into(),
+                values: Some(vec!["postfix".into()]),
+            }]),
+        }),
+        None,
+    );
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidSelector");
+    let m = run(&c, "w1");
+    assert!(condition(&m.status["mail"], "Ready")
+        .unwrap()
+        .message
+        .contains("Equals"));
+}
+
+#[test]
+fn no_selectors_or_destinations_is_not_ready() {
+    let mut c = cluster();
+    c.policies[0].spec.selectors.clear();
+    assert_eq!(not_ready_reason(&c, "mail"), "NoSelectors");
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["2001:db8::/32".into()];
+    assert_eq!(not_ready_reason(&c, "mail"), "NoDestinations");
+}
+
+#[test]
+fn invalid_cidrs_reject_the_policy() {
+    for (field, bad) in [
+        ("dst", "10.0.0.0/33"),
+        ("dst", "mail.example.com"),
+        ("ex", "1.2.3.4"),
+    ] {
+        let mut c = cluster();
+        if field == "dst" {
+            c.policies[0].spec.destination_cidrs.push(bad.into());
+        } else {
+            c.policies[0].spec.excluded_cidrs.push(bad.into());
+        }
+        assert_eq!(not_ready_reason(&c, "mail"), "InvalidCIDR", "{bad}");
+        let m = run(&c, "w1");
+        assert!(condition(&m.status["mail"], "Ready")
+            .unwrap()
+            .message
+            .contains(bad));
+    }
+}
+
+#[test]
+fn host_bits_are_cleared_and_ipv6_is_ignored_with_a_condition() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["203.0.113.77/24".into(), "::/0".into()];
+    let m = run(&c, "w1");
+    assert!(m
+        .desired
+        .policies
+        .contains_key(&(id(&c, "mail"), "203.0.113.0/24".parse().unwrap())));
+    let v6 = condition(&m.status["mail"], "IPv6Ignored").expect("IPv6Ignored");
+    assert_eq!(v6.status, "True");
+    assert_eq!(ready(&m, "mail").0, "True");
+}
+
+#[test]
+fn a_pod_matched_by_two_policies_belongs_to_the_older() {
+    let mut c = cluster();
+    c.policies[0].created = Some(2000);
+    // "aaa" sorts first by name but is younger: age decides.
+    c.policies.push(policy(
+        "aaa",
+        Some(3000),
+        spec(Some(match_labels(&[("app", "postfix")])), None),
+    ));
+    let s = selected(&c);
+    let mail = id(&c, "mail");
+    assert_eq!(s["mailu/postfix-0"], Some(mail));
+    assert_eq!(s["mailu/postfix-1"], Some(mail));
+    let m = run(&c, "w1");
+    assert_eq!(m.status["aaa"].selected_pods, 0);
+    assert_eq!(m.status["mail"].selected_pods, 2);
+    let conflict = condition(&m.status["aaa"], "PodConflict").expect("PodConflict on the younger");
+    assert_eq!(conflict.status, "True");
+    assert!(
+        conflict.message.contains("mailu/postfix-0 (by mail)"),
+        "{}",
+        conflict.message
+    );
+    assert!(condition(&m.status["mail"], "PodConflict").is_none());
+    assert_eq!(
+        ready(&m, "aaa").0,
+        "True",
+        "the younger one still works for its other pods"
+    );
+}
+
+#[test]
+fn equally_old_policies_are_ordered_by_name() {
+    let mut c = cluster();
+    c.policies[0].created = Some(1000);
+    c.policies.push(policy(
+        "aaa",
+        Some(1000),
+        spec(Some(match_labels(&[("app", "postfix")])), None),
+    ));
+    assert_eq!(selected(&c)["mailu/postfix-0"], Some(id(&c, "aaa")));
+    // Input order does not matter.
+    c.policies.reverse();
+    assert_eq!(selected(&c)["mailu/postfix-0"], Some(id(&c, "aaa")));
+}
+
+#[test]
+fn an_invalid_policy_claims_no_pods() {
+    let mut c = cluster();
+    c.policies[0].created = Some(1);
+    c.policies[0].spec.destination_cidrs = vec!["nonsense".into()];
+    c.policies.push(policy(
+        "young",
+        Some(2),
+        spec(Some(match_labels(&[("app", "postfix")])), None),
+    ));
+    assert_eq!(selected(&c)["mailu/postfix-0"], Some(id(&c, "young")));
+    assert!(condition(&run(&c, "w1").status["young"], "PodConflict").is_none());
+}
+
+#[test]
+fn unknown_gateway_node_name_is_gateway_not_found() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway = GatewaySpec {
+        node_name: Some("nowhere".into()),
+        ..Default::default()
+    };
+    assert_eq!(not_ready_reason(&c, "mail"), "GatewayNotFound");
+    let m = run(&c, "w1");
+    assert!(m.desired.warnings.iter().any(|w| w.contains("nowhere")));
+    assert_eq!(m.status["mail"].gateway_node, None);
+}
+
+#[test]
+fn gateway_by_node_name() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway = GatewaySpec {
+        node_name: Some("w2".into()),
+        ..Default::default()
+    };
+    let m = run(&c, "w1");
+    assert_eq!(m.status["mail"].gateway_node.as_deref(), Some("w2"));
+    let via = m.desired.policies[&(id(&c, "mail"), "0.0.0.0/0".parse().unwrap())];
+    assert_eq!(via.gateway_ip4, ip4(Ipv4Addr::new(192, 0, 2, 12)));
+}
+
+#[test]
+fn node_selector_matching_nothing_is_gateway_not_found() {
+    let mut c = cluster();
+    c.nodes[1].labels.clear();
+    assert_eq!(not_ready_reason(&c, "mail"), "GatewayNotFound");
+}
+
+#[test]
+fn a_gateway_without_an_address_is_not_found() {
+    let mut c = cluster();
+    c.nodes[1].ip = None;
+    assert_eq!(not_ready_reason(&c, "mail"), "GatewayNotFound");
+}
+
+#[test]
+fn node_selector_matching_several_picks_the_first_by_name() {
+    let mut c = cluster();
+    for n in &mut c.nodes {
+        n.labels.insert("egress-gateway".into(), "true".into());
+    }
+    for from in ["w1", "w2", "gw"] {
+        let m = run(&c, from);
+        assert_eq!(
+            m.status["mail"].gateway_node.as_deref(),
+            Some("gw"),
+            "seen from {from}"
+        );
+        let r = condition(&m.status["mail"], "Ready").unwrap();
+        assert_eq!(r.status, "True");
+        assert!(r.message.contains("matches 3 nodes"), "{}", r.message);
+    }
+}
+
+#[test]
+fn gateway_spec_needs_exactly_one_node_choice() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway.node_name = Some("gw".into());
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidGateway");
+    c.policies[0].spec.gateway = GatewaySpec::default();
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidGateway");
+}
+
+#[test]
+fn egress_ip_and_interface_are_exclusive_and_egress_ip_must_parse() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    c.policies[0].spec.gateway.interface = Some("eth0".into());
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidGateway");
+    c.policies[0].spec.gateway.interface = None;
+    c.policies[0].spec.gateway.egress_ip = Some("5.75.247".into());
+    assert_eq!(not_ready_reason(&c, "mail"), "InvalidGateway");
+}
+
+#[test]
+fn an_egress_ip_on_the_gateway_is_used_and_confirmed() {
+    let mut c = cluster();
+    c.nodes[1].addresses = vec![Ipv4Addr::new(5, 75, 247, 168)];
+    c.policies[0].spec.gateway.egress_ip = Some("5.75.247.168".into());
+    let m = run(&c, "w1");
+    let via = m.desired.policies[&(id(&c, "mail"), "0.0.0.0/0".parse().unwrap())];
+    assert_eq!(via.egress_ip4, ip4(Ipv4Addr::new(5, 75, 247, 168)));
+    assert_eq!(
+        condition(&m.status["mail"], "EgressIPOnGateway")
+            .unwrap()
+            .status,
+        "True"
+    );
+    assert_eq!(m.status["mail"].egress_ip.as_deref(), Some("5.75.247.168"));
+}
+
+#[test]
+fn an_egress_ip_not_on_the_gateway_is_programmed_with_a_false_condition() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    // A worker cannot see the gateway's interfaces: it cannot tell, and does not warn.
+    let m = run(&c, "w1");
+    let e = condition(&m.status["mail"], "EgressIPOnGateway").unwrap();
+    assert_eq!(
+        (e.status.as_str(), e.reason.as_str()),
+        ("Unknown", "CheckedOnGateway")
+    );
+    assert!(m.desired.warnings.is_empty(), "{:?}", m.desired.warnings);
+    // The gateway, whose interfaces lack it, says so (and it writes the status).
+    let m = run(&c, "gw");
+    let e = condition(&m.status["mail"], "EgressIPOnGateway").unwrap();
+    assert_eq!(
+        (e.status.as_str(), e.reason.as_str()),
+        ("False", "EgressIPNotOnGateway")
+    );
+    assert_eq!(ready(&m, "mail").0, "True");
+    assert!(!m.desired.policies.is_empty());
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("EgressIPNotOnGateway")));
+    // The gateway itself sees the address on an interface.
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]),
+    };
+    let m = compute(&c, "gw", &local);
+    assert_eq!(
+        condition(&m.status["mail"], "EgressIPOnGateway")
+            .unwrap()
+            .status,
+        "True"
+    );
+}
+
+#[test]
+fn interface_egress_ip_is_resolved_on_the_gateway_only() {
+    let mut c = cluster();
+    c.policies[0].spec.gateway.interface = Some("eth1".into());
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("eth1".into(), vec![Ipv4Addr::new(5, 75, 247, 168)])]),
+    };
+    let pid = id(&c, "mail");
+    let gw = compute(&c, "gw", &local);
+    let via = gw.desired.policies[&(pid, "0.0.0.0/0".parse().unwrap())];
+    assert_eq!(via.egress_ip4, ip4(Ipv4Addr::new(5, 75, 247, 168)));
+    assert_eq!(gw.status["mail"].egress_ip.as_deref(), Some("5.75.247.168"));
+    // A worker only needs the gateway's address to tunnel.
+    let w = run(&c, "w1");
+    let via = w.desired.policies[&(pid, "0.0.0.0/0".parse().unwrap())];
+    assert_eq!((via.gateway_ip4, via.egress_ip4), (ip4(GW), 0));
+    // Missing on the gateway: the gateway does not SNAT for it.
+    let gw = compute(&c, "gw", &LocalFacts::default());
+    let r = condition(&gw.status["mail"], "Ready").unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.reason.as_str()),
+        ("False", "InterfaceNotFound")
+    );
+    assert!(gw.desired.policies.is_empty());
+}
+
+#[test]
+fn ids_are_stable_whatever_the_order_and_the_node() {
+    let mut c = cluster();
+    c.policies.push(policy(
+        "b",
+        None,
+        spec(None, Some(match_labels(&[("x", "y")]))),
+    ));
+    c.policies.push(policy(
+        "c",
+        None,
+        spec(None, Some(match_labels(&[("x", "y")]))),
+    ));
+    let before: Vec<_> = ["mail", "b", "c"].iter().map(|n| id(&c, n)).collect();
+    c.policies.reverse();
+    let after: Vec<_> = ["mail", "b", "c"].iter().map(|n| id(&c, n)).collect();
+    assert_eq!(before, after);
+    assert_eq!(run(&c, "gw").status["b"].datapath_id, Some(before[1]));
+    assert!(before.iter().all(|i| (1..MAX_POLICIES).contains(i)));
+    // The hash itself is pinned: changing it would change every deployed id.
+    // (Reference FNV-1a 32 vectors.)
+    assert_eq!(fnv1a(""), 0x811c_9dc5);
+    assert_eq!(fnv1a("a"), 0xe40c_292c);
+    assert_eq!(fnv1a("foobar"), 0xbf9c_f968);
+    assert_eq!(
+        allocate_ids(["mailu-postfix"])["mailu-postfix"],
+        fnv1a("mailu-postfix") % 1023 + 1
+    );
+}
+
+/// Two distinct names whose hashes collide in the id space.
+fn colliding_names() -> (String, String) {
+    let mut seen = BTreeMap::new();
+    for i in 0.. {
+        let n = format!("policy-{i}");
+        let slot = fnv1a(&n) % (MAX_POLICIES - 1);
+        if let Some(prev) = seen.insert(slot, n.clone()) {
+            return (prev, n);
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_colliding_younger_policy_never_moves_an_older_one() {
+    let (a, b) = colliding_names();
+    let ids = allocate_ids([a.as_str()]);
+    let both = allocate_ids([a.as_str(), b.as_str()]);
+    assert_eq!(ids[&a], both[&a], "the older keeps its id");
+    assert_ne!(both[&a], both[&b]);
+    assert_eq!(both[&b], both[&a] % 1023 + 1, "probed to the next slot");
+    // Through the model: the older (by creation) keeps the hash slot.
+    let mut c = cluster();
+    c.policies = vec![
+        policy(&b, Some(10), spec(None, Some(match_labels(&[("x", "y")])))),
+        policy(&a, Some(20), spec(None, Some(match_labels(&[("x", "y")])))),
+    ];
+    assert_eq!(id(&c, &b), allocate_ids([b.as_str()])[&b]);
+}
+
+#[test]
+fn more_policies_than_ids_leaves_the_youngest_without() {
+    let mut c = cluster();
+    c.policies = (0..MAX_POLICIES as i64)
+        .map(|i| {
+            policy(
+                &format!("p{i:04}"),
+                Some(i),
+                spec(None, Some(match_labels(&[("x", "y")]))),
+            )
+        })
+        .collect();
+    let m = run(&c, "w1");
+    let ids: BTreeSet<u32> = m.status.values().filter_map(|s| s.datapath_id).collect();
+    assert_eq!(ids.len(), MAX_POLICIES as usize - 1, "every id used once");
+    let youngest = &m.status[&format!("p{:04}", MAX_POLICIES - 1)];
+    assert_eq!(youngest.datapath_id, None);
+    assert_eq!(
+        condition(youngest, "Ready").unwrap().reason,
+        "TooManyPolicies"
+    );
+}
+
+#[test]
+fn host_network_pods_and_pods_without_address_or_node_are_never_endpoints() {
+    let mut c = cluster();
+    let mut hn = pod(
+        "mailu",
+        "postfix-hn",
+        [192, 0, 2, 11],
+        "w1",
+        &[("app", "postfix")],
+    );
+    hn.host_network = true;
+    let mut pending = pod(
+        "mailu",
+        "postfix-new",
+        [0, 0, 0, 0],
+        "w1",
+        &[("app", "postfix")],
+    );
+    pending.ip = None;
+    let mut unscheduled = pod(
+        "mailu",
+        "postfix-u",
+        [10, 244, 1, 8],
+        "w1",
+        &[("app", "postfix")],
+    );
+    unscheduled.node = None;
+    c.pods.extend([hn, pending, unscheduled]);
+    let m = run(&c, "w1");
+    let names: Vec<_> = m.desired.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["mailu/imap-0", "mailu/postfix-0"]);
+    assert_eq!(m.status["mail"].selected_pods, 2);
+}
+
+#[test]
+fn two_pods_with_one_address_keep_the_first_and_warn() {
+    let mut c = cluster();
+    c.pods.push(pod("zzz", "stale", [10, 244, 1, 2], "w1", &[]));
+    let m = run(&c, "w1");
+    assert_eq!(
+        m.desired
+            .pods
+            .iter()
+            .filter(|p| p.ip == Ipv4Addr::new(10, 244, 1, 2))
+            .count(),
+        1
+    );
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("share the address")));
+}
+
+#[test]
+fn pods_of_an_unknown_node_are_not_accepted_by_the_gateway() {
+    let mut c = cluster();
+    c.pods.push(pod(
+        "mailu",
+        "postfix-x",
+        [10, 244, 9, 2],
+        "ghost",
+        &[("app", "postfix")],
+    ));
+    let d = run(&c, "gw").desired;
+    assert!(!d
+        .remote_endpoints
+        .contains_key(&Ipv4Addr::new(10, 244, 9, 2)));
+    assert!(d.warnings.iter().any(|w| w.contains("postfix-x")));
+}
+
+#[test]
+fn an_unknown_local_node_is_a_warning() {
+    let d = run(&cluster(), "nobody").desired;
+    assert_eq!(d.node_ip, None);
+    assert!(d.pods.is_empty());
+    assert!(d.warnings.iter().any(|w| w.contains("nobody")));
+}
+
+#[test]
+fn a_duplicate_policy_name_is_ignored_with_a_warning() {
+    let mut c = cluster();
+    c.policies.push(c.policies[0].clone());
+    let m = run(&c, "w1");
+    assert_eq!(m.status.len(), 1);
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("defined twice")));
+}
+
+/// Random junk in every field: the model answers, it never panics.
+#[test]
+fn random_input_never_panics() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(4);
+    let words = [
+        "",
+        "a",
+        "app",
+        "postfix",
+        "In",
+        "NotIn",
+        "Exists",
+        "DoesNotExist",
+        "Bogus",
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "::/0",
+        "1.2.3.4",
+        "300.1.1.1/8",
+        "gw",
+        "w1",
+        "eth0",
+    ];
+    let mut pick = |rng: &mut StdRng| words[rng.random_range(0..words.len())].to_owned();
+    for _ in 0..300 {
+        let mut c = cluster();
+        for p in 0..rng.random_range(0..4) {
+            let sel = |rng: &mut StdRng,
+                       pick: &mut dyn FnMut(&mut StdRng) -> String|
+             -> Option<LabelSelector> {
+                rng.random_bool(0.7).then(|| LabelSelector {
+                    match_labels: Some(BTreeMap::from([(pick(rng), pick(rng))])),
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: pick(rng),
+                        operator: pick(rng),
+                        values: rng.random_bool(0.5).then(|| vec![pick(rng)]),
+                    }]),
+                })
+            };
+            let spec = EgressGatewayPolicySpec {
+                selectors: (0..rng.random_range(0..3))
+                    .map(|_| PodSelection {
+                        pod_selector: sel(&mut rng, &mut pick),
+                        namespace_selector: sel(&mut rng, &mut pick),
+                    })
+                    .collect(),
+                destination_cidrs: (0..2).map(|_| pick(&mut rng)).collect(),
+                excluded_cidrs: (0..2).map(|_| pick(&mut rng)).collect(),
+                gateway: GatewaySpec {
+                    node_name: rng.random_bool(0.5).then(|| pick(&mut rng)),
+                    node_selector: sel(&mut rng, &mut pick),
+                    egress_ip: rng.random_bool(0.3).then(|| pick(&mut rng)),
+                    interface: rng.random_bool(0.2).then(|| pick(&mut rng)),
+                },
+            };
+            c.policies
+                .push(policy(&format!("r{p}"), Some(rng.random_range(0..3)), spec));
+        }
+        for n in ["gw", "w1", "w2", "ghost"] {
+            let m = run(&c, n);
+            for st in m.status.values() {
+                assert!(condition(st, "Ready").is_some(), "{st:?}");
+            }
+        }
+    }
+}
