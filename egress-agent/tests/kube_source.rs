@@ -362,15 +362,23 @@ async fn watches_survive_a_closed_watch_and_relist_after_410_gone() {
     assert_eq!(m.status["mail"].selected_pods, 2);
 
     // The requests: list, watch from 100 (ended), watch from 101 (410), relist, watch from 200.
+    // (The last watch may start a moment after the relisted state is visible.)
+    let pod_reqs = || -> Vec<String> {
+        let seen = fake.lock().unwrap().seen.clone();
+        seen.iter()
+            .filter(|s| s.path == "/api/v1/pods")
+            .map(|s| match s.query.get("watch") {
+                Some(_) => format!("watch@{}", s.query.get("resourceVersion").map_or("", |v| v)),
+                None => "list".into(),
+            })
+            .collect()
+    };
+    let _ = eventually(Duration::from_secs(5), || {
+        (pod_reqs().len() >= 5).then_some(())
+    })
+    .await;
     let seen = fake.lock().unwrap().seen.clone();
-    let pod_reqs: Vec<String> = seen
-        .iter()
-        .filter(|s| s.path == "/api/v1/pods")
-        .map(|s| match s.query.get("watch") {
-            Some(_) => format!("watch@{}", s.query.get("resourceVersion").map_or("", |v| v)),
-            None => "list".into(),
-        })
-        .collect();
+    let pod_reqs = pod_reqs();
     assert_eq!(
         pod_reqs,
         ["list", "watch@100", "watch@101", "list", "watch@200"],
