@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use egress_common::{
     config::{Config, CFG_F_READY, VXLAN_OVERHEAD},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    nat::NatKey4,
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
@@ -323,24 +324,51 @@ fn modified(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
 /// Deletes expired NAT entries; returns how many, and how many translated flows (forward
 /// entries) are left.
 ///
-/// Listing a large table takes a while, and flows keep running meanwhile: the candidates are
-/// read again and judged on their current values just before they go, so that a flow that
-/// came back to life (or a port handed to a new flow) is not cut.
+/// Listing a large table takes a while, and flows keep running meanwhile (the datapath hands
+/// the ports of closed flows to new connections). So each candidate flow is judged again on
+/// its current entries, and deleted, while holding the flow's claim entry, which the datapath
+/// takes for every change of a reverse entry's owner: a port handed to a new flow is never cut.
 pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<(usize, usize)> {
     let entries = dp.maps().nat_entries()?;
     let candidates = nat_gc::expired(&entries, nat_gc::monotonic_ns(), t);
-    let mut maps = dp.maps();
-    let mut fresh = Vec::with_capacity(candidates.len());
+    let by_key: std::collections::HashMap<_, _> = entries.iter().copied().collect();
+    // One unit per flow, named by its reverse key: a forward entry and its reverse entry go
+    // together; an orphan reverse entry goes alone.
+    let mut flows: std::collections::HashMap<NatKey4, Vec<NatKey4>> = Default::default();
     for k in candidates {
-        if let Some(v) = maps.nat_entry(k)? {
-            fresh.push((k, v));
+        let Some(v) = by_key.get(&k) else { continue };
+        let rkey = if v.flags & egress_common::nat::NAT_F_REVERSE != 0 {
+            k
+        } else {
+            k.reply_to(v.addr, v.port)
+        };
+        flows.entry(rkey).or_default().push(k);
+    }
+    let mut maps = dp.maps();
+    let mut dead = std::collections::HashSet::new();
+    for (rkey, keys) in flows {
+        if !maps.insert_nat_if_absent(rkey.claim())? {
+            continue; // the datapath is changing this flow right now: next pass
         }
+        let result = (|| -> Result<()> {
+            let mut fresh = Vec::with_capacity(keys.len() + 1);
+            for k in keys.iter().chain(std::iter::once(&rkey)) {
+                if fresh.iter().any(|(f, _)| f == k) {
+                    continue;
+                }
+                if let Some(v) = maps.nat_entry(*k)? {
+                    fresh.push((*k, v));
+                }
+            }
+            for k in nat_gc::expired(&fresh, nat_gc::monotonic_ns(), t) {
+                maps.del_nat(k)?;
+                dead.insert(k);
+            }
+            Ok(())
+        })();
+        maps.del_nat(rkey.claim())?;
+        result?;
     }
-    let dead = nat_gc::expired(&fresh, nat_gc::monotonic_ns(), t);
-    for k in &dead {
-        maps.del_nat(*k)?;
-    }
-    let dead: std::collections::HashSet<_> = dead.into_iter().collect();
     let live = entries
         .iter()
         .filter(|(k, v)| {

@@ -515,6 +515,22 @@ impl Maps<'_> {
         NatEntry4
     );
 
+    /// Inserts `key` only if absent (`BPF_NOEXIST`); `false` if it exists. For claim keys.
+    pub fn insert_nat_if_absent(&mut self, key: NatKey4) -> Result<bool, DatapathError> {
+        let name = map_names::NAT4;
+        let mut m: HashMap<&mut MapData, NatKey4, NatEntry4> =
+            self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
+        // BPF_NOEXIST from uapi/linux/bpf.h.
+        const BPF_NOEXIST: u64 = 1;
+        match m.insert(key, NatEntry4::default(), BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(source) => Err(DatapathError::Map { name, source }),
+        }
+    }
+
     /// The current value of one NAT entry, if it exists.
     pub fn nat_entry(&mut self, key: NatKey4) -> Result<Option<NatEntry4>, DatapathError> {
         let name = map_names::NAT4;

@@ -483,7 +483,17 @@ fn a_reset_flows_port_goes_to_the_next_syn_and_its_pod_gets_another() {
     assert_eq!(syn_from(&dp, POD_A, POD_A_IF, 62000), 62000);
     reply(&dp, 62000, "SA");
     reply(&dp, 62000, "R");
-    // Pod B asks for the same port to the same remote: the reset flow hands it over.
+    // Pod B asks for the same port to the same remote: not while the reset may still be in
+    // flight (B gets another port), then the reset flow hands it over.
+    let early = syn_from(&dp, POD_B, POD_B_IF, 62000);
+    assert_ne!(early, 62000);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    dp.maps()
+        .del_nat(key(POD_B, INTERNET, 62000, 25, 6))
+        .expect("del");
+    dp.maps()
+        .del_nat(key(INTERNET, EGRESS, 25, early, 6))
+        .expect("del");
     assert_eq!(syn_from(&dp, POD_B, POD_B_IF, 62000), 62000);
     let rev = nat_entry(&mut dp, key(INTERNET, EGRESS, 25, 62000, 6)).expect("reverse");
     assert_eq!(ip4_from(rev.addr), POD_B, "replies now reach pod B");

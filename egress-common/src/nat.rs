@@ -79,6 +79,14 @@ impl NatKey4 {
         }
     }
 
+    /// The claim key of this (reverse) key: see `NAT_KEY_CLAIM`.
+    #[inline(always)]
+    pub const fn claim(&self) -> NatKey4 {
+        let mut k = *self;
+        k._pad[0] = NAT_KEY_CLAIM;
+        k
+    }
+
     /// Whether this is a claim key (see `NAT_KEY_CLAIM`), not a flow.
     #[inline(always)]
     pub const fn is_claim(&self) -> bool {

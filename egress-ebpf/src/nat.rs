@@ -16,10 +16,7 @@ use aya_ebpf::{
 use egress_common::{
     config::Config,
     counters::{DropReason, NAT_STAT_ALLOCATIONS, NAT_STAT_PORT_RETRIES},
-    nat::{
-        NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE,
-        NAT_KEY_CLAIM,
-    },
+    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
 };
 
 use crate::{
@@ -37,6 +34,10 @@ const PORT_RETRIES: u32 = 32;
 /// A flow closed by FINs in both directions gives its port to a new connection after being
 /// idle this long (its last ACK has arrived by then). A reset flow gives it at once.
 const CLOSED_REUSE_NS: u64 = 1_000_000_000;
+/// A reset flow's port waits this long: the RST may still be on its way to the remote (taking
+/// another CPU's path), and a SYN on the same tuple overtaking it meets a live connection
+/// there, which costs the new connection a SYN retransmission (a second).
+const RESET_REUSE_NS: u64 = 100_000_000;
 
 /// `last_seen_ns` is refreshed at most this often (fewer writes to shared cache lines).
 const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -101,8 +102,7 @@ fn is_new_syn(p: &Packet4) -> bool {
 /// both hand one port to a new flow.
 #[inline(always)]
 fn with_claim<T>(rkey: &NatKey4, f: impl FnOnce() -> T) -> Option<T> {
-    let mut ckey = *rkey;
-    ckey._pad[0] = NAT_KEY_CLAIM;
+    let ckey = rkey.claim();
     EGW_NAT4
         .insert(ckey, NatEntry4::default(), BPF_NOEXIST as u64)
         .ok()?;
@@ -112,23 +112,24 @@ fn with_claim<T>(rkey: &NatKey4, f: impl FnOnce() -> T) -> Option<T> {
 }
 
 /// Whether the flow that owns reverse entry `rev` is over, so that its port may serve a new
-/// connection to the same remote: reset in either direction, or closed by FINs in both and
-/// idle since. A flow whose forward entry is gone sends nothing any more.
+/// connection to the same remote: reset in either direction, or closed by FINs in both, and
+/// quiet since. A flow whose forward entry is gone sends nothing any more.
 #[inline(always)]
 fn closed(rev: &NatEntry4, fwd: Option<&NatEntry4>, now: u64) -> bool {
     let (fstate, flast) = match fwd {
         Some(f) => (f.state, f.last_seen_ns),
         None => (CT_CLOSING, 0),
     };
-    if rev.state == CT_RESET || fstate == CT_RESET {
-        return true;
-    }
     let last = if flast > rev.last_seen_ns {
         flast
     } else {
         rev.last_seen_ns
     };
-    rev.state == CT_CLOSING && fstate == CT_CLOSING && now.saturating_sub(last) >= CLOSED_REUSE_NS
+    let quiet = now.saturating_sub(last);
+    if rev.state == CT_RESET || fstate == CT_RESET {
+        return quiet >= RESET_REUSE_NS;
+    }
+    rev.state == CT_CLOSING && fstate == CT_CLOSING && quiet >= CLOSED_REUSE_NS
 }
 
 /// Hands the port of reverse key `rkey` to a new flow (reverse value `rval`) if the flow that
