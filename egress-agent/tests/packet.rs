@@ -517,6 +517,32 @@ fn a_pod_reusing_its_own_closed_tuple_keeps_its_port() {
 }
 
 #[test]
+fn a_pod_reopening_the_tuple_it_just_reset_gets_a_fresh_port() {
+    let mut dp = datapath(GATEWAY);
+    assert_eq!(syn_from(&dp, POD_A, POD_A_IF, 62000), 62000);
+    reply(&dp, 62000, "SA");
+    let (rc, _) = run(
+        &dp,
+        FROM_POD,
+        &tcp_flags(POD_A, INTERNET, 62000, 25, "R"),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    // The pod's RST may not have reached the remote yet: a SYN on the same tuple right away
+    // leaves with another port, so that it cannot meet the old connection there.
+    let fresh = syn_from(&dp, POD_A, POD_A_IF, 62000);
+    assert_ne!(fresh, 62000);
+    let old = nat_entry(&mut dp, key(INTERNET, EGRESS, 25, 62000, 6)).expect("old reverse");
+    assert_eq!(
+        ip4_from(old.addr),
+        POD_A,
+        "late packets of the old flow still map back"
+    );
+    let fwd = nat_entry(&mut dp, key(POD_A, INTERNET, 62000, 25, 6)).expect("forward");
+    assert_eq!(u16::from_be(fwd.port), fresh);
+}
+
+#[test]
 fn live_and_half_closed_flows_keep_their_ports() {
     let mut dp = gateway_with_two_pods();
     // Established: never handed over.

@@ -224,9 +224,18 @@ pub fn snat_mapping(
     let syn = is_new_syn(p);
     if let Some(e) = EGW_NAT4.get_ptr_mut(key) {
         // SAFETY: valid map value pointer.
-        let (addr, port) = unsafe { ((*e).addr, (*e).port) };
+        let (addr, port, state, last) =
+            unsafe { ((*e).addr, (*e).port, (*e).state, (*e).last_seen_ns) };
         let m = Mapping { addr, port };
-        if addr == egress_ip {
+        // A pod may open a new connection on the tuple of one it closed a moment ago. The
+        // remote may not have processed that close yet (the last RST can be overtaken on
+        // another CPU's path), and a SYN on its live tuple would be lost: such a SYN gets a
+        // fresh port; the old reverse entry stays for the old flow's last packets.
+        // SAFETY: helper without arguments.
+        let just_closed = syn
+            && state > CT_ESTABLISHED
+            && unsafe { bpf_ktime_get_coarse_ns() }.saturating_sub(last) < RESET_REUSE_NS;
+        if addr == egress_ip && !just_closed {
             // A new connection on an existing tuple (a closed one reused, or a SYN sent
             // again): its port may have gone to another flow (see `take_over`), and the
             // reverse entry must start over with it so that the port is not handed on.
@@ -234,6 +243,8 @@ pub fn snat_mapping(
                 touch(e, p, false);
                 return Ok(m);
             }
+            let _ = EGW_NAT4.remove(key);
+        } else if addr == egress_ip {
             let _ = EGW_NAT4.remove(key);
         } else {
             // The policy's egress IP changed: the old mapping is stale, start over.
