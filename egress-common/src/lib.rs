@@ -26,9 +26,11 @@ pub mod map_names {
     pub const POLICY_STATS: &str = "EGW_POL_STATS";
     pub const DROPS: &str = "EGW_DROPS";
     pub const NAT_STATS: &str = "EGW_NAT_STATS";
+    /// Fragments of translated replies: the flow of a datagram whose first fragment passed.
+    pub const FRAG4: &str = "EGW_FRAG4";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CONFIG,
         ENDPOINTS4,
         POLICY4,
@@ -38,6 +40,7 @@ pub mod map_names {
         POLICY_STATS,
         DROPS,
         NAT_STATS,
+        FRAG4,
     ];
 }
 
@@ -84,5 +87,6 @@ impl_pod!(
     policy::PolicyValue,
     nat::NatKey4,
     nat::NatEntry4,
+    nat::FragKey4,
     counters::PolicyStats,
 );

@@ -64,6 +64,21 @@ pub struct NatEntry4 {
 }
 crate::assert_size!(NatEntry4, 24);
 
+/// A datagram's fragments, as they arrive: `{remote ip, egress ip, IP id, proto}`. Only the
+/// first fragment carries the ports, so the rest are matched by this key to the flow that the
+/// first one was translated for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// Network byte order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+crate::assert_size!(FragKey4, 12);
+
 impl NatKey4 {
     /// For a reverse key, the forward key of the flow whose reverse entry maps it to
     /// `pod_addr`:`pod_port`.

@@ -25,13 +25,13 @@ use egress_common::{
     config::Config,
     counters::DropReason,
     endpoint::{Endpoint, EP_F_SELECTED},
-    nat::{NatEntry4, NAT_F_REVERSE},
+    nat::{FragKey4, NatEntry4, NAT_F_REVERSE},
 };
 
 use crate::{
     counters::{count_drop, count_rx, count_tx},
-    maps::{config, EGW_ENDPOINTS4, EGW_NODES4, EGW_REMOTE_EP4},
-    parse::{parse4, Packet4, IPPROTO_ICMP, IP_DF},
+    maps::{config, EGW_ENDPOINTS4, EGW_FRAG4, EGW_NODES4, EGW_REMOTE_EP4},
+    parse::{parse4, Packet4, IPPROTO_ICMP, IP_DF, IP_OFFMASK},
     tunnel::{redirect_neigh, redirect_to_tunnel},
 };
 
@@ -194,7 +194,10 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
             None => Ok(TC_ACT_OK),
         };
     }
-    if p.is_fragment() || (p.proto == IPPROTO_ICMP && p.dport == 0) {
+    if p.is_fragment() {
+        return fragment_reply(ctx, cfg, &p);
+    }
+    if p.proto == IPPROTO_ICMP && p.dport == 0 {
         return Ok(TC_ACT_OK);
     }
     let Some(e) = nat::reverse_lookup(&p) else {
@@ -209,6 +212,47 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     nat::rnat_hop(ctx, &p, e.addr, e.port)?;
     deliver(ctx, cfg, &p, &e, true)
+}
+
+/// Gateway: a fragment of a reply. The first one carries the ports: it is translated like any
+/// reply, and its flow remembered under the datagram's `{source, destination, id}`; the later
+/// ones find the flow there and only need the destination address. Fragments of datagrams
+/// that are not ours (or whose first fragment has not passed) are the host's.
+#[inline(always)]
+fn fragment_reply(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<i32, DropReason> {
+    let fkey = FragKey4 {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        id: p.id,
+        proto: p.proto,
+        _pad: 0,
+    };
+    let first = p.frag_off & IP_OFFMASK == 0;
+    let e = if first {
+        if p.proto == IPPROTO_ICMP && p.dport == 0 {
+            return Ok(TC_ACT_OK);
+        }
+        match nat::reverse_lookup(p) {
+            Some(e) if e.flags & NAT_F_REVERSE != 0 => e,
+            _ => return Ok(TC_ACT_OK),
+        }
+    } else {
+        // SAFETY: copied out at once.
+        match EGW_FRAG4.get_ptr(fkey).map(|e| unsafe { *e }) {
+            Some(e) => e,
+            None => return Ok(TC_ACT_OK),
+        }
+    };
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    if first {
+        let _ = EGW_FRAG4.insert(fkey, e, 0);
+        nat::rnat_hop(ctx, p, e.addr, e.port)?;
+    } else {
+        nat::rnat_addr_hop(ctx, p, e.addr)?;
+    }
+    deliver(ctx, cfg, p, &e, false)
 }
 
 /// Gateway: hands a reverse-translated packet to the pod, on this node or through the tunnel.

@@ -9,7 +9,7 @@ use egress_common::{
     config::Config,
     counters::{PolicyStats, DROP_REASON_COUNT, NAT_STAT_COUNT},
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
-    nat::{NatEntry4, NatKey4},
+    nat::{FragKey4, NatEntry4, NatKey4},
     policy::{PolicyKey4, PolicyValue, MAX_POLICIES},
 };
 
@@ -30,6 +30,11 @@ pub static EGW_REMOTE_EP4: HashMap<u32, RemoteEndpoint, 65536> = HashMap::new();
 
 #[btf_map]
 pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
+
+/// Reverse NAT of the later fragments of a reply datagram (value: the flow's reverse entry).
+/// Short-lived; the LRU makes room.
+#[btf_map]
+pub static EGW_FRAG4: LruHashMap<FragKey4, NatEntry4, 16384> = LruHashMap::new();
 
 #[btf_map]
 pub static EGW_POL_STATS: PerCpuArray<PolicyStats, { MAX_POLICIES as usize }> = PerCpuArray::new();

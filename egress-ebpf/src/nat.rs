@@ -431,6 +431,13 @@ fn write_ip(
     Ok(())
 }
 
+/// Reverse NAT of a later fragment (no L4 header): the destination address becomes the pod's,
+/// the TTL one less.
+#[inline(always)]
+pub fn rnat_addr_hop(ctx: &TcContext, p: &Packet4, addr: u32) -> Result<(), DropReason> {
+    write_ip(ctx, p, false, addr, true)
+}
+
 /// Forwarding without translation: one hop less. The caller has checked that the TTL is
 /// above 1.
 #[inline(always)]

@@ -75,6 +75,8 @@ pub struct Packet4 {
     pub tot_len: u16,
     /// Host byte order, flags and offset.
     pub frag_off: u16,
+    /// IP identification, network byte order.
+    pub id: u16,
     pub ttl: u8,
     /// Offset of the L4 header from the start of the packet.
     pub l4_off: usize,
@@ -155,6 +157,7 @@ pub fn parse4(ctx: &TcContext) -> Result<Option<Packet4>, DropReason> {
         dport: 0,
         tot_len,
         frag_off: u16::from_be_bytes(ip.frag_off),
+        id: u16::from_ne_bytes(ip.id),
         ttl: ip.ttl,
         l4_off: IP_OFF + ihl_len,
         tcp_hlen: 0,

@@ -649,3 +649,43 @@ fn cluster_and_excluded_destinations_keep_the_normal_path() {
     let flows = nat_flows(&agents["gateway"]);
     assert_eq!(flows.len(), 1, "{flows:#?}");
 }
+
+/// A reply too big for one packet (a large DNS answer, say) arrives in IP fragments; only the
+/// first carries the ports. Every fragment reaches the pod, through the tunnel and on the
+/// gateway itself, and the pod reassembles the datagram.
+#[test]
+fn fragmented_replies_reach_the_pods() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], "");
+    let agents = start_agents(&lab, &cfg);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let server = in_netns(&lab.internet().ns, || {
+        UdpSocket::bind(SocketAddrV4::new(INTERNET_HOST, 5300)).expect("bind")
+    });
+    let answer = big.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&answer, peer);
+        }
+    });
+    for name in ["pod-worker1-0", "pod-gateway-0"] {
+        let got = in_netns(&lab.pod(name).ns, || -> std::io::Result<Vec<u8>> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.send_to(
+                b"big answer, please",
+                SocketAddrV4::new(INTERNET_HOST, 5300),
+            )?;
+            let mut buf = vec![0u8; 65536];
+            let n = s.recv(&mut buf)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .unwrap_or_else(|e| panic!("{name}: no answer: {e}"));
+        assert_eq!(got.len(), big.len(), "{name}: whole datagram");
+        assert!(got == big, "{name}: datagram intact");
+    }
+    assert_eq!(drops(&agents["gateway"], "fragment"), 0);
+}
