@@ -637,3 +637,36 @@ fn fragments_of_a_reply_are_all_reverse_translated() {
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(out, stray);
 }
+
+#[test]
+fn fragments_a_pod_sends_are_all_translated() {
+    let dp = datapath(GATEWAY);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+    let dgram = udp(POD_A, INTERNET, 40000, 53, &big);
+    let (f1, f2) = fragment(&dgram, 0x5151, 1480);
+
+    // A later fragment before the first: nothing to translate it by, a counted drop.
+    let (rc, _) = run(&dp, FROM_POD, &f2, POD_A_IF);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, "fragment"), 1);
+
+    let (rc, o1) = run(&dp, FROM_POD, &f1, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "first fragment");
+    assert_eq!(src_ip(&o1), EGRESS);
+    let nat_port = sport(&o1);
+    let (rc, o2) = run(&dp, FROM_POD, &f2, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "later fragment");
+    assert_eq!(src_ip(&o2), EGRESS);
+    assert_eq!(o2[L3 + 8], o1[L3 + 8], "same TTL");
+
+    let mut whole = o1.clone();
+    whole.extend_from_slice(&o2[L3 + 20..]);
+    let tot = (whole.len() - L3) as u16;
+    whole[L3 + 2..L3 + 4].copy_from_slice(&tot.to_be_bytes());
+    whole[L3 + 6..L3 + 8].copy_from_slice(&[0, 0]);
+    let ttl = whole[L3 + 8];
+    let whole = with_ttl(whole, ttl);
+    assert_checksums(&whole);
+    assert_eq!(sport(&whole), nat_port);
+    assert_eq!(&whole[whole.len() - big.len()..], &big[..]);
+}

@@ -40,7 +40,8 @@ pub enum DropReason {
     Redirect = 135,
     /// An oversize packet with DF set: answered with ICMP fragmentation-needed.
     FragNeeded = 136,
-    /// An IP fragment of a flow that must be translated (not supported).
+    /// A later IP fragment of a datagram to translate whose first fragment (the one with the
+    /// ports) has not passed the gateway.
     Fragment = 137,
     /// A protocol that cannot be translated (not TCP, UDP or ICMP echo/error).
     UnsupportedProtocol = 138,

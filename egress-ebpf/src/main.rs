@@ -25,13 +25,13 @@ use egress_common::{
     config::Config,
     counters::DropReason,
     endpoint::{Endpoint, EP_F_SELECTED},
-    nat::{FragKey4, NatEntry4, NAT_F_REVERSE},
+    nat::{NatEntry4, NAT_F_REVERSE},
 };
 
 use crate::{
     counters::{count_drop, count_rx, count_tx},
     maps::{config, EGW_ENDPOINTS4, EGW_FRAG4, EGW_NODES4, EGW_REMOTE_EP4},
-    parse::{parse4, Packet4, IPPROTO_ICMP, IP_DF, IP_OFFMASK},
+    parse::{parse4, Packet4, IPPROTO_ICMP, IP_DF},
     tunnel::{redirect_neigh, redirect_to_tunnel},
 };
 
@@ -103,8 +103,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     policy::check_translatable(&p)?;
-    // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here.
+    // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here
+    // (about the first fragment only, as routers do).
     if p.ttl <= 1 {
+        if p.is_later_fragment() {
+            return Err(DropReason::TtlExceeded);
+        }
         count_drop(DropReason::TtlExceeded);
         return icmp::send_time_exceeded(ctx, cfg, &p);
     }
@@ -134,8 +138,27 @@ fn snat_and_send(
     if p.ttl <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    let m = nat::snat_mapping(ctx, cfg, p, egress_ip, node_ip, policy_id)?;
-    nat::snat_hop(ctx, p, m)?;
+    if p.is_later_fragment() {
+        // No ports here: the datagram's first fragment was translated and left its mapping.
+        // SAFETY: copied out at once.
+        let Some(e) = EGW_FRAG4.get_ptr(p.frag_key()).map(|e| unsafe { *e }) else {
+            return Err(DropReason::Fragment);
+        };
+        nat::snat_addr_hop(ctx, p, e.addr)?;
+    } else {
+        let m = nat::snat_mapping(ctx, cfg, p, egress_ip, node_ip, policy_id)?;
+        if p.is_fragment() {
+            let e = NatEntry4 {
+                addr: m.addr,
+                port: m.port,
+                node_ip4: node_ip,
+                policy_id,
+                ..NatEntry4::default()
+            };
+            let _ = EGW_FRAG4.insert(p.frag_key(), e, 0);
+        }
+        nat::snat_hop(ctx, p, m)?;
+    }
     count_tx(policy_id, ctx.len());
     redirect_neigh(cfg.uplink_ifindex)
 }
@@ -220,14 +243,8 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
 /// that are not ours (or whose first fragment has not passed) are the host's.
 #[inline(always)]
 fn fragment_reply(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<i32, DropReason> {
-    let fkey = FragKey4 {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        id: p.id,
-        proto: p.proto,
-        _pad: 0,
-    };
-    let first = p.frag_off & IP_OFFMASK == 0;
+    let fkey = p.frag_key();
+    let first = !p.is_later_fragment();
     let e = if first {
         if p.proto == IPPROTO_ICMP && p.dport == 0 {
             return Ok(TC_ACT_OK);

@@ -431,6 +431,13 @@ fn write_ip(
     Ok(())
 }
 
+/// SNAT of a later fragment (no L4 header): the source address becomes the egress IP, the
+/// TTL one less.
+#[inline(always)]
+pub fn snat_addr_hop(ctx: &TcContext, p: &Packet4, addr: u32) -> Result<(), DropReason> {
+    write_ip(ctx, p, true, addr, true)
+}
+
 /// Reverse NAT of a later fragment (no L4 header): the destination address becomes the pod's,
 /// the TTL one less.
 #[inline(always)]

@@ -5,7 +5,10 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::TcContext;
-use egress_common::{counters::DropReason, nat::NatKey4};
+use egress_common::{
+    counters::DropReason,
+    nat::{FragKey4, NatKey4},
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
@@ -88,6 +91,24 @@ impl Packet4 {
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.frag_off & (IP_MF | IP_OFFMASK) != 0
+    }
+
+    /// A fragment other than the first: no L4 header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        self.frag_off & IP_OFFMASK != 0
+    }
+
+    /// The key of this packet's datagram in the fragment map.
+    #[inline(always)]
+    pub fn frag_key(&self) -> FragKey4 {
+        FragKey4 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            id: self.id,
+            proto: self.proto,
+            _pad: 0,
+        }
     }
 
     #[inline(always)]

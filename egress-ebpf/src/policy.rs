@@ -30,12 +30,10 @@ pub fn via_gateway(policy_id: u32, daddr: u32) -> Option<PolicyValue> {
 /// no fragments (they carry no ports).
 #[inline(always)]
 pub fn check_translatable(p: &Packet4) -> Result<(), DropReason> {
-    if p.is_fragment() {
-        return Err(DropReason::Fragment);
-    }
     match p.proto {
         IPPROTO_TCP | IPPROTO_UDP => Ok(()),
-        IPPROTO_ICMP if p.icmp_type == ICMP_ECHO => Ok(()),
+        // A later fragment has no ICMP header: its datagram's first fragment was checked.
+        IPPROTO_ICMP if p.icmp_type == ICMP_ECHO || p.is_later_fragment() => Ok(()),
         _ => Err(DropReason::UnsupportedProtocol),
     }
 }

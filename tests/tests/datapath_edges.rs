@@ -652,9 +652,10 @@ fn cluster_and_excluded_destinations_keep_the_normal_path() {
 
 /// A reply too big for one packet (a large DNS answer, say) arrives in IP fragments; only the
 /// first carries the ports. Every fragment reaches the pod, through the tunnel and on the
-/// gateway itself, and the pod reassembles the datagram.
+/// gateway itself, and the pod reassembles the datagram. The same for a datagram the pod
+/// sends in fragments: it leaves with the egress IP and arrives whole.
 #[test]
-fn fragmented_replies_reach_the_pods() {
+fn fragmented_datagrams_get_through_both_ways() {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
     let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], "");
@@ -663,27 +664,42 @@ fn fragmented_replies_reach_the_pods() {
     let server = in_netns(&lab.internet().ns, || {
         UdpSocket::bind(SocketAddrV4::new(INTERNET_HOST, 5300)).expect("bind")
     });
+    // A small request gets `big` back; a large one (which arrived in fragments) is echoed.
     let answer = big.clone();
+    let (peers_tx, peers) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while let Ok((_, peer)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&answer, peer);
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, peer)) = server.recv_from(&mut buf) {
+            let _ = peers_tx.send((peer.ip(), n));
+            let out = if n > 100 { &buf[..n] } else { &answer[..] };
+            let _ = server.send_to(out, peer);
         }
     });
-    for name in ["pod-worker1-0", "pod-gateway-0"] {
+    let small = &b"big answer, please"[..];
+    for (name, request) in [
+        ("pod-worker1-0", small),
+        ("pod-gateway-0", small),
+        ("pod-worker1-0", &big[..]),
+        ("pod-gateway-0", &big[..]),
+    ] {
         let got = in_netns(&lab.pod(name).ns, || -> std::io::Result<Vec<u8>> {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.send_to(
-                b"big answer, please",
-                SocketAddrV4::new(INTERNET_HOST, 5300),
-            )?;
+            s.send_to(request, SocketAddrV4::new(INTERNET_HOST, 5300))?;
             let mut buf = vec![0u8; 65536];
             let n = s.recv(&mut buf)?;
             buf.truncate(n);
             Ok(buf)
         })
-        .unwrap_or_else(|e| panic!("{name}: no answer: {e}"));
+        .unwrap_or_else(|e| panic!("{name}: no answer to {} bytes: {e}", request.len()));
+        let seen = peers
+            .recv_timeout(Duration::from_secs(1))
+            .expect("the server got it");
+        assert_eq!(
+            seen,
+            (IpAddr::V4(GATEWAY_IP), request.len()),
+            "{name}: request"
+        );
         assert_eq!(got.len(), big.len(), "{name}: whole datagram");
         assert!(got == big, "{name}: datagram intact");
     }
