@@ -592,6 +592,17 @@ fn fragment(pkt: &[u8], id: u16, at: usize) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// The datagram of two fragments made by `fragment`, as the receiver reassembles it.
+fn reassemble(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut whole = first.to_vec();
+    whole.extend_from_slice(&second[L3 + 20..]);
+    let tot = (whole.len() - L3) as u16;
+    whole[L3 + 2..L3 + 4].copy_from_slice(&tot.to_be_bytes());
+    whole[L3 + 6..L3 + 8].copy_from_slice(&[0, 0]);
+    let ttl = whole[L3 + 8];
+    with_ttl(whole, ttl)
+}
+
 #[test]
 fn fragments_of_a_reply_are_all_reverse_translated() {
     let dp = datapath(GATEWAY);
@@ -620,14 +631,7 @@ fn fragments_of_a_reply_are_all_reverse_translated() {
     assert_eq!(o2[L3 + 8], o1[L3 + 8], "same TTL");
 
     // Reassembled, the datagram is the original with the pod as destination, checksums valid.
-    let mut whole = o1[..L3 + 20].to_vec();
-    whole.extend_from_slice(&o1[L3 + 20..]);
-    whole.extend_from_slice(&o2[L3 + 20..]);
-    let tot = (whole.len() - L3) as u16;
-    whole[L3 + 2..L3 + 4].copy_from_slice(&tot.to_be_bytes());
-    whole[L3 + 6..L3 + 8].copy_from_slice(&[0, 0]);
-    let ttl = whole[L3 + 8];
-    let whole = with_ttl(whole, ttl);
+    let whole = reassemble(&o1, &o2);
     assert_checksums(&whole);
     assert_eq!(&whole[whole.len() - big.len()..], &big[..]);
 
@@ -659,13 +663,7 @@ fn fragments_a_pod_sends_are_all_translated() {
     assert_eq!(src_ip(&o2), EGRESS);
     assert_eq!(o2[L3 + 8], o1[L3 + 8], "same TTL");
 
-    let mut whole = o1.clone();
-    whole.extend_from_slice(&o2[L3 + 20..]);
-    let tot = (whole.len() - L3) as u16;
-    whole[L3 + 2..L3 + 4].copy_from_slice(&tot.to_be_bytes());
-    whole[L3 + 6..L3 + 8].copy_from_slice(&[0, 0]);
-    let ttl = whole[L3 + 8];
-    let whole = with_ttl(whole, ttl);
+    let whole = reassemble(&o1, &o2);
     assert_checksums(&whole);
     assert_eq!(sport(&whole), nat_port);
     assert_eq!(&whole[whole.len() - big.len()..], &big[..]);

@@ -57,61 +57,49 @@ pub fn send_frag_needed(
     p: &Packet4,
     mtu: u32,
 ) -> Result<i32, DropReason> {
-    send_error(
-        ctx,
-        cfg,
-        p,
-        ICMP_DEST_UNREACH,
-        ICMP_FRAG_NEEDED,
-        mtu as u16,
-        DropReason::FragNeeded,
-    )
+    let e = IcmpError {
+        typ: ICMP_DEST_UNREACH,
+        code: ICMP_FRAG_NEEDED,
+        mtu: mtu as u16,
+        reason: DropReason::FragNeeded,
+    };
+    make_error(ctx, cfg, p, &e)?;
+    send_back(ctx)
 }
 
 /// As `send_frag_needed`, an ICMP "time exceeded in transit" for a packet whose TTL ran out
 /// on this hop.
 #[inline(always)]
 pub fn send_time_exceeded(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<i32, DropReason> {
-    send_error(
-        ctx,
-        cfg,
-        p,
-        ICMP_TIME_EXCEEDED,
-        ICMP_EXC_TTL,
-        0,
-        DropReason::TtlExceeded,
-    )
+    make_time_exceeded(ctx, cfg, p)?;
+    send_back(ctx)
 }
 
 /// Turns the packet into an ICMP "time exceeded in transit" from this node to its sender; the
 /// caller sends it (the gateway: back through the tunnel).
 #[inline(always)]
 pub fn make_time_exceeded(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<(), DropReason> {
-    make_error(
-        ctx,
-        cfg,
-        p,
-        ICMP_TIME_EXCEEDED,
-        ICMP_EXC_TTL,
-        0,
-        DropReason::TtlExceeded,
-    )
+    let e = IcmpError {
+        typ: ICMP_TIME_EXCEEDED,
+        code: ICMP_EXC_TTL,
+        mtu: 0,
+        reason: DropReason::TtlExceeded,
+    };
+    make_error(ctx, cfg, p, &e)
 }
 
-/// Turns the packet into the ICMP error `typ`/`code` (`mtu`: the next-hop MTU field, 0 if
-/// unused) back to its sender, out of the interface it came in on. `reason` is the drop
-/// reason when no error can be sent.
-#[inline(always)]
-fn send_error(
-    ctx: &TcContext,
-    cfg: &Config,
-    p: &Packet4,
+/// An ICMP error to build: type, code, next-hop MTU (0 if unused), and the drop reason when
+/// none can be built.
+struct IcmpError {
     typ: u8,
     code: u8,
     mtu: u16,
     reason: DropReason,
-) -> Result<i32, DropReason> {
-    make_error(ctx, cfg, p, typ, code, mtu, reason)?;
+}
+
+/// Sends the packet back out of the interface it came in on.
+#[inline(always)]
+fn send_back(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading a field of our own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call.
@@ -122,20 +110,12 @@ fn send_error(
     Ok(TC_ACT_REDIRECT)
 }
 
-/// Rewrites the packet in place into the ICMP error (see `send_error`), Ethernet addresses
-/// swapped.
+/// Rewrites the packet in place into the ICMP error `e` addressed to its sender, from this
+/// node, Ethernet addresses swapped.
 #[inline(always)]
-fn make_error(
-    ctx: &TcContext,
-    cfg: &Config,
-    p: &Packet4,
-    typ: u8,
-    code: u8,
-    mtu: u16,
-    reason: DropReason,
-) -> Result<(), DropReason> {
+fn make_error(ctx: &TcContext, cfg: &Config, p: &Packet4, e: &IcmpError) -> Result<(), DropReason> {
     if p.l4_off != IP_OFF + IP_HLEN || p.is_icmp_error() {
-        return Err(reason);
+        return Err(e.reason);
     }
     let mut macs = [0u8; 12];
     load_exact(ctx, 0, &mut macs)?;
@@ -156,9 +136,9 @@ fn make_error(
     let ip_check = checksum(&b, 0, IP_HLEN);
     b[10..12].copy_from_slice(&ip_check.to_ne_bytes());
 
-    b[IP_HLEN] = typ;
-    b[IP_HLEN + 1] = code;
-    b[IP_HLEN + 6..IP_HLEN + 8].copy_from_slice(&mtu.to_be_bytes());
+    b[IP_HLEN] = e.typ;
+    b[IP_HLEN + 1] = e.code;
+    b[IP_HLEN + 6..IP_HLEN + 8].copy_from_slice(&e.mtu.to_be_bytes());
     let icmp_check = checksum(&b, IP_HLEN, IP_HLEN + ICMP_HLEN + QUOTE_LEN);
     b[IP_HLEN + 2..IP_HLEN + 4].copy_from_slice(&icmp_check.to_ne_bytes());
 
@@ -171,7 +151,7 @@ fn make_error(
         )
     };
     if ret != 0 {
-        return Err(reason);
+        return Err(e.reason);
     }
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&macs[6..]);

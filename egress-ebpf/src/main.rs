@@ -30,7 +30,7 @@ use egress_common::{
 
 use crate::{
     counters::{count_drop, count_rx, count_tx},
-    maps::{config, EGW_ENDPOINTS4, EGW_FRAG4, EGW_NODES4, EGW_REMOTE_EP4},
+    maps::{config, EGW_ENDPOINTS4, EGW_NODES4, EGW_REMOTE_EP4},
     parse::{parse4, Packet4, IPPROTO_ICMP, IP_DF},
     tunnel::{redirect_neigh, redirect_to_tunnel},
 };
@@ -140,23 +140,20 @@ fn snat_and_send(
     }
     if p.is_later_fragment() {
         // No ports here: the datagram's first fragment was translated and left its mapping.
-        // SAFETY: copied out at once.
-        let Some(e) = EGW_FRAG4.get_ptr(p.frag_key()).map(|e| unsafe { *e }) else {
+        let Some(e) = nat::fragment_flow(p) else {
             return Err(DropReason::Fragment);
         };
         nat::snat_addr_hop(ctx, p, e.addr)?;
     } else {
         let m = nat::snat_mapping(ctx, cfg, p, egress_ip, node_ip, policy_id)?;
-        if p.is_fragment() {
-            let e = NatEntry4 {
-                addr: m.addr,
-                port: m.port,
-                node_ip4: node_ip,
-                policy_id,
-                ..NatEntry4::default()
-            };
-            let _ = EGW_FRAG4.insert(p.frag_key(), e, 0);
-        }
+        let e = NatEntry4 {
+            addr: m.addr,
+            port: m.port,
+            node_ip4: node_ip,
+            policy_id,
+            ..NatEntry4::default()
+        };
+        nat::remember_fragments(p, &e);
         nat::snat_hop(ctx, p, m)?;
     }
     count_tx(policy_id, ctx.len());
@@ -217,59 +214,27 @@ fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
             None => Ok(TC_ACT_OK),
         };
     }
-    if p.is_fragment() {
-        return fragment_reply(ctx, cfg, &p);
-    }
-    if p.proto == IPPROTO_ICMP && p.dport == 0 {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(e) = nat::reverse_lookup(&p) else {
+    let e = if p.is_later_fragment() {
+        nat::fragment_flow(&p)
+    } else if p.proto == IPPROTO_ICMP && p.dport == 0 {
+        None
+    } else {
+        nat::reverse_lookup(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
+    };
+    let Some(e) = e else {
         return Ok(TC_ACT_OK);
     };
-    if e.flags & NAT_F_REVERSE == 0 {
-        return Ok(TC_ACT_OK);
-    }
     // The gateway routes the reply: one hop. (ICMP errors above are left as they come.)
     if p.ttl <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    nat::rnat_hop(ctx, &p, e.addr, e.port)?;
-    deliver(ctx, cfg, &p, &e, true)
-}
-
-/// Gateway: a fragment of a reply. The first one carries the ports: it is translated like any
-/// reply, and its flow remembered under the datagram's `{source, destination, id}`; the later
-/// ones find the flow there and only need the destination address. Fragments of datagrams
-/// that are not ours (or whose first fragment has not passed) are the host's.
-#[inline(always)]
-fn fragment_reply(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<i32, DropReason> {
-    let fkey = p.frag_key();
-    let first = !p.is_later_fragment();
-    let e = if first {
-        if p.proto == IPPROTO_ICMP && p.dport == 0 {
-            return Ok(TC_ACT_OK);
-        }
-        match nat::reverse_lookup(p) {
-            Some(e) if e.flags & NAT_F_REVERSE != 0 => e,
-            _ => return Ok(TC_ACT_OK),
-        }
+    if p.is_later_fragment() {
+        nat::rnat_addr_hop(ctx, &p, e.addr)?;
     } else {
-        // SAFETY: copied out at once.
-        match EGW_FRAG4.get_ptr(fkey).map(|e| unsafe { *e }) {
-            Some(e) => e,
-            None => return Ok(TC_ACT_OK),
-        }
-    };
-    if p.ttl <= 1 {
-        return Err(DropReason::TtlExceeded);
+        nat::remember_fragments(&p, &e);
+        nat::rnat_hop(ctx, &p, e.addr, e.port)?;
     }
-    if first {
-        let _ = EGW_FRAG4.insert(fkey, e, 0);
-        nat::rnat_hop(ctx, p, e.addr, e.port)?;
-    } else {
-        nat::rnat_addr_hop(ctx, p, e.addr)?;
-    }
-    deliver(ctx, cfg, p, &e, false)
+    deliver(ctx, cfg, &p, &e, !p.is_fragment())
 }
 
 /// Gateway: hands a reverse-translated packet to the pod, on this node or through the tunnel.

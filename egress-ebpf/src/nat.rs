@@ -22,7 +22,7 @@ use egress_common::{
 use crate::{
     counters::count_nat,
     csum,
-    maps::EGW_NAT4,
+    maps::{EGW_FRAG4, EGW_NAT4},
     parse::{
         ptr_at_mut, Packet4, ICMP_CSUM, ICMP_ID, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_OFF,
         TCP_ACK, TCP_CSUM, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM,
@@ -332,6 +332,23 @@ pub fn snat_mapping(
         };
     }
     Err(DropReason::NatExhausted)
+}
+
+/// For the first fragment of a datagram, translated by `e`: remembers the flow under the
+/// datagram's `{source, destination, IP id}` for its later fragments, which carry no ports.
+/// Nothing for an unfragmented packet.
+#[inline(always)]
+pub fn remember_fragments(p: &Packet4, e: &NatEntry4) {
+    if p.is_fragment() {
+        let _ = EGW_FRAG4.insert(p.frag_key(), *e, 0);
+    }
+}
+
+/// The flow of a later fragment, left by its datagram's first fragment.
+#[inline(always)]
+pub fn fragment_flow(p: &Packet4) -> Option<NatEntry4> {
+    // SAFETY: copied out at once.
+    EGW_FRAG4.get_ptr(p.frag_key()).map(|e| unsafe { *e })
 }
 
 /// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value.

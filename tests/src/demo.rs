@@ -24,6 +24,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use egress_agent::spf::spf_word;
 use mail_auth::{
     common::headers::HeaderWriter,
     hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts},
@@ -351,19 +352,6 @@ fn parse_peer(peer: &str) -> Option<Ipv4Addr> {
         .trim_matches(['\'', '"'])
         .parse()
         .ok()
-}
-
-/// The RFC 7208 name of a result (`softfail`, not `SoftFail`).
-pub fn spf_word(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
-    }
 }
 
 /// Evaluates SPF (HELO, then MAIL FROM, as a receiving MTA does) for a message from `ip`,
