@@ -12,7 +12,8 @@ use crate::{agent::Agent, lab::Lab};
 pub struct ConfigSpec<'a> {
     /// Pods labelled `app: mail`; the others get `app: other`.
     pub selected: &'a [&'a str],
-    /// The policy's egress IP (default: the gateway node's address).
+    /// The policy's egress IP (default: the gateway node's address; with a private underlay,
+    /// its public one, which the file names as the node's extra address).
     pub egress_ip: Option<Ipv4Addr>,
     /// The policy's excluded CIDRs.
     pub excluded: &'a [&'a str],
@@ -34,8 +35,13 @@ pub fn write_config(lab: &Lab, spec: &ConfigSpec) -> PathBuf {
         } else {
             "{}"
         };
+        let addresses = if n.external_ip == n.underlay_ip {
+            String::new()
+        } else {
+            format!(", addresses: [{}]", n.external_ip)
+        };
         y += &format!(
-            "  - {{ name: {}, ip: {}, labels: {labels} }}\n",
+            "  - {{ name: {}, ip: {}{addresses}, labels: {labels} }}\n",
             n.name, n.underlay_ip
         );
     }
@@ -48,7 +54,11 @@ pub fn write_config(lab: &Lab, spec: &ConfigSpec) -> PathBuf {
         y += &format!("      excludedCIDRs: [{}]\n", spec.excluded.join(", "));
     }
     y += "      gateway:\n        nodeSelector: { matchLabels: { egress-gateway: \"true\" } }\n";
-    if let Some(ip) = spec.egress_ip {
+    let gateway = lab.gateway();
+    let egress_ip = spec
+        .egress_ip
+        .or((gateway.external_ip != gateway.underlay_ip).then_some(gateway.external_ip));
+    if let Some(ip) = egress_ip {
         y += &format!("        egressIP: {ip}\n");
     }
     y += "pods:\n";

@@ -409,9 +409,9 @@ pub fn run(out: &mut dyn Write, keep: bool) -> Result<Outcome> {
         out,
         "Lab {}: gateway node {}, workers {} and {}; internet host {INTERNET_HOST}.",
         lab.id(),
-        lab.gateway().underlay_ip,
-        lab.node("worker1").underlay_ip,
-        lab.node("worker2").underlay_ip
+        lab.gateway().external_ip,
+        lab.node("worker1").external_ip,
+        lab.node("worker2").external_ip
     )?;
     for p in lab.pods() {
         let mail = PODS.iter().any(|(n, _, m)| *n == p.name && *m);
@@ -475,7 +475,7 @@ pub fn run(out: &mut dyn Write, keep: bool) -> Result<Outcome> {
             pod: pod.to_owned(),
             pod_ip: lab.pod(pod).ip,
             node: node.to_owned(),
-            node_ip: lab.node(node).underlay_ip,
+            node_ip: lab.node(node).external_ip,
             mail,
             before: b,
             after: a,

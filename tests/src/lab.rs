@@ -2,11 +2,21 @@
 //!
 //! ```text
 //!  pods --veth--> node (gateway | worker1 | worker2 ...) --eth0--+
-//!                                                                 br0 (isp) --inet0-- inet host
-//!  192.0.2.0/24 node underlay                                     198.51.100.0/24 "internet"
+//!                   |                                            br0 (isp) --inet0-- inet host
+//!                   +--eth1-- br0 (lan)                          198.51.100.0/24 "internet"
+//!  192.0.2.0/24 public node addresses (ExternalIP), 10.0.0.0/24 private underlay (InternalIP)
 //! ```
+//! Two layouts (`LabSpec::underlay`):
+//! - `Underlay::Private`: as Hetzner Cloud, AWS and most clusters are built. Every node has a
+//!   public uplink `eth0` (192.0.2.(10+i), its ExternalIP, default route via the isp) and a
+//!   private segment `eth1` (10.0.0.(10+i), its InternalIP) on the `lan` switch: node to node
+//!   only, no router to the internet. The tunnel and the pod routes run on the private one.
+//! - `Underlay::Shared`: one network, `eth0` only; InternalIP and ExternalIP are the same
+//!   192.0.2.(10+i).
+//!
 //! - isp: 192.0.2.1 on br0 (one veth per node), 198.51.100.1 towards the internet host; routes,
 //!   no NAT.
+//! - lan (private layout only): a bridge and nothing else: no address, no routing.
 //! - internet host: 198.51.100.10.
 //! - gateway node 192.0.2.10, workers 192.0.2.11, .12, ... Node i has pod CIDR 10.244.i.0/24
 //!   (gateway: 10.244.0.0/24), routes to the other nodes' pod CIDRs (host-gw), and masquerades
@@ -35,7 +45,7 @@ pub const PREFIX: &str = "egwlab-";
 /// Lab metadata and bpffs pin directories.
 pub const RUN_DIR: &str = "/run/egress-lab";
 
-/// The isp's address on the node underlay (`br0`), every node's default gateway.
+/// The isp's address on the nodes' public network (`br0`), every node's default gateway.
 pub const ISP_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// The isp's address towards the internet host.
 pub const ISP_INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -51,8 +61,18 @@ pub const MAX_PODS_PER_NODE: usize = 253;
 /// Secondary address on the gateway's uplink, usable as a dedicated egress IP.
 pub const EXTRA_EGRESS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 
+/// The nodes' networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// One network: the uplink `eth0` is the underlay too (InternalIP = ExternalIP).
+    Shared,
+    /// A private node-to-node segment `eth1` (10.0.0.0/24, the InternalIPs) besides the public
+    /// uplink `eth0` (192.0.2.0/24, the ExternalIPs).
+    Private,
+}
+
 /// What to build. `LabSpec::default()`: two workers, one pod per node (`pod-<node>-0`),
-/// MTU 1500 everywhere, the extra egress IP on, offloads left on.
+/// MTU 1500 everywhere, the extra egress IP on, offloads left on, one shared network.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
     /// Worker nodes besides the gateway node (`worker1`..`workerN`), at most `MAX_WORKERS`.
@@ -69,6 +89,8 @@ pub struct LabSpec {
     pub extra_egress_ip: bool,
     /// Turn checksum offloads off on every veth, so nothing hides a wrong checksum.
     pub offloads_off: bool,
+    /// One network or a private underlay besides the public one.
+    pub underlay: Underlay,
 }
 
 impl LabSpec {
@@ -108,6 +130,7 @@ impl Default for LabSpec {
             internet_mtu: 1500,
             extra_egress_ip: true,
             offloads_off: false,
+            underlay: Underlay::Shared,
         }
     }
 }
@@ -120,10 +143,16 @@ pub struct Node {
     pub name: String,
     /// Network namespace (`egwlab-<id>-<name>`).
     pub ns: String,
-    /// 192.0.2.10 for the gateway, 192.0.2.(10 + i) for worker i.
+    /// The InternalIP, on the underlay the tunnel runs on: 10.0.0.(10 + i) on the private
+    /// segment, or the same as `external_ip` with one shared network (gateway: i = 0).
     pub underlay_ip: Ipv4Addr,
-    /// The uplink device inside `ns`: always `eth0`.
+    /// The ExternalIP, on the uplink: 192.0.2.10 for the gateway, 192.0.2.(10 + i) for worker
+    /// i. What the internet sees of the node (its masquerade address).
+    pub external_ip: Ipv4Addr,
+    /// The uplink device inside `ns` (default route, towards the internet): always `eth0`.
     pub uplink: String,
+    /// The underlay device inside `ns`: `eth1` on the private segment, else `eth0`.
+    pub underlay_dev: String,
     /// 0 for the gateway, i for worker i: the node's pod CIDR is 10.244.<index>.0/24.
     pub index: u8,
 }
@@ -171,6 +200,8 @@ pub struct Lab {
     pods: Vec<Pod>,
     isp: Host,
     internet: Host,
+    /// The private segment's switch (`Underlay::Private` only).
+    lan: Option<String>,
     keep: bool,
     next_veth: u32,
 }
@@ -320,6 +351,7 @@ impl Lab {
                 ns: ns("inet"),
                 ip: INTERNET_HOST,
             },
+            lan: (spec.underlay == Underlay::Private).then(|| ns("lan")),
             keep: false,
             next_veth: 0,
         };
@@ -375,16 +407,30 @@ impl Lab {
         ipn(&inet, &["route", "add", "default", "via", "198.51.100.1"])?;
         self.offload_off(&isp, "inet0")?;
         self.offload_off(&inet, "eth0")?;
+        // the private segment's switch
+        if let Some(lan) = self.lan.clone() {
+            self.add_ns(&lan)?;
+            ipn(&lan, &["link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
+            ipn(&lan, &["link", "set", "br0", "up"])?;
+        }
 
         // nodes
         let mut names = vec!["gateway".to_owned()];
         names.extend((1..=self.spec.workers).map(|i| format!("worker{i}")));
         for (i, name) in names.iter().enumerate() {
+            let external_ip = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+            let private = self.lan.is_some();
             let node = Node {
                 name: name.clone(),
                 ns: format!("{PREFIX}{}-{name}", self.id),
-                underlay_ip: Ipv4Addr::new(192, 0, 2, 10 + i as u8),
+                underlay_ip: if private {
+                    Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+                } else {
+                    external_ip
+                },
+                external_ip,
                 uplink: "eth0".into(),
+                underlay_dev: if private { "eth1" } else { "eth0" }.into(),
                 index: i as u8,
             };
             self.add_node(&node)?;
@@ -435,7 +481,7 @@ impl Lab {
             &[
                 "addr",
                 "add",
-                &format!("{}/24", n.underlay_ip),
+                &format!("{}/24", n.external_ip),
                 "dev",
                 "eth0",
             ],
@@ -444,6 +490,29 @@ impl Lab {
         ipn(&n.ns, &["route", "add", "default", "via", "192.0.2.1"])?;
         self.offload_off(isp, &port)?;
         self.offload_off(&n.ns, "eth0")?;
+        if let Some(lan) = &self.lan {
+            ipn(
+                lan,
+                &[
+                    "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth1",
+                    "mtu", &mtu, "netns", &n.ns,
+                ],
+            )?;
+            ipn(lan, &["link", "set", &port, "master", "br0", "up"])?;
+            ipn(
+                &n.ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", n.underlay_ip),
+                    "dev",
+                    "eth1",
+                ],
+            )?;
+            ipn(&n.ns, &["link", "set", "eth1", "up"])?;
+            self.offload_off(lan, &port)?;
+            self.offload_off(&n.ns, "eth1")?;
+        }
         // The CNI's masquerade of pod traffic leaving the cluster.
         let rules = "table ip lab_cni {\n\
              chain postrouting {\n\
@@ -579,15 +648,20 @@ impl Lab {
     pub fn internet(&self) -> &Host {
         &self.internet
     }
-    /// The router between the underlay and the internet.
+    /// The router between the nodes' public network and the internet.
     pub fn isp(&self) -> &Host {
         &self.isp
     }
+    /// The private segment's switch namespace (`Underlay::Private` only).
+    pub fn lan(&self) -> Option<&str> {
+        self.lan.as_deref()
+    }
 
-    /// Every namespace of this lab: isp, internet host, nodes, pods.
+    /// Every namespace of this lab: isp, internet host, lan switch, nodes, pods.
     pub fn namespaces(&self) -> Vec<String> {
         [&self.isp.ns, &self.internet.ns]
             .into_iter()
+            .chain(self.lan.as_ref())
             .chain(self.nodes.iter().map(|n| &n.ns))
             .chain(self.pods.iter().map(|p| &p.ns))
             .cloned()
@@ -611,10 +685,12 @@ impl Lab {
             "namespaces": self.namespaces(),
             "isp": { "ns": self.isp.ns, "underlay_ip": ISP_UNDERLAY, "internet_ip": ISP_INTERNET },
             "internet": { "ns": self.internet.ns, "ip": self.internet.ip },
+            "lan": self.lan,
             "extra_egress_ip": self.spec.extra_egress_ip.then_some(EXTRA_EGRESS_IP),
             "nodes": self.nodes.iter().map(|n| serde_json::json!({
                 "name": n.name, "ns": n.ns, "underlay_ip": n.underlay_ip,
-                "uplink": n.uplink, "pod_cidr": n.pod_cidr(),
+                "external_ip": n.external_ip, "uplink": n.uplink,
+                "underlay_dev": n.underlay_dev, "pod_cidr": n.pod_cidr(),
             })).collect::<Vec<_>>(),
             "pods": self.pods.iter().map(|p| serde_json::json!({
                 "name": p.name, "ns": p.ns, "ip": p.ip, "node": p.node, "host_veth": p.host_veth,
@@ -642,13 +718,25 @@ impl Lab {
             "  {:<10} {:<30} {}",
             "internet", self.internet.ns, INTERNET_HOST
         );
-        for n in &self.nodes {
+        if let Some(lan) = &self.lan {
             let _ = writeln!(
                 s,
-                "  {:<10} {:<30} {} uplink {}, pods {}",
+                "  {:<10} {lan:<30} private node segment 10.0.0.0/24",
+                "lan"
+            );
+        }
+        for n in &self.nodes {
+            let underlay = if n.underlay_ip == n.external_ip {
+                String::new()
+            } else {
+                format!(", underlay {} on {}", n.underlay_ip, n.underlay_dev)
+            };
+            let _ = writeln!(
+                s,
+                "  {:<10} {:<30} {} uplink {}{underlay}, pods {}",
                 n.name,
                 n.ns,
-                n.underlay_ip,
+                n.external_ip,
                 n.uplink,
                 n.pod_cidr()
             );

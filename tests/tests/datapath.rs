@@ -88,7 +88,7 @@ fn check_egress(spec: LabSpec) {
         .unwrap_or_else(|e| panic!("{pod}: ping: {e}"));
     }
     // The unselected pod keeps its normal path.
-    let w2 = IpAddr::V4(lab.node("worker2").underlay_ip);
+    let w2 = IpAddr::V4(lab.node("worker2").external_ip);
     assert_eq!(tcp_source(&lab, &tcp, "pod-worker2-0"), w2);
     assert_eq!(udp_source(&lab, &udp, "pod-worker2-0"), w2);
     // The gateway translated TCP, UDP and ICMP flows of both pods.
@@ -167,7 +167,7 @@ fn relabelling_a_pod_in_the_config_moves_it_onto_the_gateway_and_off_again() {
         .expect("worker1 agent");
     let pod_ip = lab.pod("pod-worker1-0").ip;
     let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
-    let w1 = IpAddr::V4(lab.node("worker1").underlay_ip);
+    let w1 = IpAddr::V4(lab.node("worker1").external_ip);
     let gw = IpAddr::V4(GATEWAY_IP);
     assert_eq!(tcp_source(&lab, &tcp, "pod-worker1-0"), w1);
 

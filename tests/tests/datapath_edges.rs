@@ -620,7 +620,7 @@ fn cluster_and_excluded_destinations_keep_the_normal_path() {
     .expect("second address");
     let excluded = Ipv4Addr::new(198, 51, 100, 20);
     let src = lab.pod("pod-worker1-0").clone();
-    let worker1 = IpAddr::V4(lab.node("worker1").underlay_ip);
+    let worker1 = IpAddr::V4(lab.node("worker1").external_ip);
 
     let main = TcpEcho::start(inet, INTERNET_HOST, 25);
     let other = TcpEcho::start(inet, excluded, 25);

@@ -90,7 +90,7 @@ fn relabelling_a_pod_in_the_api_moves_it_onto_the_gateway_and_off_with_status() 
         .expect("worker1");
     let pod = lab.pod("pod-worker1-0");
     let tcp = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
-    let w1 = IpAddr::V4(lab.node("worker1").underlay_ip);
+    let w1 = IpAddr::V4(lab.node("worker1").external_ip);
     assert_eq!(tcp_source(&lab, &tcp, "pod-worker1-0"), w1);
     let st = eventually(Duration::from_secs(5), || last_status(&api))
         .expect("the gateway agent writes the policy status");

@@ -10,7 +10,9 @@ use std::{
 };
 
 use egress_tests::{
-    lab::{self, exec, require_root, Lab, LabSpec, EXTRA_EGRESS_IP, INTERNET_HOST, RUN_DIR},
+    lab::{
+        self, exec, require_root, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST, RUN_DIR,
+    },
     net::{tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
 };
 
@@ -42,7 +44,7 @@ fn pod_reaches_internet_with_node_ip() {
             node_ip.parse::<IpAddr>().expect("ip"),
             "{pod} must be seen with its node's underlay address (CNI masquerade)"
         );
-        assert_eq!(peer, IpAddr::V4(lab.node(&p.node).underlay_ip));
+        assert_eq!(peer, IpAddr::V4(lab.node(&p.node).external_ip));
     }
 }
 
@@ -208,4 +210,64 @@ fn offloads_off_lab_works() {
         big
     );
     assert_eq!(server.next_peer().ip().to_string(), "192.0.2.11");
+}
+
+/// The private-underlay layout: node to node and pod to pod over the private segment `eth1`,
+/// the internet only through the public uplink, and no way from the internet into the
+/// private segment.
+#[test]
+fn private_underlay_carries_node_traffic_and_is_unreachable_from_the_internet() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        underlay: Underlay::Private,
+        ..Default::default()
+    })
+    .expect("lab");
+    let gw = lab.gateway();
+    let w1 = lab.node("worker1");
+    assert_eq!(gw.underlay_ip.to_string(), "10.0.0.10");
+    assert_eq!(gw.external_ip.to_string(), "192.0.2.10");
+    assert_eq!(w1.underlay_dev, "eth1");
+    // Node to node over the private segment.
+    let route =
+        exec(&w1.ns, &["ip", "route", "get", &gw.underlay_ip.to_string()]).expect("route get");
+    assert!(route.contains("dev eth1"), "{route}");
+    exec(
+        &w1.ns,
+        &["ping", "-c", "1", "-W", "2", &gw.underlay_ip.to_string()],
+    )
+    .expect("node to node over eth1");
+    // Pod to pod across nodes goes over the private segment, unmasqueraded.
+    let route = exec(&w1.ns, &["ip", "route", "get", "10.244.0.2"]).expect("route get");
+    assert!(route.contains("via 10.0.0.10 dev eth1"), "{route}");
+    let server = TcpEcho::start(
+        &lab.pod("pod-gateway-0").ns,
+        lab.pod("pod-gateway-0").ip,
+        2528,
+    );
+    tcp_roundtrip(&lab.pod("pod-worker1-0").ns, server.addr, b"pod to pod").expect("pod to pod");
+    assert_eq!(
+        server.next_peer().ip(),
+        IpAddr::V4(lab.pod("pod-worker1-0").ip)
+    );
+    // A pod reaches the internet through the public uplink, masqueraded to the ExternalIP.
+    let inet = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 2529);
+    tcp_roundtrip(&lab.pod("pod-worker1-0").ns, inet.addr, b"out").expect("to the internet");
+    assert_eq!(inet.next_peer().ip(), IpAddr::V4(w1.external_ip));
+    // The internet cannot reach the private segment: no route at the isp.
+    assert!(
+        exec(
+            &lab.internet().ns,
+            &["ping", "-c", "1", "-W", "1", &gw.underlay_ip.to_string()]
+        )
+        .is_err(),
+        "the private segment must be unreachable from the internet"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.dir().join("lab.json")).expect("lab.json"),
+    )
+    .expect("lab.json parses");
+    assert_eq!(json["nodes"][1]["underlay_ip"], "10.0.0.11");
+    assert_eq!(json["nodes"][1]["external_ip"], "192.0.2.11");
+    assert!(json["lan"].is_string(), "{json}");
 }
