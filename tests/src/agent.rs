@@ -1,6 +1,7 @@
 //! Running the real agent binary on lab nodes.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -181,6 +182,36 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+impl Agent {
+    /// A drop counter of this node by its reason's name (as `inspect counters` prints it);
+    /// panics on a reason the agent does not know.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let c = self.inspect("counters").expect("inspect counters");
+        c["drops"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop reason {reason} in {c:#}"))
+    }
+}
+
+/// Starts an agent on every node of `lab` with `config` and waits until each has programmed
+/// all of its node's pods. Keyed by node name.
+pub fn start_all(lab: &Lab, config: &Path) -> BTreeMap<String, Agent> {
+    let agents: BTreeMap<String, Agent> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            let a = Agent::start(lab, &n.name, config).expect("start agent");
+            (n.name.clone(), a)
+        })
+        .collect();
+    for a in agents.values() {
+        let pods = lab.pods().iter().filter(|p| p.node == a.node).count();
+        a.wait_endpoints(pods, Duration::from_secs(20))
+            .expect("agent programs its pods");
+    }
+    agents
 }
 
 impl Drop for Agent {

@@ -1,6 +1,7 @@
 //! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks.
 
 pub mod agent;
+pub mod attack;
 pub mod config;
 pub mod demo;
 pub mod dns;
