@@ -115,8 +115,9 @@ use egress_agent::{
 };
 use egress_common::{
     endpoint::{Endpoint, EP_F_SELECTED},
-    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, NAT_F_REVERSE, PROTO_TCP},
+    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, NAT_F_REVERSE},
     program_names::{self, FROM_POD, FROM_WIRE},
+    proto::IPPROTO_TCP,
 };
 use serde_json::{json, Value};
 
@@ -800,7 +801,7 @@ impl Flow {
             self.remote,
             self.pod_port,
             self.remote_port,
-            PROTO_TCP,
+            IPPROTO_TCP,
         )
     }
 
@@ -810,7 +811,7 @@ impl Flow {
             EGRESS,
             self.remote_port,
             self.nat_port,
-            PROTO_TCP,
+            IPPROTO_TCP,
         )
     }
 

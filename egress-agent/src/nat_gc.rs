@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use egress_common::nat::{
-    NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE, PROTO_ICMP,
-    PROTO_TCP,
+use egress_common::{
+    nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP},
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +36,11 @@ impl Timeouts {
     /// Idle timeout of a flow in `state` (merged over both directions).
     pub fn for_flow(&self, proto: u8, state: u8) -> u64 {
         match (proto, state) {
-            (PROTO_TCP, CT_NEW) => self.tcp_syn,
-            (PROTO_TCP, CT_ESTABLISHED) => self.tcp_established,
-            (PROTO_TCP, CT_CLOSING | CT_RESET) => self.tcp_closing,
-            (PROTO_TCP, _) => self.tcp_syn,
-            (PROTO_ICMP, _) => self.icmp,
+            (IPPROTO_TCP, CT_NEW) => self.tcp_syn,
+            (IPPROTO_TCP, CT_ESTABLISHED) => self.tcp_established,
+            (IPPROTO_TCP, CT_CLOSING | CT_RESET) => self.tcp_closing,
+            (IPPROTO_TCP, _) => self.tcp_syn,
+            (IPPROTO_ICMP, _) => self.icmp,
             _ => self.udp,
         }
     }
@@ -98,7 +98,7 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use egress_common::nat::PROTO_UDP;
+    use egress_common::proto::IPPROTO_UDP;
 
     use super::*;
 
@@ -142,7 +142,7 @@ mod tests {
         let t = Timeouts::default();
         let now = 1000 * S;
         let est = flow(
-            PROTO_TCP,
+            IPPROTO_TCP,
             CT_NEW,
             CT_ESTABLISHED,
             now - 900 * S,
@@ -150,7 +150,7 @@ mod tests {
         );
         assert!(expired(&est, now, &t).is_empty());
         let closing = flow(
-            PROTO_TCP,
+            IPPROTO_TCP,
             CT_CLOSING,
             CT_ESTABLISHED,
             now - 11 * S,
@@ -164,14 +164,14 @@ mod tests {
         let t = Timeouts::default();
         let now = 1000 * S;
         assert!(expired(
-            &flow(PROTO_TCP, CT_NEW, CT_NEW, now - 59 * S, now - 59 * S),
+            &flow(IPPROTO_TCP, CT_NEW, CT_NEW, now - 59 * S, now - 59 * S),
             now,
             &t
         )
         .is_empty());
         assert_eq!(
             expired(
-                &flow(PROTO_TCP, CT_NEW, CT_NEW, now - 61 * S, now - 61 * S),
+                &flow(IPPROTO_TCP, CT_NEW, CT_NEW, now - 61 * S, now - 61 * S),
                 now,
                 &t
             )
@@ -185,7 +185,7 @@ mod tests {
         let t = Timeouts::default();
         let now = 1000 * S;
         let f = flow(
-            PROTO_UDP,
+            IPPROTO_UDP,
             CT_NEW,
             CT_ESTABLISHED,
             now - 500 * S,
@@ -193,7 +193,7 @@ mod tests {
         );
         assert!(expired(&f, now, &t).is_empty());
         let f = flow(
-            PROTO_ICMP,
+            IPPROTO_ICMP,
             CT_NEW,
             CT_ESTABLISHED,
             now - 500 * S,
@@ -206,7 +206,7 @@ mod tests {
     fn orphaned_reverse_entry_expires_alone() {
         let t = Timeouts::default();
         let now = 1000 * S;
-        let mut f = flow(PROTO_UDP, CT_NEW, CT_ESTABLISHED, now, now - 61 * S);
+        let mut f = flow(IPPROTO_UDP, CT_NEW, CT_ESTABLISHED, now, now - 61 * S);
         f.remove(0);
         assert_eq!(expired(&f, now, &t), vec![f[0].0]);
     }
@@ -217,7 +217,7 @@ mod tests {
         let now = 1000 * S;
         // The old flow, reset long ago; its reverse entry now maps the port to a new pod
         // (address 7, port 70) that is busy.
-        let mut f = flow(PROTO_TCP, CT_RESET, CT_RESET, now - 60 * S, now - 60 * S);
+        let mut f = flow(IPPROTO_TCP, CT_RESET, CT_RESET, now - 60 * S, now - 60 * S);
         f[1].1.addr = 7;
         f[1].1.port = 70;
         f[1].1.state = CT_ESTABLISHED;

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod nat;
 pub mod policy;
+pub mod proto;
 
 /// Names of the maps, as they appear in the object file, under the pin directory and in
 /// `bpftool map show`. Kernel map names are limited to 15 characters.
@@ -26,7 +27,8 @@ pub mod map_names {
     pub const POLICY_STATS: &str = "EGW_POL_STATS";
     pub const DROPS: &str = "EGW_DROPS";
     pub const NAT_STATS: &str = "EGW_NAT_STATS";
-    /// Fragments of translated replies: the flow of a datagram whose first fragment passed.
+    /// Fragments of translated datagrams, both ways: the flow of a datagram whose first
+    /// fragment passed.
     pub const FRAG4: &str = "EGW_FRAG4";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).

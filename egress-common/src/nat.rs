@@ -22,10 +22,6 @@ pub const CT_RESET: u8 = 3;
 /// serialises handing a closed flow's port to a new flow. Not a flow; readers skip it.
 pub const NAT_KEY_CLAIM: u8 = 1;
 
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-
 /// A NAT lookup key: one direction of a flow as it appears on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -64,9 +60,10 @@ pub struct NatEntry4 {
 }
 crate::assert_size!(NatEntry4, 24);
 
-/// A datagram's fragments, as they arrive: `{remote ip, egress ip, IP id, proto}`. Only the
-/// first fragment carries the ports, so the rest are matched by this key to the flow that the
-/// first one was translated for.
+/// A datagram's fragments, as they arrive at the gateway: `{source, destination, IP id,
+/// proto}` (a pod's datagram going out, or a reply coming in). Only the first fragment
+/// carries the ports, so the rest are matched by this key to the flow that the first one was
+/// translated for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey4 {

@@ -31,8 +31,8 @@ pub static EGW_REMOTE_EP4: HashMap<u32, RemoteEndpoint, 65536> = HashMap::new();
 #[btf_map]
 pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
 
-/// Reverse NAT of the later fragments of a reply datagram (value: the flow's reverse entry).
-/// Short-lived; the LRU makes room.
+/// The later fragments of a translated datagram, both ways (value: the flow's entry for that
+/// direction, see `frag`). Short-lived; the LRU makes room.
 #[btf_map]
 pub static EGW_FRAG4: LruHashMap<FragKey4, NatEntry4, 16384> = LruHashMap::new();
 
@@ -54,3 +54,25 @@ pub fn config() -> Option<&'static Config> {
     }
     Some(cfg)
 }
+
+/// Copies a value out of a hash map (`get_ptr` and a read), for the plain-data values of the
+/// programs' maps.
+pub trait LookupCopy<K, V> {
+    fn lookup_copy(&self, key: K) -> Option<V>;
+}
+
+macro_rules! impl_lookup_copy {
+    ($($map:ident),*) => {
+        $(
+            impl<K, V: Copy, const M: usize, const F: usize> LookupCopy<K, V> for $map<K, V, M, F> {
+                #[inline(always)]
+                fn lookup_copy(&self, key: K) -> Option<V> {
+                    // SAFETY: the pointer is valid for this program run; the value is plain
+                    // data, copied out at once.
+                    self.get_ptr(key).map(|e| unsafe { *e })
+                }
+            }
+        )*
+    };
+}
+impl_lookup_copy!(HashMap, LruHashMap);

@@ -8,6 +8,7 @@ use aya_ebpf::programs::TcContext;
 use egress_common::{
     counters::DropReason,
     nat::{FragKey4, NatKey4},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -20,10 +21,9 @@ pub const TCP_CSUM: usize = offset_of!(TcpHdr, check);
 pub const UDP_CSUM: usize = offset_of!(UdpHdr, check);
 pub const ICMP_CSUM: usize = 2;
 pub const ICMP_ID: usize = 4;
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+/// IPv4 header without options, ICMP header.
+pub const IP_HLEN: usize = 20;
+pub const ICMP_HLEN: usize = 8;
 
 pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;

@@ -5,11 +5,12 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use egress_common::{
     counters::DropReason,
     policy::{PolicyKey4, PolicyValue, ACTION_VIA_GATEWAY, POLICY_ID_BITS},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
     maps::EGW_POLICY4,
-    parse::{Packet4, ICMP_ECHO, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{Packet4, ICMP_ECHO},
 };
 
 /// The policy's verdict for `daddr`, if the destination goes through a gateway.
@@ -26,8 +27,9 @@ pub fn via_gateway(policy_id: u32, daddr: u32) -> Option<PolicyValue> {
     (v.action == ACTION_VIA_GATEWAY).then_some(v)
 }
 
-/// Whether a packet of a selected flow can be translated: TCP, UDP and ICMP echo requests;
-/// no fragments (they carry no ports).
+/// Whether a packet of a selected flow can be translated: TCP, UDP and ICMP echo requests,
+/// and later fragments of their datagrams (translated by the first fragment's mapping, see
+/// `frag`).
 #[inline(always)]
 pub fn check_translatable(p: &Packet4) -> Result<(), DropReason> {
     match p.proto {

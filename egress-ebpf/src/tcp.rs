@@ -1,9 +1,12 @@
 //! TCP MSS clamping for flows that cross the tunnel.
 
 use aya_ebpf::programs::TcContext;
-use egress_common::counters::DropReason;
+use egress_common::{counters::DropReason, proto::IPPROTO_TCP};
 
-use crate::parse::{Packet4, IPPROTO_TCP, TCP_CSUM, TCP_SYN};
+use crate::parse::{Packet4, TCP_CSUM, TCP_SYN};
+
+/// IPv4 + TCP header bytes that an MSS excludes.
+pub const TCPIP_HLEN: u32 = 40;
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;

@@ -1,0 +1,92 @@
+//! `egw_from_pod`, tc ingress on a pod's host-side veth (source node): a selected pod's packet
+//! to a destination of its policy goes to the gateway (through the tunnel, or translated here
+//! when this node is the gateway); everything else keeps the normal path.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use egress_common::{config::Config, counters::DropReason, endpoint::EP_F_SELECTED};
+
+use crate::{
+    counters::{count_drop, count_tx},
+    gateway::snat_and_send,
+    icmp, l3,
+    maps::{config, LookupCopy, EGW_ENDPOINTS4},
+    nat::SnatTarget,
+    parse::{parse4, Packet4, IP_DF, IP_OFF},
+    policy,
+    tcp::{self, TCPIP_HLEN},
+    tunnel::redirect_to_tunnel,
+};
+
+pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(p) = parse4(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(ep) = EGW_ENDPOINTS4.lookup_copy(p.saddr) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: reading a field of our own context.
+    if ep.ifindex != unsafe { (*ctx.skb.skb).ingress_ifindex } {
+        return Err(DropReason::Spoofed);
+    }
+    if ep.flags & EP_F_SELECTED == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(pol) = policy::via_gateway(ep.policy_id, p.daddr) else {
+        return Ok(TC_ACT_OK);
+    };
+    policy::check_translatable(&p)?;
+    // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here
+    // (about the first fragment only, as routers do).
+    if p.ttl <= 1 {
+        if p.is_later_fragment() {
+            return Err(DropReason::TtlExceeded);
+        }
+        count_drop(DropReason::TtlExceeded);
+        return icmp::send_time_exceeded(ctx, cfg, &p);
+    }
+    if pol.gateway_ip4 == cfg.node_ip4 {
+        let t = SnatTarget {
+            egress_ip: pol.egress_ip4,
+            node_ip: cfg.node_ip4,
+            policy_id: ep.policy_id,
+        };
+        return snat_and_send(ctx, cfg, &p, &t);
+    }
+    to_gateway(ctx, cfg, &p, pol.gateway_ip4, ep.policy_id)
+}
+
+/// Sends a selected pod's packet through the tunnel to its policy's gateway, one hop on: an
+/// oversize DF packet is answered with fragmentation-needed instead, a SYN's MSS clamped to
+/// what the tunnel carries.
+#[inline(always)]
+fn to_gateway(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    gateway: u32,
+    policy_id: u32,
+) -> Result<i32, DropReason> {
+    if wire_l3_len(ctx, p) > cfg.tunnel_mtu && p.frag_off & IP_DF != 0 {
+        count_drop(DropReason::FragNeeded);
+        return icmp::send_frag_needed(ctx, cfg, p, cfg.tunnel_mtu);
+    }
+    l3::forward(ctx, p)?;
+    tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
+    count_tx(policy_id, ctx.len());
+    redirect_to_tunnel(ctx, cfg.tunnel_ifindex, gateway, policy_id)
+}
+
+/// Size of the largest IPv4 packet this skb becomes on the wire (GSO: one segment).
+#[inline(always)]
+fn wire_l3_len(ctx: &TcContext, p: &Packet4) -> u32 {
+    // SAFETY: reading a field of our own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return u32::from(p.tot_len);
+    }
+    let l4_hlen = if p.tcp_hlen > 0 { p.tcp_hlen } else { 8 };
+    gso_size + (p.l4_off - IP_OFF + l4_hlen) as u32
+}

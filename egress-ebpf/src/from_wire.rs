@@ -1,0 +1,51 @@
+//! `egw_from_wire`, tc ingress on the gateway's uplink: replies of translated flows (and ICMP
+//! errors about them) are reverse-translated and handed to their pods; everything else (the
+//! host's own traffic) is left alone.
+
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use egress_common::{counters::DropReason, nat::NAT_F_REVERSE, proto::IPPROTO_ICMP};
+
+use crate::{
+    frag,
+    gateway::deliver,
+    l3::{self, Side},
+    maps::config,
+    nat::{self, rewrite::rewrite},
+    parse::parse4,
+};
+
+pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = config() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(p) = parse4(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if p.is_icmp_error() {
+        return match nat::icmp::reverse_icmp_error(ctx, &p)? {
+            Some(e) => deliver(ctx, cfg, &p, &e, false),
+            None => Ok(TC_ACT_OK),
+        };
+    }
+    let e = if p.is_later_fragment() {
+        frag::flow_of(&p)
+    } else if p.proto == IPPROTO_ICMP && p.dport == 0 {
+        None
+    } else {
+        nat::reverse_lookup(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
+    };
+    let Some(e) = e else {
+        return Ok(TC_ACT_OK);
+    };
+    // The gateway routes the reply: one hop. (ICMP errors above are left as they come.)
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    if p.is_later_fragment() {
+        l3::forward_as(ctx, &p, Side::Dst, e.addr)?;
+    } else {
+        frag::remember(&p, &e);
+        rewrite(ctx, &p, Side::Dst, e.addr, e.port)?;
+    }
+    deliver(ctx, cfg, &p, &e, !p.is_fragment())
+}

@@ -1,0 +1,73 @@
+//! The gateway's two actions: translate a pod's packet and send it to the internet, and hand a
+//! reverse-translated reply to its pod (on this node, or through the tunnel to its node).
+
+use aya_ebpf::programs::TcContext;
+use egress_common::{config::Config, counters::DropReason, nat::NatEntry4};
+
+use crate::{
+    counters::{count_rx, count_tx},
+    frag,
+    l3::{self, Side},
+    maps::{LookupCopy, EGW_ENDPOINTS4},
+    nat::{self, rewrite::rewrite, SnatTarget},
+    parse::Packet4,
+    tcp::{self, TCPIP_HLEN},
+    tunnel::{redirect_neigh, redirect_to_tunnel},
+};
+
+/// Translates the source of a pod's packet for `t` and sends it out of the uplink, one hop
+/// (TTL) on.
+#[inline(always)]
+pub fn snat_and_send(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    t: &SnatTarget,
+) -> Result<i32, DropReason> {
+    if p.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    if p.is_later_fragment() {
+        // No ports here: the datagram's first fragment was translated and left its mapping.
+        let Some(e) = frag::flow_of(p) else {
+            return Err(DropReason::Fragment);
+        };
+        l3::forward_as(ctx, p, Side::Src, e.addr)?;
+    } else {
+        let m = nat::snat_mapping(ctx, cfg, p, t)?;
+        let e = NatEntry4 {
+            addr: m.addr,
+            port: m.port,
+            node_ip4: t.node_ip,
+            policy_id: t.policy_id,
+            ..NatEntry4::default()
+        };
+        frag::remember(p, &e);
+        rewrite(ctx, p, Side::Src, m.addr, m.port)?;
+    }
+    count_tx(t.policy_id, ctx.len());
+    redirect_neigh(cfg.uplink_ifindex)
+}
+
+/// Hands a reverse-translated packet (flow `e`) to the pod, on this node or through the
+/// tunnel; `clamp`: lower the MSS of a SYN-ACK to what the tunnel carries.
+#[inline(always)]
+pub fn deliver(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    e: &NatEntry4,
+    clamp: bool,
+) -> Result<i32, DropReason> {
+    count_rx(e.policy_id, ctx.len());
+    if e.node_ip4 == cfg.node_ip4 {
+        let Some(ep) = EGW_ENDPOINTS4.lookup_copy(e.addr) else {
+            return Err(DropReason::UnknownTunnelEndpoint);
+        };
+        return redirect_neigh(ep.ifindex);
+    }
+    if clamp {
+        tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
+    }
+    redirect_to_tunnel(ctx, cfg.tunnel_ifindex, e.node_ip4, e.policy_id)
+}

@@ -1,0 +1,125 @@
+//! Reverse translation of ICMP errors that the internet sends about translated flows (as
+//! Cilium's snat_v4_icmp_rewrite_ingress_embedded): the outer destination becomes the pod, and
+//! the quoted packet (the pod's own, as it left) gets the pod's address and port back, with
+//! every checksum that covers them.
+
+use aya_ebpf::programs::TcContext;
+use egress_common::{
+    counters::DropReason,
+    nat::{NatEntry4, NatKey4},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    conntrack::touch,
+    csum::{self, word},
+    maps::EGW_NAT4,
+    parse::{
+        load_exact, Packet4, ICMP_CSUM, ICMP_ECHO, ICMP_HLEN, ICMP_ID, IP_CSUM_OFF, IP_DST_OFF,
+        IP_HLEN, TCP_CSUM, UDP_CSUM,
+    },
+};
+
+/// If `p` is an ICMP error about a packet this gateway translated, rewrites it for the pod:
+/// outer destination, the quoted header's source address and port (or echo identifier), the
+/// quoted IPv4 and L4 checksums, and the ICMP checksum over all of it. Returns the flow's
+/// reverse NAT entry; `Ok(None)` when the error is not about one of our flows.
+#[inline(always)]
+pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntry4>, DropReason> {
+    let iip = p.l4_off + ICMP_HLEN;
+    let mut h = [0u8; IP_HLEN];
+    load_exact(ctx, iip, &mut h)?;
+    if h[0] >> 4 != 4 || h[0] & 0xf < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let il4 = iip + usize::from(h[0] & 0xf) * 4;
+    let proto = h[9];
+    let isaddr = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+    let idaddr = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    let mut l4 = [0u8; 8];
+    load_exact(ctx, il4, &mut l4)?;
+    let (isport, idport, port_off) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (word(&l4, 0), word(&l4, 2), il4),
+        IPPROTO_ICMP if l4[0] == ICMP_ECHO => (word(&l4, ICMP_ID), 0, il4 + ICMP_ID),
+        _ => return Ok(None),
+    };
+    if isaddr != p.daddr {
+        return Ok(None);
+    }
+    let key = NatKey4 {
+        saddr: idaddr,
+        daddr: isaddr,
+        sport: idport,
+        dport: isport,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(e) = EGW_NAT4.get_ptr_mut(key) else {
+        return Ok(None);
+    };
+    touch(e, p, true);
+    // SAFETY: valid map value pointer.
+    let e = unsafe { *e };
+    let icsum = p.l4_off + ICMP_CSUM;
+
+    // Outer destination: the IPv4 checksum only (ICMP has no pseudo header).
+    ctx.l3_csum_replace(IP_CSUM_OFF, p.daddr.into(), e.addr.into(), 4)
+        .map_err(|_| DropReason::Rewrite)?;
+    ctx.store(IP_DST_OFF, &e.addr, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+
+    // Quoted IPv4 header: source address and its header checksum.
+    let old_ih_check = word(&h, 10);
+    let new_ih_check = csum::replace32(old_ih_check, isaddr, e.addr);
+    ctx.store(iip + 12, &e.addr, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+    ctx.store(iip + 10, &new_ih_check, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+    csum::l4_replace(ctx, icsum, isaddr, e.addr, 4)?;
+    csum::l4_replace(ctx, icsum, old_ih_check.into(), new_ih_check.into(), 2)?;
+
+    // Quoted source port / echo identifier.
+    if isport != e.port {
+        ctx.store(port_off, &e.port, 0)
+            .map_err(|_| DropReason::Rewrite)?;
+        csum::l4_replace(ctx, icsum, isport.into(), e.port.into(), 2)?;
+    }
+
+    fix_quoted_l4_csum(ctx, proto, il4, (isaddr, isport), (e.addr, e.port), icsum)?;
+    Ok(Some(e))
+}
+
+/// Updates the quoted packet's L4 checksum (when the quote holds it) for its source changed
+/// from `old` to `new` (address, port), and the ICMP checksum at `icsum` for that change.
+#[inline(always)]
+fn fix_quoted_l4_csum(
+    ctx: &TcContext,
+    proto: u8,
+    il4: usize,
+    old: (u32, u16),
+    new: (u32, u16),
+    icsum: usize,
+) -> Result<(), DropReason> {
+    let l4_check_off = match proto {
+        IPPROTO_UDP => il4 + UDP_CSUM,
+        IPPROTO_TCP => il4 + TCP_CSUM,
+        _ => il4 + ICMP_CSUM,
+    };
+    let Ok(old_check) = ctx.load::<u16>(l4_check_off) else {
+        return Ok(());
+    };
+    // A zero UDP checksum means "none" and stays zero.
+    if proto == IPPROTO_UDP && old_check == 0 {
+        return Ok(());
+    }
+    let mut check = csum::replace16(old_check, old.1, new.1);
+    if proto != IPPROTO_ICMP {
+        check = csum::replace32(check, old.0, new.0);
+    }
+    if proto == IPPROTO_UDP && check == 0 {
+        check = 0xffff;
+    }
+    ctx.store(l4_check_off, &check, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+    csum::l4_replace(ctx, icsum, old_check.into(), check.into(), 2)
+}

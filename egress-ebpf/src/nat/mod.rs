@@ -1,0 +1,104 @@
+//! The gateway's SNAT engine. Both directions of a flow live in one LRU hash (`EGW_NAT4`): the
+//! forward entry (key as the pod's packet leaves) maps to the egress address and port, the
+//! reverse entry (key as the reply arrives) maps back to the pod and its node.
+//!
+//! Deciding is separate from acting: `snat_mapping` finds a flow's existing mapping or
+//! allocates one (`alloc`: the pod's port when free, else random ones; reverse entry first,
+//! with BPF_NOEXIST, then the forward entry, rolled back on failure), and a closed flow's port
+//! may pass to a new one (`handover`). `rewrite` changes the packet; `icmp` reverse-translates
+//! ICMP errors about translated flows.
+
+mod alloc;
+mod handover;
+pub mod icmp;
+pub mod rewrite;
+
+use aya_ebpf::programs::TcContext;
+use egress_common::{
+    config::Config,
+    counters::DropReason,
+    nat::{NatEntry4, NatKey4},
+};
+
+use crate::{
+    conntrack::{is_new_syn, just_closed, touch},
+    maps::EGW_NAT4,
+    parse::Packet4,
+};
+
+/// The source address and port a flow leaves with.
+#[derive(Clone, Copy)]
+pub struct Mapping {
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+}
+
+/// Where a flow is translated to and on whose behalf: the policy's egress IP, the pod's node
+/// (this gateway for its own pods) and the policy.
+#[derive(Clone, Copy)]
+pub struct SnatTarget {
+    pub egress_ip: u32,
+    pub node_ip: u32,
+    pub policy_id: u32,
+}
+
+/// The mapping of the forward flow of `p`: the existing one, or a newly allocated one.
+#[inline(always)]
+pub fn snat_mapping(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    t: &SnatTarget,
+) -> Result<Mapping, DropReason> {
+    let key = p.nat_key();
+    if let Some(m) = find_existing(p, &key, t.egress_ip) {
+        return Ok(m);
+    }
+    alloc::allocate(ctx, cfg, p, &key, t)
+}
+
+/// The flow's current mapping, refreshed, if it may go on serving this packet. A stale one
+/// (the policy's egress IP changed) is removed, and so is the forward entry of a tuple the pod
+/// reuses for a new connection whose port it no longer owns or that closed a moment ago.
+#[inline(always)]
+fn find_existing(p: &Packet4, key: &NatKey4, egress_ip: u32) -> Option<Mapping> {
+    let e = EGW_NAT4.get_ptr_mut(*key)?;
+    let syn = is_new_syn(p);
+    // SAFETY: valid map value pointer.
+    let (addr, port, state, last) =
+        unsafe { ((*e).addr, (*e).port, (*e).state, (*e).last_seen_ns) };
+    let m = Mapping { addr, port };
+    if addr != egress_ip {
+        // The policy's egress IP changed: the old mapping is stale, start over.
+        let _ = EGW_NAT4.remove(key.reply_to(addr, port));
+        let _ = EGW_NAT4.remove(*key);
+        return None;
+    }
+    // A pod may open a new connection on the tuple of one it closed a moment ago. The remote
+    // may not have processed that close yet (the last RST can be overtaken on another CPU's
+    // path), and a SYN on its live tuple would be lost: such a SYN gets a fresh port; the old
+    // reverse entry stays for the old flow's last packets.
+    if syn && just_closed(state, last) {
+        let _ = EGW_NAT4.remove(*key);
+        return None;
+    }
+    // A new connection on an existing tuple (a closed one reused, or a SYN sent again): its
+    // port may have gone to another flow (see `handover`), and the reverse entry must start
+    // over with it so that the port is not handed on.
+    if !syn || handover::still_owns(p, m) {
+        touch(e, p, false);
+        return Some(m);
+    }
+    let _ = EGW_NAT4.remove(*key);
+    None
+}
+
+/// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value.
+#[inline(always)]
+pub fn reverse_lookup(p: &Packet4) -> Option<NatEntry4> {
+    let e = EGW_NAT4.get_ptr_mut(p.nat_key())?;
+    touch(e, p, true);
+    // SAFETY: valid map value pointer.
+    Some(unsafe { *e })
+}
