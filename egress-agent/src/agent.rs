@@ -4,7 +4,7 @@
 //! reconciler at once; a slow periodic resync is only a safety net.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use egress_common::{
-    config::{Config, CFG_F_READY, VXLAN_OVERHEAD},
-    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
+    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
     nat::NatKey4,
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
@@ -62,7 +62,15 @@ pub struct RunOptions {
 struct State {
     /// Interfaces with `egw_from_pod` attached: name -> ifindex.
     pod_links: HashMap<String, u32>,
-    uplink: Option<String>,
+    /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
+    /// ifindex.
+    wire_links: BTreeMap<String, u32>,
+    /// The tunnel device `egw_from_tunnel` was attached to by this process (every start
+    /// attaches it again: an upgrade brings a new program).
+    tunnel_link: Option<u32>,
+    /// On-link peers and the MAC the datapath holds for each (neighbour events about them
+    /// wake the reconciler).
+    neighbours: netdev::WatchedNeighbours,
     warnings: Vec<String>,
     status: BTreeMap<String, PolicyStatus>,
 }
@@ -163,14 +171,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let handle = netdev::connect()?;
     let mut st = State {
         pod_links: HashMap::new(),
-        uplink: None,
+        wire_links: BTreeMap::new(),
+        tunnel_link: None,
+        neighbours: Default::default(),
         warnings: Vec::new(),
         status: BTreeMap::new(),
     };
     if let Some(path) = &opts.config {
         watch_file(path.clone(), opts.file_poll, tx.clone());
     }
-    let links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
+    let links = netdev::watch_changes(st.neighbours.clone())
+        .context("subscribing to netlink link/route/neighbour events")?;
     forward(links, Trigger::Netlink, tx.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut gc = tokio::time::interval(opts.gc_interval);
@@ -197,9 +208,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             let cluster = snapshot(&cfg);
             match reconcile(&mut dp, &handle, &cfg, &cluster, &opts, &mut st).await {
-                Ok(changes) => {
+                Ok((changes, protected)) => {
                     metrics::observe_reconcile(started.elapsed(), true);
                     health.ready.store(true, Ordering::Relaxed);
+                    health
+                        .tunnel_protected
+                        .store(protected.map_or(-1, i64::from), Ordering::Relaxed);
                     if let Ok(mut names) = health.policy_names.write() {
                         *names = st
                             .status
@@ -378,7 +392,47 @@ pub fn collect_nat(dp: &mut Datapath, t: &nat_gc::Timeouts) -> Result<(usize, us
     Ok((dead.len(), live))
 }
 
-/// One reconcile pass; returns the number of changes made.
+/// The underlay: the interface the tunnel runs on (`tunnel.interface`, or the one holding the
+/// node's InternalIP), its ifindex, and what the model needs to judge it.
+async fn underlay(
+    handle: &rtnetlink::Handle,
+    cfg: &AgentConfig,
+    node_ip: std::net::Ipv4Addr,
+    interfaces: &BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+) -> Result<(u32, model::UnderlayFacts)> {
+    let holder = interfaces
+        .iter()
+        .find(|(_, ips)| ips.contains(&node_ip))
+        .map(|(n, _)| n.clone());
+    let name = match (&cfg.tunnel.interface, holder) {
+        (Some(want), Some(have)) if *want == have => have,
+        (Some(want), _) => anyhow::bail!(
+            "tunnel.interface {want} does not hold the node's InternalIP {node_ip}: peers send \
+             their tunnel packets to that address, so the tunnel must run where it is"
+        ),
+        (None, Some(have)) => have,
+        (None, None) => anyhow::bail!(
+            "the node's InternalIP {node_ip} is on no interface of this node: cannot find the \
+             underlay (set tunnel.interface, and check the node's address)"
+        ),
+    };
+    let ifindex = netdev::ifindex(handle, &name)
+        .await?
+        .with_context(|| format!("underlay interface {name} not found"))?;
+    let default_route = netdev::default_route_interface(handle).await?.as_deref() == Some(&name);
+    let prefixes = netdev::ipv4_prefixes(handle, ifindex).await?;
+    Ok((
+        ifindex,
+        model::UnderlayFacts {
+            interface: name,
+            default_route,
+            prefixes,
+        },
+    ))
+}
+
+/// One reconcile pass; returns the number of changes made, and whether the tunnel is
+/// protected on this node's underlay.
 async fn reconcile(
     dp: &mut Datapath,
     handle: &rtnetlink::Handle,
@@ -386,11 +440,23 @@ async fn reconcile(
     cluster: &model::Cluster,
     opts: &RunOptions,
     st: &mut State,
-) -> Result<usize> {
+) -> Result<(usize, Option<bool>)> {
     let node = opts.node.as_str();
-    let local = model::LocalFacts {
+    let mut local = model::LocalFacts {
         interfaces: netdev::ipv4_addresses(handle).await?,
+        underlay: None,
     };
+    let this_ip = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.ip);
+    let mut underlay_if = None;
+    if let Some(ip) = this_ip {
+        let (idx, facts) = underlay(handle, cfg, ip, &local.interfaces).await?;
+        underlay_if = Some(idx);
+        local.underlay = Some(facts);
+    }
     let m = model::compute(cluster, node, &local);
     if m.status != st.status {
         log_status(&st.status, &m.status);
@@ -412,14 +478,21 @@ async fn reconcile(
     let node_ip = d
         .node_ip
         .with_context(|| format!("node {node} is not known to the source, or has no address"))?;
+    let underlay_if = underlay_if.context("no underlay")?;
+    let underlay = local.underlay.clone().context("no underlay")?;
+    let protected = d.tunnel.as_ref().map(|p| p.protected);
     let mut changes = 0;
 
     // Devices and the node configuration.
     let tunnel_if = netdev::ensure_vxlan(
         handle,
-        &cfg.tunnel.device,
-        cfg.tunnel.port,
-        cfg.tunnel.underlay_mtu,
+        &netdev::VxlanSpec {
+            name: cfg.tunnel.device.clone(),
+            port: cfg.tunnel.port,
+            mtu: cfg.tunnel.underlay_mtu,
+            local: node_ip,
+            link: underlay_if,
+        },
     )
     .await?;
     let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
@@ -433,33 +506,63 @@ async fn reconcile(
         .await?
         .with_context(|| format!("uplink {uplink_name} not found"))?;
     let want = Config {
-        flags: CFG_F_READY,
+        flags: CFG_F_READY | if is_gateway { CFG_F_GATEWAY } else { 0 },
         node_ip4: ip4(node_ip),
         tunnel_ifindex: tunnel_if,
         uplink_ifindex: uplink_if,
         tunnel_mtu: cfg.tunnel.underlay_mtu - VXLAN_OVERHEAD,
         nat_port_min: cfg.nat.port_range[0],
         nat_port_max: cfg.nat.port_range[1],
+        underlay_ifindex: underlay_if,
+        trust_mark: cfg.tunnel.trust_mark,
+        tunnel_port: cfg.tunnel.port.to_be(),
+        _pad: [0; 6],
     };
     if dp.config()? != want {
         dp.set_config(&want)?;
-        info!(node = node, ip = %node_ip, tunnel_if, uplink_if, "node configuration written");
+        info!(
+            node = node,
+            ip = %node_ip,
+            tunnel_if,
+            underlay = %underlay.interface,
+            uplink = %uplink_name,
+            gateway = is_gateway,
+            "node configuration written"
+        );
         changes += 1;
-        // (Re)attach the device programs whenever the configuration changes.
-        dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
     }
-    if is_gateway && st.uplink.as_deref() != Some(&uplink_name) {
-        dp.attach(FROM_WIRE, &uplink_name)?;
-        info!(uplink = %uplink_name, "gateway role: reverse NAT attached to the uplink");
-        st.uplink = Some(uplink_name.clone());
+    if st.tunnel_link != Some(tunnel_if) {
+        dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
+        st.tunnel_link = Some(tunnel_if);
         changes += 1;
-    } else if !is_gateway {
-        if let Some(u) = st.uplink.take() {
-            dp.detach(FROM_WIRE, &u);
+    }
+    // The underlay's gate on every node; reverse NAT on a gateway's uplink.
+    let mut want_wire = BTreeMap::from([(underlay.interface.clone(), underlay_if)]);
+    if is_gateway {
+        want_wire.insert(uplink_name.clone(), uplink_if);
+    }
+    for (name, idx) in &want_wire {
+        if st.wire_links.get(name) != Some(idx) {
+            dp.attach(FROM_WIRE, name)?;
+            info!(interface = %name, "underlay gate / reverse NAT attached");
+            st.wire_links.insert(name.clone(), *idx);
             changes += 1;
         }
     }
+    let gone: Vec<String> = st
+        .wire_links
+        .keys()
+        .filter(|n| !want_wire.contains_key(*n))
+        .cloned()
+        .collect();
+    for n in gone {
+        dp.detach(FROM_WIRE, &n);
+        st.wire_links.remove(&n);
+        info!(interface = %n, "detached from interface");
+        changes += 1;
+    }
 
+    let want_nodes = node_entries(handle, &d, &underlay, underlay_if, st).await?;
     // Local pods: endpoints and attachments.
     let routes = netdev::pod_routes(handle).await?;
     let mut want_eps = BTreeMap::new();
@@ -520,19 +623,14 @@ async fn reconcile(
         changes += 1;
     }
     // Nodes.
-    let want_nodes: BTreeSet<u32> = d.nodes.iter().map(|n| ip4(*n)).collect();
-    let have: BTreeSet<u32> = maps.nodes()?.into_iter().map(|(k, _)| k).collect();
-    for k in want_nodes.difference(&have) {
-        maps.put_node(
-            *k,
-            NodeInfo {
-                flags: NODE_F_PEER,
-                _pad: 0,
-            },
-        )?;
-        changes += 1;
+    let have: BTreeMap<u32, NodeInfo> = maps.nodes()?.into_iter().collect();
+    for (k, v) in &want_nodes {
+        if have.get(k) != Some(v) {
+            maps.put_node(*k, *v)?;
+            changes += 1;
+        }
     }
-    for k in have.difference(&want_nodes) {
+    for k in have.keys().filter(|k| !want_nodes.contains_key(k)) {
         maps.del_node(*k)?;
         changes += 1;
     }
@@ -575,5 +673,60 @@ async fn reconcile(
         maps.del_policy(&policy_key(*id, net.network(), net.prefix_len()))?;
         changes += 1;
     }
-    Ok(changes)
+    Ok((changes, protected))
+}
+
+/// The node map: every node address and egress IP (pods never reach the tunnel port there),
+/// and every peer (may tunnel to us), with the MAC of on-link peers from the neighbour table.
+/// An on-link peer whose MAC is not known yet is resolved; the neighbour event brings it.
+async fn node_entries(
+    handle: &rtnetlink::Handle,
+    d: &model::Desired,
+    underlay: &model::UnderlayFacts,
+    underlay_if: u32,
+    st: &mut State,
+) -> Result<BTreeMap<u32, NodeInfo>> {
+    let mut want: BTreeMap<u32, NodeInfo> = d
+        .node_addresses
+        .iter()
+        .map(|a| {
+            (
+                ip4(*a),
+                NodeInfo {
+                    flags: NODE_F_ADDRESS,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let on_link: Vec<std::net::Ipv4Addr> = d
+        .nodes
+        .iter()
+        .copied()
+        .filter(|p| underlay.on_link(*p))
+        .collect();
+    let macs = if on_link.is_empty() {
+        HashMap::new()
+    } else {
+        netdev::neighbours(handle, underlay_if).await?
+    };
+    let mut watched = HashMap::new();
+    for peer in &d.nodes {
+        let e = want.entry(ip4(*peer)).or_default();
+        e.flags |= NODE_F_PEER | NODE_F_ADDRESS;
+        if underlay.on_link(*peer) {
+            e.flags |= NODE_F_ONLINK;
+            match macs.get(peer) {
+                Some(mac) => e.mac = *mac,
+                None => {
+                    if let Err(err) = netdev::resolve_neighbour(handle, underlay_if, *peer).await {
+                        debug!(peer = %peer, "resolving the peer's MAC: {err}");
+                    }
+                }
+            }
+            watched.insert(*peer, e.mac);
+        }
+    }
+    *st.neighbours.lock().unwrap_or_else(|e| e.into_inner()) = watched;
+    Ok(want)
 }

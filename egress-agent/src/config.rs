@@ -78,6 +78,19 @@ pub struct TunnelConfig {
     /// MTU of the node network; the tunnel costs 50 bytes of it.
     #[serde(default = "default_mtu")]
     pub underlay_mtu: u32,
+    /// The underlay: the interface the tunnel runs on, which must hold the node's InternalIP.
+    /// Tunnel packets are accepted only when they arrive there. Default: the interface that
+    /// holds the InternalIP.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// The skb mark bit(s) the underlay's program sets on trusted tunnel packets for the
+    /// tunnel device's program (must not be used by anything else on the node).
+    #[serde(default = "default_trust_mark")]
+    pub trust_mark: u32,
+}
+
+fn default_trust_mark() -> u32 {
+    egress_common::config::DEFAULT_TRUST_MARK
 }
 
 impl Default for TunnelConfig {
@@ -86,6 +99,8 @@ impl Default for TunnelConfig {
             device: default_device(),
             port: default_port(),
             underlay_mtu: default_mtu(),
+            interface: None,
+            trust_mark: default_trust_mark(),
         }
     }
 }
@@ -350,6 +365,11 @@ impl AgentConfig {
             )));
         }
         let overhead = egress_common::config::VXLAN_OVERHEAD;
+        if self.tunnel.trust_mark == 0 {
+            return Err(ConfigError::Invalid(
+                "tunnel.trustMark must have at least one bit set (default 0x1000)".into(),
+            ));
+        }
         if self.tunnel.underlay_mtu < 576 + overhead {
             return Err(ConfigError::Invalid(format!(
                 "tunnel.underlayMtu {} is too small for the {overhead}-byte tunnel",

@@ -23,6 +23,7 @@
 
 pub mod crd;
 pub mod selector;
+mod tunnel;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,6 +40,7 @@ use egress_common::{
 };
 use ipnet::{IpNet, Ipv4Net};
 pub use selector::{Labels, Selector, SelectorError};
+pub use tunnel::{protection, Protection, UnderlayFacts};
 
 use crate::datapath::ip4;
 
@@ -99,10 +101,12 @@ pub struct Cluster {
     pub policies: Vec<Policy>,
 }
 
-/// What the node the model runs for knows about itself: its interfaces' IPv4 addresses.
+/// What the node the model runs for knows about itself: its interfaces' IPv4 addresses, and
+/// its underlay (when the agent has found it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalFacts {
     pub interfaces: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub underlay: Option<UnderlayFacts>,
 }
 
 /// A local pod: its address, and its policy if an active one selects it.
@@ -122,8 +126,13 @@ pub struct Desired {
     pub pods: Vec<LocalPod>,
     /// `{policy id, prefix}` -> value.
     pub policies: BTreeMap<(u32, Ipv4Net), PolicyValue>,
-    /// Other cluster nodes.
+    /// Other cluster nodes' underlay addresses (tunnel peers).
     pub nodes: Vec<Ipv4Addr>,
+    /// Every address of every node, every address on this node's interfaces and every
+    /// egress IP: pods never reach the tunnel port there.
+    pub node_addresses: BTreeSet<Ipv4Addr>,
+    /// Whether the tunnel on this node's underlay is protected against spoofed peers.
+    pub tunnel: Option<Protection>,
     /// Pods of other nodes that egress through this node.
     pub remote_endpoints: BTreeMap<Ipv4Addr, RemoteEndpoint>,
     /// Problems worth a log line (the same facts as the status conditions).
@@ -335,6 +344,12 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    d.node_addresses = nodes
+        .iter()
+        .flat_map(|n| n.ip.into_iter().chain(n.addresses.iter().copied()))
+        .chain(local.interfaces.values().flatten().copied())
+        .collect();
+    d.tunnel = local.underlay.as_ref().map(|u| protection(u, &d.nodes));
 
     let policies = ordered(&cluster.policies);
     let ids = allocate_ids(policies.iter().map(|p| p.name.as_str()));
@@ -353,7 +368,12 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             ..Default::default()
         };
         match resolve(p, &st, &node_by_name, &nodes, node, local) {
-            Ok((a, conds)) => {
+            Ok((a, mut conds)) => {
+                // Only the gateway's agent knows its underlay (`check` and `inspect` do not).
+                if let Some(t) = d.tunnel.as_ref().filter(|_| a.gateway == node) {
+                    conds.push(tunnel_condition(t));
+                }
+                d.node_addresses.extend(a.egress_ip);
                 st.gateway_node = Some(a.gateway.clone());
                 st.egress_ip = a.egress_ip.map(|ip| ip.to_string());
                 st.conditions = conds;
@@ -493,6 +513,12 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         }
     }
     m
+}
+
+/// The `TunnelProtected` condition the gateway's agent writes: whether tunnel packets from
+/// the policy's source nodes can be trusted on its underlay.
+fn tunnel_condition(p: &Protection) -> PolicyCondition {
+    cond("TunnelProtected", p.protected, p.reason, p.message.clone())
 }
 
 /// Resolves one policy against the nodes: `Ok` with its extra conditions (a `Ready=True` one

@@ -605,6 +605,7 @@ fn an_egress_ip_not_on_the_gateway_is_programmed_with_a_false_condition() {
     // The gateway itself sees the address on an interface.
     let local = LocalFacts {
         interfaces: BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]),
+        ..Default::default()
     };
     let m = compute(&c, "gw", &local);
     assert_eq!(
@@ -621,6 +622,7 @@ fn interface_egress_ip_is_resolved_on_the_gateway_only() {
     c.policies[0].spec.gateway.interface = Some("eth1".into());
     let local = LocalFacts {
         interfaces: BTreeMap::from([("eth1".into(), vec![Ipv4Addr::new(5, 75, 247, 168)])]),
+        ..Default::default()
     };
     let pid = id(&c, "mail");
     let gw = compute(&c, "gw", &local);
@@ -882,4 +884,75 @@ fn random_input_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn the_gateway_says_whether_its_tunnel_is_protected() {
+    let c = cluster();
+    let facts = |default_route: bool, prefix: &str| LocalFacts {
+        underlay: Some(UnderlayFacts {
+            interface: "eth0".into(),
+            default_route,
+            prefixes: vec![prefix.parse().unwrap()],
+        }),
+        ..Default::default()
+    };
+    // Every peer on the segment of the internet-facing interface: the MAC check holds.
+    let m = compute(&c, "gw", &facts(true, "192.0.2.10/24"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("True", "OnLinkPeers")
+    );
+    // Peers behind a router on the internet-facing interface: spoofable.
+    let m = compute(&c, "gw", &facts(true, "192.0.2.10/32"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("False", "RoutedPublicUnderlay")
+    );
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("RoutedPublicUnderlay")));
+    assert_eq!(m.desired.tunnel.as_ref().map(|p| p.protected), Some(false));
+    // A private underlay: protected whatever the routing.
+    let m = compute(&c, "gw", &facts(false, "192.0.2.10/32"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("True", "PrivateUnderlay")
+    );
+    // A worker does not judge the gateway's underlay.
+    let m = compute(&c, "w1", &facts(true, "192.0.2.11/32"));
+    assert!(condition(&m.status["mail"], "TunnelProtected").is_none());
+}
+
+#[test]
+fn every_node_address_and_egress_ip_is_kept_from_pods_tunnel_port() {
+    let mut c = cluster();
+    c.nodes[0].addresses.push(Ipv4Addr::new(5, 75, 247, 168));
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("cni0".into(), vec![Ipv4Addr::new(10, 244, 1, 1)])]),
+        ..Default::default()
+    };
+    let d = compute(&c, "w1", &local).desired;
+    for ip in [
+        GW,
+        W1,
+        Ipv4Addr::new(5, 75, 247, 168),
+        Ipv4Addr::new(192, 0, 2, 100),
+        Ipv4Addr::new(10, 244, 1, 1),
+    ] {
+        assert!(
+            d.node_addresses.contains(&ip),
+            "{ip}: {:?}",
+            d.node_addresses
+        );
+    }
+    // Peers are the other nodes' InternalIPs only.
+    assert!(!d.nodes.contains(&W1));
+    assert!(d.nodes.contains(&GW));
 }
