@@ -1,6 +1,6 @@
 //! The Kubernetes source: reflectors (list + watch, relist on `410 Gone`, re-watch when a watch
 //! ends) for pods, namespaces, nodes and `EgressGatewayPolicy` objects, turned into the model's
-//! plain `Cluster`; and the status writer (server-side apply on the `status` subresource).
+//! plain `Cluster`. The status it feeds back is written by `status`.
 //!
 //! Everything that needs no API server (the conversions) is a plain function tested here; the
 //! watch machinery is tested against an in-process fake API server (`tests/kube_source.rs`).
@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
-    api::{Patch, PatchParams},
     runtime::{
         reflector::{self, Store},
         watcher, WatchStreamExt,
@@ -23,10 +22,8 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::model::{self, EgressGatewayPolicy, PolicyStatus};
-
-/// The field manager of the agent's server-side applies.
-pub const FIELD_MANAGER: &str = "egress-gateway-agent";
+use crate::model::{self, EgressGatewayPolicy};
+pub use crate::status::{apply_status, FIELD_MANAGER};
 
 #[derive(Debug, Error)]
 pub enum KubeSourceError {
@@ -223,68 +220,6 @@ pub fn policy(p: &EgressGatewayPolicy) -> model::Policy {
     }
 }
 
-/// Which agent writes a policy's status: the gateway node's; with no gateway, the first node
-/// by name (so that a broken policy still reports why).
-pub fn writes_status(status: &PolicyStatus, cluster: &model::Cluster, node: &str) -> bool {
-    match &status.gateway_node {
-        Some(gw) => gw == node,
-        None => cluster.nodes.iter().map(|n| n.name.as_str()).min() == Some(node),
-    }
-}
-
-/// Carries `lastTransitionTime` over from `old` for conditions whose status did not change,
-/// and sets `now` for the others.
-pub fn with_transition_times(
-    mut new: PolicyStatus,
-    old: Option<&PolicyStatus>,
-    now: &str,
-) -> PolicyStatus {
-    for c in &mut new.conditions {
-        let prev = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
-        c.last_transition_time = match prev {
-            Some(p) if p.status == c.status && p.last_transition_time.is_some() => {
-                p.last_transition_time.clone()
-            }
-            _ => Some(now.to_owned()),
-        };
-    }
-    new
-}
-
-/// True when `a` and `b` differ in more than transition times.
-pub fn status_differs(a: &PolicyStatus, b: Option<&PolicyStatus>) -> bool {
-    let strip = |s: &PolicyStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = None;
-        }
-        s
-    };
-    b.is_none_or(|b| strip(a) != strip(b))
-}
-
-/// Writes `status` with server-side apply (field manager `egress-gateway-agent`, forced: the
-/// agent owns the status).
-pub async fn apply_status(
-    client: &Client,
-    name: &str,
-    status: &PolicyStatus,
-) -> Result<(), KubeSourceError> {
-    let api: Api<EgressGatewayPolicy> = Api::all(client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": EgressGatewayPolicy::api_version(&()),
-        "kind": EgressGatewayPolicy::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus};
@@ -371,75 +306,5 @@ mod tests {
             "2024-01-01T00:00:00Z".parse().unwrap(),
         ));
         assert_eq!(policy(&p).created, Some(1_704_067_200));
-    }
-
-    #[test]
-    fn transition_times_change_only_with_the_status() {
-        let c = |s: &str| model::PolicyCondition {
-            type_: "Ready".into(),
-            status: s.into(),
-            reason: "X".into(),
-            ..Default::default()
-        };
-        let old = with_transition_times(
-            PolicyStatus {
-                conditions: vec![c("True")],
-                ..Default::default()
-            },
-            None,
-            "t1",
-        );
-        let same = with_transition_times(
-            PolicyStatus {
-                conditions: vec![c("True")],
-                selected_pods: 3,
-                ..Default::default()
-            },
-            Some(&old),
-            "t2",
-        );
-        assert_eq!(
-            same.conditions[0].last_transition_time.as_deref(),
-            Some("t1")
-        );
-        assert!(status_differs(&same, Some(&old)));
-        let flipped = with_transition_times(
-            PolicyStatus {
-                conditions: vec![c("False")],
-                ..Default::default()
-            },
-            Some(&old),
-            "t3",
-        );
-        assert_eq!(
-            flipped.conditions[0].last_transition_time.as_deref(),
-            Some("t3")
-        );
-        let mut again = old.clone();
-        again.conditions[0].last_transition_time = Some("t9".into());
-        assert!(!status_differs(&again, Some(&old)));
-    }
-
-    #[test]
-    fn the_gateway_writes_status_or_else_the_first_node() {
-        let c = model::Cluster {
-            nodes: vec![
-                model::Node {
-                    name: "b".into(),
-                    ..Default::default()
-                },
-                model::Node {
-                    name: "a".into(),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        let mut s = PolicyStatus::default();
-        assert!(writes_status(&s, &c, "a"));
-        assert!(!writes_status(&s, &c, "b"));
-        s.gateway_node = Some("b".into());
-        assert!(writes_status(&s, &c, "b"));
-        assert!(!writes_status(&s, &c, "a"));
     }
 }

@@ -10,4 +10,6 @@ pub mod metrics;
 pub mod model;
 pub mod nat_gc;
 pub mod netdev;
+pub mod reconcile;
 pub mod spf;
+pub mod status;

@@ -172,9 +172,15 @@ fn real_main(cli: Cli) -> Result<()> {
                     format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 0.0.0.0:9479) or off")
                 })?),
             };
+            let source = match config {
+                _ if kubernetes => agent::Source::Kubernetes { settings: config },
+                Some(path) => agent::Source::File(path),
+                None => {
+                    anyhow::bail!("give --config FILE (nodes, pods and policies), or --kubernetes")
+                }
+            };
             tokio::runtime::Runtime::new()?.block_on(agent::run(agent::RunOptions {
-                config,
-                kubernetes,
+                source,
                 uplink,
                 node,
                 pin_root: cli.pin_root,

@@ -1,13 +1,15 @@
-//! Expiry of NAT/conntrack entries by protocol and state. The decision is pure; `collect`
-//! applies it to the map.
+//! Expiry of NAT/conntrack entries by protocol and state: the timeouts, the decision
+//! (`expired`, pure) and its application to the datapath's NAT map (`collect_nat`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use egress_common::{
     nat::{NatEntry4, NatKey4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_REVERSE},
     proto::{IPPROTO_ICMP, IPPROTO_TCP},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::datapath::{Datapath, DatapathError};
 
 /// Idle timeouts, seconds.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -83,6 +85,61 @@ pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> V
         }
     }
     out
+}
+
+/// Deletes expired NAT entries; returns how many, and how many translated flows (forward
+/// entries) are left.
+///
+/// Listing a large table takes a while, and flows keep running meanwhile (the datapath hands
+/// the ports of closed flows to new connections). So each candidate flow is judged again on
+/// its current entries, and deleted, while holding the flow's claim entry, which the datapath
+/// takes for every change of a reverse entry's owner: a port handed to a new flow is never cut.
+pub fn collect_nat(dp: &mut Datapath, t: &Timeouts) -> Result<(usize, usize), DatapathError> {
+    let entries = dp.maps().nat_entries()?;
+    let candidates = expired(&entries, monotonic_ns(), t);
+    let by_key: HashMap<_, _> = entries.iter().copied().collect();
+    // One unit per flow, named by its reverse key: a forward entry and its reverse entry go
+    // together; an orphan reverse entry goes alone.
+    let mut flows: HashMap<NatKey4, Vec<NatKey4>> = HashMap::new();
+    for k in candidates {
+        let Some(v) = by_key.get(&k) else { continue };
+        let rkey = if v.flags & NAT_F_REVERSE != 0 {
+            k
+        } else {
+            k.reply_to(v.addr, v.port)
+        };
+        flows.entry(rkey).or_default().push(k);
+    }
+    let mut maps = dp.maps();
+    let mut dead = HashSet::new();
+    for (rkey, keys) in flows {
+        if !maps.insert_nat_if_absent(rkey.claim())? {
+            continue; // the datapath is changing this flow right now: next pass
+        }
+        let result = (|| -> Result<(), DatapathError> {
+            let mut fresh = Vec::with_capacity(keys.len() + 1);
+            for k in keys.iter().chain(std::iter::once(&rkey)) {
+                if fresh.iter().any(|(f, _)| f == k) {
+                    continue;
+                }
+                if let Some(v) = maps.nat_entry(*k)? {
+                    fresh.push((*k, v));
+                }
+            }
+            for k in expired(&fresh, monotonic_ns(), t) {
+                maps.del_nat(k)?;
+                dead.insert(k);
+            }
+            Ok(())
+        })();
+        maps.del_nat(rkey.claim())?;
+        result?;
+    }
+    let live = entries
+        .iter()
+        .filter(|(k, v)| v.flags & NAT_F_REVERSE == 0 && !k.is_claim() && !dead.contains(k))
+        .count();
+    Ok((dead.len(), live))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.

@@ -128,7 +128,8 @@ fn the_underlay_checks_an_on_link_peers_mac() {
     let real = vxlan_from(WORKER, GATEWAY, POD_MAC);
     let (v, _, mark) = run_marked(&dp, FROM_WIRE, &real, UNDERLAY_IF, 0);
     assert_eq!((v, mark), (TC_ACT_OK, DEFAULT_TRUST_MARK));
-    // A peer whose MAC is not known yet: nothing passes until the agent learns it.
+    // A peer whose MAC the agent has not written yet, and that the kernel's neighbour table
+    // does not hold either (the FIB lookup's slow path): nothing passes.
     set_node(
         &mut dp,
         WORKER,

@@ -12,7 +12,11 @@
 //!   that reaches the tunnel device any other way (to another interface or address, from a
 //!   local process, ...) is dropped.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK},
+    helpers::bpf_fib_lookup,
+    programs::TcContext,
+};
 use egress_common::{
     config::Config,
     counters::DropReason,
@@ -25,6 +29,8 @@ use crate::{
     maps::{LookupCopy, EGW_NODES4},
     parse::{ptr_at, Packet4},
 };
+
+const AF_INET: u8 = 2;
 
 /// A pod packet to the tunnel port of a cluster node's address (or an egress IP) is an attempt
 /// to use the tunnel: selected pod or not, it is dropped.
@@ -75,13 +81,44 @@ pub fn underlay_gate(
     if n.flags & NODE_F_ONLINK != 0 {
         let eth: *const EthHdr = ptr_at(ctx, 0)?;
         // SAFETY: bounds checked by ptr_at.
-        if unsafe { (*eth).src_addr } != n.mac {
+        let src = unsafe { (*eth).src_addr };
+        // The agent's copy of the neighbour table first; the table itself when it differs
+        // (a peer that has just resolved us: its MAC is in the kernel's table, learned from
+        // its ARP request, a moment before the agent copies it).
+        if src != n.mac && neighbour_mac(ctx, cfg, p.saddr) != Some(src) {
             return Err(DropReason::TunnelMacMismatch);
         }
     }
     // SAFETY: tc programs may write the mark of their own skb.
     unsafe { (*ctx.skb.skb).mark |= cfg.trust_mark };
     Ok(Some(TC_ACT_OK))
+}
+
+/// The MAC the kernel's neighbour table holds for `peer` (network byte order) on the
+/// underlay: a FIB lookup towards it, which answers with the next hop's MAC when the peer is
+/// on-link and its neighbour entry valid. `None` when the route does not lead straight to the
+/// peer over the underlay, or the entry is not resolved.
+#[inline(always)]
+fn neighbour_mac(ctx: &TcContext, cfg: &Config, peer: u32) -> Option<[u8; 6]> {
+    // SAFETY: zeroed is a valid bpf_fib_lookup.
+    let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    f.family = AF_INET;
+    f.ifindex = cfg.underlay_ifindex;
+    f.__bindgen_anon_3.ipv4_src = cfg.node_ip4;
+    f.__bindgen_anon_4.ipv4_dst = peer;
+    // SAFETY: the helper reads and writes `f`, of the size given.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut f,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    // SAFETY: the helper filled the IPv4 arms.
+    let direct = unsafe { f.__bindgen_anon_4.ipv4_dst == peer };
+    (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && f.ifindex == cfg.underlay_ifindex && direct)
+        .then_some(f.dmac)
 }
 
 /// After decapsulation: the packet must carry the underlay's mark; it is cleared, so that

@@ -1,0 +1,574 @@
+//! The reconciler: brings the node (devices, attachments, maps) in step with what the model
+//! computes for it. One pass is `reconcile`: the model first, then `sync_devices` (the tunnel
+//! device, the node configuration, the tunnel and uplink programs), `sync_attachments` (the
+//! pod interfaces) and `sync_maps` (endpoints, nodes, remote endpoints, policies), each writing
+//! only the differences (`Diff`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+use egress_common::{
+    config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
+    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
+};
+use ipnet::Ipv4Net;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::AgentConfig,
+    datapath::{ip4, ip4_from, policy_key, Datapath},
+    model::{self, Desired, LocalPod, PolicyStatus},
+    netdev, status,
+};
+
+/// What a map must change to hold `want`: the entries to put (missing or different) and the
+/// keys to delete (not wanted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diff<K, V> {
+    pub put: Vec<(K, V)>,
+    pub delete: Vec<K>,
+}
+
+impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
+    /// Compares the desired contents with the current entries.
+    pub fn new(want: &BTreeMap<K, V>, have: impl IntoIterator<Item = (K, V)>) -> Self {
+        let have: BTreeMap<K, V> = have.into_iter().collect();
+        let put = want
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let delete = have.into_keys().filter(|k| !want.contains_key(k)).collect();
+        Diff { put, delete }
+    }
+
+    /// The number of changes.
+    pub fn len(&self) -> usize {
+        self.put.len() + self.delete.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies the puts, then the deletes, on `target`; returns the number of changes.
+    pub fn apply<T, E>(
+        self,
+        target: &mut T,
+        mut put: impl FnMut(&mut T, K, V) -> Result<(), E>,
+        mut delete: impl FnMut(&mut T, K) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let n = self.len();
+        for (k, v) in self.put {
+            put(target, k, v)?;
+        }
+        for k in self.delete {
+            delete(target, k)?;
+        }
+        Ok(n)
+    }
+}
+
+/// The pod interfaces the programs must be attached to and the endpoints map's contents: the
+/// local pods whose route (a host-side interface) is known.
+pub fn local_endpoints(
+    pods: &[LocalPod],
+    routes: &HashMap<Ipv4Addr, (u32, String)>,
+) -> (BTreeMap<u32, Endpoint>, HashMap<String, u32>) {
+    let mut endpoints = BTreeMap::new();
+    let mut links = HashMap::new();
+    for pod in pods {
+        let Some((ifindex, ifname)) = routes.get(&pod.ip) else {
+            continue;
+        };
+        endpoints.insert(
+            ip4(pod.ip),
+            Endpoint {
+                ifindex: *ifindex,
+                policy_id: pod.policy_id.unwrap_or(0),
+                flags: if pod.policy_id.is_some() {
+                    EP_F_SELECTED
+                } else {
+                    0
+                },
+                _pad: 0,
+            },
+        );
+        links.insert(ifname.clone(), *ifindex);
+    }
+    (endpoints, links)
+}
+
+/// The reconciler of one node: the datapath, the netlink handle, and what the last pass left
+/// (attachments, the status, the warnings).
+pub struct Reconciler {
+    dp: Datapath,
+    handle: rtnetlink::Handle,
+    /// This node's name.
+    node: String,
+    /// The uplink when the source names none (`--uplink`).
+    default_uplink: Option<String>,
+    /// Where the policy status file goes.
+    state_dir: PathBuf,
+    /// Interfaces with `egw_from_pod` attached: name -> ifindex.
+    pod_links: HashMap<String, u32>,
+    /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
+    /// ifindex.
+    wire_links: BTreeMap<String, u32>,
+    /// The tunnel device `egw_from_tunnel` was attached to by this process (every start
+    /// attaches it again: an upgrade brings a new program).
+    tunnel_link: Option<u32>,
+    /// On-link peers and the MAC the datapath holds for each (neighbour events about them
+    /// wake the reconciler).
+    neighbours: netdev::WatchedNeighbours,
+    /// Whether the tunnel is protected on this node's underlay, as of the last pass.
+    tunnel_protected: Option<bool>,
+    warnings: Vec<String>,
+    status: BTreeMap<String, PolicyStatus>,
+}
+
+/// The underlay: its ifindex and what the model needs to judge it.
+struct Underlay {
+    ifindex: u32,
+    facts: model::UnderlayFacts,
+}
+
+impl Reconciler {
+    pub fn new(
+        dp: Datapath,
+        handle: rtnetlink::Handle,
+        node: String,
+        default_uplink: Option<String>,
+        state_dir: PathBuf,
+    ) -> Reconciler {
+        Reconciler {
+            dp,
+            handle,
+            node,
+            default_uplink,
+            state_dir,
+            pod_links: HashMap::new(),
+            wire_links: BTreeMap::new(),
+            tunnel_link: None,
+            neighbours: Default::default(),
+            tunnel_protected: None,
+            warnings: Vec::new(),
+            status: BTreeMap::new(),
+        }
+    }
+
+    /// Every policy's status as of the last pass.
+    pub fn status(&self) -> &BTreeMap<String, PolicyStatus> {
+        &self.status
+    }
+
+    /// The on-link peers whose neighbour events matter (see `netdev::watch_changes`).
+    pub fn watched_neighbours(&self) -> netdev::WatchedNeighbours {
+        self.neighbours.clone()
+    }
+
+    /// Whether the tunnel is protected on this node's underlay (`None`: not known yet).
+    pub fn tunnel_protected(&self) -> Option<bool> {
+        self.tunnel_protected
+    }
+
+    /// The datapath (NAT expiry works on it between passes).
+    pub fn datapath(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+
+    /// One reconcile pass; returns the number of changes made.
+    pub async fn reconcile(
+        &mut self,
+        cfg: &AgentConfig,
+        cluster: &model::Cluster,
+    ) -> Result<usize> {
+        let mut local = model::LocalFacts {
+            interfaces: netdev::ipv4_addresses(&self.handle).await?,
+            underlay: None,
+        };
+        let this_ip = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == self.node)
+            .and_then(|n| n.ip);
+        let mut underlay_if = None;
+        if let Some(ip) = this_ip {
+            let u = self.underlay(cfg, ip, &local.interfaces).await?;
+            underlay_if = Some(u.ifindex);
+            local.underlay = Some(u.facts);
+        }
+        let m = model::compute(cluster, &self.node, &local);
+        if m.status != self.status {
+            status::record_local(&self.state_dir, &self.status, &m.status);
+            self.status = m.status;
+        }
+        let d = m.desired;
+        if d.warnings != self.warnings {
+            for w in &d.warnings {
+                warn!("{w}");
+            }
+            self.warnings = d.warnings.clone();
+        }
+        let node_ip = d.node_ip.with_context(|| {
+            format!(
+                "node {} is not known to the source, or has no address",
+                self.node
+            )
+        })?;
+        let underlay = Underlay {
+            ifindex: underlay_if.context("no underlay")?,
+            facts: local.underlay.context("no underlay")?,
+        };
+        self.tunnel_protected = d.tunnel.as_ref().map(|p| p.protected);
+        let mut changes = self.sync_devices(cfg, &d, node_ip, &underlay).await?;
+        let routes = netdev::pod_routes(&self.handle).await?;
+        let (endpoints, links) = local_endpoints(&d.pods, &routes);
+        changes += self.sync_attachments(&links)?;
+        let nodes = self.node_entries(&d, &underlay).await?;
+        changes += self.sync_maps(&d, &endpoints, &nodes)?;
+        Ok(changes)
+    }
+
+    /// The underlay: the interface the tunnel runs on (`tunnel.interface`, or the one holding
+    /// the node's InternalIP), its ifindex, and what the model needs to judge it.
+    async fn underlay(
+        &self,
+        cfg: &AgentConfig,
+        node_ip: Ipv4Addr,
+        interfaces: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ) -> Result<Underlay> {
+        let holder = interfaces
+            .iter()
+            .find(|(_, ips)| ips.contains(&node_ip))
+            .map(|(n, _)| n.clone());
+        let name = match (&cfg.tunnel.interface, holder) {
+            (Some(want), Some(have)) if *want == have => have,
+            (Some(want), _) => anyhow::bail!(
+                "tunnel.interface {want} does not hold the node's InternalIP {node_ip}: peers \
+                 send their tunnel packets to that address, so the tunnel must run where it is"
+            ),
+            (None, Some(have)) => have,
+            (None, None) => anyhow::bail!(
+                "the node's InternalIP {node_ip} is on no interface of this node: cannot find \
+                 the underlay (set tunnel.interface, and check the node's address)"
+            ),
+        };
+        let ifindex = netdev::ifindex(&self.handle, &name)
+            .await?
+            .with_context(|| format!("underlay interface {name} not found"))?;
+        let default_route = netdev::default_route_interface(&self.handle)
+            .await?
+            .as_deref()
+            == Some(&name);
+        let prefixes = netdev::ipv4_prefixes(&self.handle, ifindex).await?;
+        Ok(Underlay {
+            ifindex,
+            facts: model::UnderlayFacts {
+                interface: name,
+                default_route,
+                prefixes,
+            },
+        })
+    }
+
+    /// The tunnel device (bound to the underlay), the node configuration, the tunnel program
+    /// (attached again by every start), and `egw_from_wire` on the underlay (every node) and
+    /// on the uplink (while this node is a gateway).
+    async fn sync_devices(
+        &mut self,
+        cfg: &AgentConfig,
+        d: &Desired,
+        node_ip: Ipv4Addr,
+        underlay: &Underlay,
+    ) -> Result<usize> {
+        let mut changes = 0;
+        let tunnel_if = netdev::ensure_vxlan(
+            &self.handle,
+            &netdev::VxlanSpec {
+                name: cfg.tunnel.device.clone(),
+                port: cfg.tunnel.port,
+                mtu: cfg.tunnel.underlay_mtu,
+                local: node_ip,
+                link: underlay.ifindex,
+            },
+        )
+        .await?;
+        let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
+        let uplink_name = match d.uplink.clone().or_else(|| self.default_uplink.clone()) {
+            Some(u) => u,
+            None => netdev::default_route_interface(&self.handle)
+                .await?
+                .context("no uplink: the node has no IPv4 default route; give --uplink")?,
+        };
+        let uplink_if = netdev::ifindex(&self.handle, &uplink_name)
+            .await?
+            .with_context(|| format!("uplink {uplink_name} not found"))?;
+        let want = Config {
+            flags: CFG_F_READY | if is_gateway { CFG_F_GATEWAY } else { 0 },
+            node_ip4: ip4(node_ip),
+            tunnel_ifindex: tunnel_if,
+            uplink_ifindex: uplink_if,
+            tunnel_mtu: cfg.tunnel.underlay_mtu - VXLAN_OVERHEAD,
+            nat_port_min: cfg.nat.port_range[0],
+            nat_port_max: cfg.nat.port_range[1],
+            underlay_ifindex: underlay.ifindex,
+            trust_mark: cfg.tunnel.trust_mark,
+            tunnel_port: cfg.tunnel.port.to_be(),
+            _pad: [0; 6],
+        };
+        if self.dp.config()? != want {
+            self.dp.set_config(&want)?;
+            info!(
+                node = %self.node,
+                ip = %node_ip,
+                tunnel_if,
+                underlay = %underlay.facts.interface,
+                uplink = %uplink_name,
+                gateway = is_gateway,
+                "node configuration written"
+            );
+            changes += 1;
+        }
+        if self.tunnel_link != Some(tunnel_if) {
+            self.dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
+            self.tunnel_link = Some(tunnel_if);
+            changes += 1;
+        }
+        // The underlay's gate on every node; reverse NAT on a gateway's uplink.
+        let mut want_wire = BTreeMap::from([(underlay.facts.interface.clone(), underlay.ifindex)]);
+        if is_gateway {
+            want_wire.insert(uplink_name, uplink_if);
+        }
+        for (name, idx) in &want_wire {
+            if self.wire_links.get(name) != Some(idx) {
+                self.dp.attach(FROM_WIRE, name)?;
+                info!(interface = %name, "underlay gate / reverse NAT attached");
+                self.wire_links.insert(name.clone(), *idx);
+                changes += 1;
+            }
+        }
+        let gone: Vec<String> = self
+            .wire_links
+            .keys()
+            .filter(|n| !want_wire.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.dp.detach(FROM_WIRE, &n);
+            self.wire_links.remove(&n);
+            info!(interface = %n, "detached from interface");
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    /// The node map: every node address and egress IP (pods never reach the tunnel port
+    /// there), and every peer (may tunnel to us), with the MAC of on-link peers from the
+    /// neighbour table. An on-link peer whose MAC is not known yet is resolved; the neighbour
+    /// event brings it.
+    async fn node_entries(
+        &mut self,
+        d: &Desired,
+        underlay: &Underlay,
+    ) -> Result<BTreeMap<u32, NodeInfo>> {
+        let mut want: BTreeMap<u32, NodeInfo> = d
+            .node_addresses
+            .iter()
+            .map(|a| {
+                let info = NodeInfo {
+                    flags: NODE_F_ADDRESS,
+                    ..Default::default()
+                };
+                (ip4(*a), info)
+            })
+            .collect();
+        let on_link = d.nodes.iter().any(|p| underlay.facts.on_link(*p));
+        let macs = if on_link {
+            netdev::neighbours(&self.handle, underlay.ifindex).await?
+        } else {
+            HashMap::new()
+        };
+        let mut watched = HashMap::new();
+        for peer in &d.nodes {
+            let e = want.entry(ip4(*peer)).or_default();
+            e.flags |= NODE_F_PEER | NODE_F_ADDRESS;
+            if !underlay.facts.on_link(*peer) {
+                continue;
+            }
+            e.flags |= NODE_F_ONLINK;
+            match macs.get(peer) {
+                Some(mac) => e.mac = *mac,
+                None => {
+                    let r = netdev::resolve_neighbour(&self.handle, underlay.ifindex, *peer).await;
+                    if let Err(err) = r {
+                        debug!(peer = %peer, "resolving the peer's MAC: {err}");
+                    }
+                }
+            }
+            watched.insert(*peer, e.mac);
+        }
+        *self.neighbours.lock().unwrap_or_else(|e| e.into_inner()) = watched;
+        Ok(want)
+    }
+
+    /// `egw_from_pod` on exactly the interfaces in `want` (name -> ifindex); an interface whose
+    /// index changed (re-created) is attached again.
+    fn sync_attachments(&mut self, want: &HashMap<String, u32>) -> Result<usize> {
+        let mut changes = 0;
+        for (ifname, ifindex) in want {
+            if self.pod_links.get(ifname) != Some(ifindex) {
+                self.dp.attach(FROM_POD, ifname)?;
+                info!(interface = %ifname, "attached to pod interface");
+                self.pod_links.insert(ifname.clone(), *ifindex);
+                changes += 1;
+            }
+        }
+        let gone: Vec<String> = self
+            .pod_links
+            .keys()
+            .filter(|n| !want.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.dp.detach(FROM_POD, &n);
+            self.pod_links.remove(&n);
+            info!(interface = %n, "detached from interface");
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    /// The endpoints, nodes, remote endpoints and policies maps.
+    fn sync_maps(
+        &mut self,
+        d: &Desired,
+        endpoints: &BTreeMap<u32, Endpoint>,
+        nodes: &BTreeMap<u32, NodeInfo>,
+    ) -> Result<usize> {
+        let mut maps = self.dp.maps();
+        let mut changes = Diff::new(endpoints, maps.endpoints()?).apply(
+            &mut maps,
+            |m, k, v| {
+                m.put_endpoint(k, v)?;
+                info!(pod = %ip4_from(k), policy = v.policy_id, "endpoint programmed");
+                Ok::<_, anyhow::Error>(())
+            },
+            |m, k| {
+                m.del_endpoint(k)?;
+                info!(pod = %ip4_from(k), "endpoint removed");
+                Ok(())
+            },
+        )?;
+        changes += Diff::new(nodes, maps.nodes()?).apply(
+            &mut maps,
+            |m, k, v| m.put_node(k, v),
+            |m, k| m.del_node(k),
+        )?;
+        let remote: BTreeMap<u32, _> = d
+            .remote_endpoints
+            .iter()
+            .map(|(ip, r)| (ip4(*ip), *r))
+            .collect();
+        changes += Diff::new(&remote, maps.remote_endpoints()?).apply(
+            &mut maps,
+            |m, k, v| m.put_remote_endpoint(k, v),
+            |m, k| m.del_remote_endpoint(k),
+        )?;
+        let have = maps.policies()?.into_iter().filter_map(|(k, v)| {
+            let prefix = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
+            let data = k.data();
+            let net = Ipv4Net::new(ip4_from(data.dst), prefix).ok()?;
+            Some(((u32::from_be(data.policy_id_be), net), v))
+        });
+        changes += Diff::new(&d.policies, have).apply(
+            &mut maps,
+            |m, (id, net), v| m.put_policy(&policy_key(id, net.network(), net.prefix_len()), v),
+            |m, (id, net)| m.del_policy(&policy_key(id, net.network(), net.prefix_len())),
+        )?;
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_puts_what_is_missing_or_different_and_deletes_what_is_not_wanted() {
+        let want: BTreeMap<u32, &str> = [(1, "a"), (2, "b"), (3, "c")].into();
+        let have = [(2, "b"), (3, "old"), (4, "d"), (5, "e")];
+        let diff = Diff::new(&want, have);
+        assert_eq!(diff.put, [(1, "a"), (3, "c")]);
+        assert_eq!(diff.delete, [4, 5]);
+        assert_eq!(diff.len(), 4);
+
+        let mut map: BTreeMap<u32, &str> = have.into();
+        let n = diff
+            .apply(
+                &mut map,
+                |m, k, v| {
+                    m.insert(k, v);
+                    Ok::<_, ()>(())
+                },
+                |m, k| {
+                    m.remove(&k);
+                    Ok(())
+                },
+            )
+            .expect("no error");
+        assert_eq!(n, 4, "each put and delete counts once");
+        assert_eq!(map, want);
+        assert!(Diff::new(&want, map).is_empty(), "nothing left to change");
+    }
+
+    #[test]
+    fn a_failed_put_stops_the_diff() {
+        let want: BTreeMap<u32, u32> = [(1, 1), (2, 2)].into();
+        let mut calls = 0;
+        let r = Diff::new(&want, []).apply(
+            &mut calls,
+            |c, _, _| {
+                *c += 1;
+                Err("full")
+            },
+            |_, _| Ok(()),
+        );
+        assert_eq!(r, Err("full"));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn only_pods_with_a_route_become_endpoints() {
+        let pod = |ip: [u8; 4], policy_id| LocalPod {
+            name: "ns/p".into(),
+            ip: Ipv4Addr::from(ip),
+            policy_id,
+        };
+        let routes: HashMap<Ipv4Addr, (u32, String)> =
+            [(Ipv4Addr::new(10, 244, 1, 2), (7, "veth7".to_owned()))].into();
+        let (eps, links) = local_endpoints(
+            &[pod([10, 244, 1, 2], Some(3)), pod([10, 244, 1, 9], None)],
+            &routes,
+        );
+        assert_eq!(
+            eps,
+            [(
+                ip4(Ipv4Addr::new(10, 244, 1, 2)),
+                Endpoint {
+                    ifindex: 7,
+                    policy_id: 3,
+                    flags: EP_F_SELECTED,
+                    _pad: 0
+                }
+            )]
+            .into()
+        );
+        assert_eq!(links, [("veth7".to_owned(), 7)].into());
+    }
+}

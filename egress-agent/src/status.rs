@@ -1,0 +1,246 @@
+//! Policy status, written in three places: the log (a line per policy whose status changed),
+//! the state directory (`policies.json`, read by `inspect policies`), and, with the Kubernetes
+//! source, the `status` subresource of each `EgressGatewayPolicy` (server-side apply, written
+//! by one agent per policy).
+
+use std::{collections::BTreeMap, path::Path};
+
+use kube::{
+    api::{Patch, PatchParams},
+    Api, Client, Resource, ResourceExt,
+};
+use tracing::{info, warn};
+
+use crate::{
+    kube_source::{KubeSource, KubeSourceError},
+    model::{self, EgressGatewayPolicy, PolicyStatus},
+};
+
+/// The policy status file in the state directory.
+pub const STATUS_FILE: &str = "policies.json";
+
+/// The field manager of the agent's server-side applies.
+pub const FIELD_MANAGER: &str = "egress-gateway-agent";
+
+/// Logs the policies whose status changed and saves the new status in `state_dir` (a failure
+/// to save is logged: the datapath matters more than the file).
+pub fn record_local(
+    state_dir: &Path,
+    old: &BTreeMap<String, PolicyStatus>,
+    new: &BTreeMap<String, PolicyStatus>,
+) {
+    log_status(old, new);
+    if let Err(e) = save_status(state_dir, new) {
+        warn!("writing {}: {e}", state_dir.join(STATUS_FILE).display());
+    }
+}
+
+/// Writes the policy status for `inspect policies` (write and rename: never half a file).
+pub fn save_status(dir: &Path, status: &BTreeMap<String, PolicyStatus>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, dir.join(STATUS_FILE))?;
+    Ok(())
+}
+
+/// Logs each policy whose status changed.
+pub fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, PolicyStatus>) {
+    for (name, s) in new {
+        if old.get(name) == Some(s) {
+            continue;
+        }
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        info!(
+            policy = %name,
+            id = s.datapath_id.unwrap_or(0),
+            ready = ready.map_or("Unknown", |c| c.status.as_str()),
+            reason = ready.map_or("", |c| c.reason.as_str()),
+            gateway = s.gateway_node.as_deref().unwrap_or("-"),
+            egress_ip = s.egress_ip.as_deref().unwrap_or("-"),
+            pods = s.selected_pods,
+            "policy status"
+        );
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        info!(policy = %name, "policy removed");
+    }
+}
+
+/// Writes the status of the policies this node is responsible for, where it changed.
+pub async fn write_kube(
+    client: &Client,
+    source: &KubeSource,
+    cluster: &model::Cluster,
+    node: &str,
+    status: &BTreeMap<String, PolicyStatus>,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    for obj in source.policy_objects() {
+        let name = obj.name_any();
+        let Some(new) = status.get(&name) else {
+            continue;
+        };
+        if !writes_status(new, cluster, node) || !status_differs(new, obj.status.as_ref()) {
+            continue;
+        }
+        let s = with_transition_times(new.clone(), obj.status.as_ref(), &now);
+        match apply_status(client, &name, &s).await {
+            Ok(()) => info!(policy = %name, "status written"),
+            Err(e) => warn!(policy = %name, "writing status: {e}"),
+        }
+    }
+}
+
+/// Which agent writes a policy's status: the gateway node's; with no gateway, the first node
+/// by name (so that a broken policy still reports why).
+pub fn writes_status(status: &PolicyStatus, cluster: &model::Cluster, node: &str) -> bool {
+    match &status.gateway_node {
+        Some(gw) => gw == node,
+        None => cluster.nodes.iter().map(|n| n.name.as_str()).min() == Some(node),
+    }
+}
+
+/// Carries `lastTransitionTime` over from `old` for conditions whose status did not change,
+/// and sets `now` for the others.
+pub fn with_transition_times(
+    mut new: PolicyStatus,
+    old: Option<&PolicyStatus>,
+    now: &str,
+) -> PolicyStatus {
+    for c in &mut new.conditions {
+        let prev = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match prev {
+            Some(p) if p.status == c.status && p.last_transition_time.is_some() => {
+                p.last_transition_time.clone()
+            }
+            _ => Some(now.to_owned()),
+        };
+    }
+    new
+}
+
+/// True when `a` and `b` differ in more than transition times.
+pub fn status_differs(a: &PolicyStatus, b: Option<&PolicyStatus>) -> bool {
+    let strip = |s: &PolicyStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    b.is_none_or(|b| strip(a) != strip(b))
+}
+
+/// Writes `status` with server-side apply (field manager `egress-gateway-agent`, forced: the
+/// agent owns the status).
+pub async fn apply_status(
+    client: &Client,
+    name: &str,
+    status: &PolicyStatus,
+) -> Result<(), KubeSourceError> {
+    let api: Api<EgressGatewayPolicy> = Api::all(client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": EgressGatewayPolicy::api_version(&()),
+        "kind": EgressGatewayPolicy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let c = |s: &str| model::PolicyCondition {
+            type_: "Ready".into(),
+            status: s.into(),
+            reason: "X".into(),
+            ..Default::default()
+        };
+        let old = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("True")],
+                ..Default::default()
+            },
+            None,
+            "t1",
+        );
+        let same = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("True")],
+                selected_pods: 3,
+                ..Default::default()
+            },
+            Some(&old),
+            "t2",
+        );
+        assert_eq!(
+            same.conditions[0].last_transition_time.as_deref(),
+            Some("t1")
+        );
+        assert!(status_differs(&same, Some(&old)));
+        let flipped = with_transition_times(
+            PolicyStatus {
+                conditions: vec![c("False")],
+                ..Default::default()
+            },
+            Some(&old),
+            "t3",
+        );
+        assert_eq!(
+            flipped.conditions[0].last_transition_time.as_deref(),
+            Some("t3")
+        );
+        let mut again = old.clone();
+        again.conditions[0].last_transition_time = Some("t9".into());
+        assert!(!status_differs(&again, Some(&old)));
+    }
+
+    #[test]
+    fn the_gateway_writes_status_or_else_the_first_node() {
+        let c = model::Cluster {
+            nodes: vec![
+                model::Node {
+                    name: "b".into(),
+                    ..Default::default()
+                },
+                model::Node {
+                    name: "a".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut s = PolicyStatus::default();
+        assert!(writes_status(&s, &c, "a"));
+        assert!(!writes_status(&s, &c, "b"));
+        s.gateway_node = Some("b".into());
+        assert!(writes_status(&s, &c, "b"));
+        assert!(!writes_status(&s, &c, "a"));
+    }
+
+    #[test]
+    fn the_status_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("egw-status-{}", std::process::id()));
+        let mut st = BTreeMap::new();
+        st.insert("mail".to_owned(), PolicyStatus::default());
+        save_status(&dir, &st).expect("save");
+        let back: BTreeMap<String, PolicyStatus> =
+            serde_json::from_slice(&std::fs::read(dir.join(STATUS_FILE)).expect("read"))
+                .expect("json");
+        assert_eq!(back, st);
+        assert!(!dir.join(format!(".{STATUS_FILE}.tmp")).exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
