@@ -26,7 +26,7 @@ pub enum ConfigError {
     Parse {
         path: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -264,9 +264,9 @@ const SPEC_FIELDS: Fields = Fields(&[
 
 /// Refuses keys of `v` (an object, or a list of objects) that `fields` does not name,
 /// suggesting the field that differs only in case.
-fn check_fields(v: &serde_yaml::Value, at: &str, fields: &Fields) -> Result<(), String> {
-    let objects: Vec<&serde_yaml::Value> = match v {
-        serde_yaml::Value::Sequence(s) => s.iter().collect(),
+fn check_fields(v: &serde_norway::Value, at: &str, fields: &Fields) -> Result<(), String> {
+    let objects: Vec<&serde_norway::Value> = match v {
+        serde_norway::Value::Sequence(s) => s.iter().collect(),
         other => vec![other],
     };
     for o in objects {
@@ -307,7 +307,7 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+        let raw: serde_norway::Value = serde_norway::from_str(text).unwrap_or_default();
         let old_policy = raw["policies"]
             .as_sequence()
             .into_iter()
@@ -327,7 +327,7 @@ impl AgentConfig {
                     .into(),
             ));
         }
-        let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: AgentConfig = serde_norway::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<config>".into(),
             source,
         })?;
@@ -507,7 +507,7 @@ mod tests {
                 interface: Some("eth0".into()),
             },
         };
-        let v = serde_yaml::to_value(&full).expect("serializes");
+        let v = serde_norway::to_value(&full).expect("serializes");
         check_fields(&v, "spec", &SPEC_FIELDS).expect("every serialized field is known");
     }
 
