@@ -11,3 +11,4 @@ pub mod model;
 pub mod nat_gc;
 pub mod netdev;
 pub mod spf;
+pub mod table;
