@@ -9,6 +9,7 @@ use super::{
     lookups::{LookupCount, MAX_DNS_LOOKUPS},
     record::{suggest_record, validate, Published},
 };
+use crate::table::{self, left, Col};
 
 /// One egress IP's results.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,6 +23,29 @@ pub struct IpCheck {
     pub fcrdns: String,
     /// Why FCrDNS did not pass.
     pub fcrdns_detail: Option<String>,
+}
+
+impl IpCheck {
+    const COLUMNS: [Col; 4] = [
+        left("EGRESS IP", 16),
+        left("SPF", 10),
+        left("PTR", 32),
+        left("FCrDNS", 0),
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        let ptr = if self.ptr.is_empty() {
+            "-".to_owned()
+        } else {
+            self.ptr.join(",")
+        };
+        vec![
+            self.ip.to_string(),
+            self.spf.clone(),
+            ptr,
+            self.fcrdns.clone(),
+        ]
+    }
 }
 
 /// The whole answer.
@@ -162,19 +186,8 @@ impl Report {
                 format!(": {}", self.lookups.terms.join(", "))
             }
         );
-        let _ = writeln!(
-            s,
-            "\n{:<16} {:<10} {:<32} FCrDNS",
-            "EGRESS IP", "SPF", "PTR"
-        );
-        for c in &self.ips {
-            let ptr = if c.ptr.is_empty() {
-                "-".to_owned()
-            } else {
-                c.ptr.join(",")
-            };
-            let _ = writeln!(s, "{:<16} {:<10} {:<32} {}", c.ip, c.spf, ptr, c.fcrdns);
-        }
+        s.push('\n');
+        s += &table::render(&IpCheck::COLUMNS, self.ips.iter().map(IpCheck::cells));
         if self.ok {
             let _ = writeln!(s, "\nok: every egress IP passes SPF and has FCrDNS");
         } else {
@@ -274,6 +287,40 @@ mod tests {
         assert!(r
             .render()
             .contains("publish this SPF record (TXT at d.example):"));
+    }
+
+    #[test]
+    fn the_report_text_is_the_readme_layout() {
+        let mut no_ptr = ipc("192.0.2.100", "softfail", "permerror", &[]);
+        no_ptr.fcrdns_detail = Some("...".into());
+        let r = Report::new(
+            "example.org",
+            Published::One("v=spf1 ip4:192.0.2.10 ~all".into()),
+            LookupCount::default(),
+            vec![
+                ipc("192.0.2.10", "pass", "pass", &["mail.example.org"]),
+                no_ptr,
+            ],
+        );
+        let text = r.render();
+        assert!(
+            text.starts_with(
+                "\
+domain       example.org
+SPF record   v=spf1 ip4:192.0.2.10 ~all
+DNS lookups  0 of at most 10
+
+EGRESS IP        SPF        PTR                              FCrDNS
+192.0.2.10       pass       mail.example.org                 pass
+192.0.2.100      softfail   -                                permerror
+
+problems:
+  - 192.0.2.100 is not authorised by the SPF record (softfail)
+  - 192.0.2.100 has no PTR record (...): publish one naming a host whose A record is 192.0.2.100
+"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
