@@ -400,12 +400,19 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             egress_ip4: a.egress_ip.map_or(0, ip4),
             _pad: 0,
         };
+        let never = never_via_gateway(a, &cluster.cluster_cidrs, &d.node_addresses);
+        // An exclusion wins over every destination inside it, however specific: the trie
+        // would pick the longer prefix, so such a destination is programmed as excluded.
         for dst in &a.destinations {
-            d.policies.insert((a.id, *dst), via);
+            let v = if never.iter().any(|e| e.contains(dst)) {
+                excluded
+            } else {
+                via
+            };
+            d.policies.insert((a.id, *dst), v);
         }
-        // Exclusions win over destinations of the same prefix; longer prefixes win anyway.
-        for ex in a.excluded.iter().chain(&cluster.cluster_cidrs) {
-            d.policies.insert((a.id, ex.trunc()), excluded);
+        for ex in never {
+            d.policies.insert((a.id, ex), excluded);
         }
     }
 
@@ -513,6 +520,38 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         }
     }
     m
+}
+
+/// Destinations that never go through a gateway, whatever a policy says: link-local,
+/// multicast and broadcast (besides the pod and service CIDRs, every node address and every
+/// egress IP).
+pub const NEVER_VIA_GATEWAY: [(Ipv4Addr, u8); 3] = [
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::BROADCAST, 32),
+];
+
+/// Everything policy `a` keeps on the normal path: its excluded CIDRs, the cluster's pod and
+/// service CIDRs, link-local, multicast and broadcast, and every node address and egress IP
+/// (kubelet probes and node traffic answer from the node, not from the gateway).
+fn never_via_gateway(
+    a: &Active,
+    cluster_cidrs: &[Ipv4Net],
+    node_addresses: &BTreeSet<Ipv4Addr>,
+) -> BTreeSet<Ipv4Net> {
+    let fixed = NEVER_VIA_GATEWAY
+        .iter()
+        .filter_map(|(ip, len)| Ipv4Net::new(*ip, *len).ok());
+    let hosts = node_addresses
+        .iter()
+        .filter_map(|ip| Ipv4Net::new(*ip, 32).ok());
+    a.excluded
+        .iter()
+        .chain(cluster_cidrs)
+        .map(Ipv4Net::trunc)
+        .chain(fixed)
+        .chain(hosts)
+        .collect()
 }
 
 /// The `TunnelProtected` condition the gateway's agent writes: whether tunnel packets from

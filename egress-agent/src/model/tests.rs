@@ -198,7 +198,74 @@ fn cluster_and_excluded_cidrs_are_always_excluded() {
             "{cidr}"
         );
     }
-    assert_eq!(d.policies.len(), 4);
+    // The destination, the two cluster CIDRs, the policy's exclusion, link-local, multicast,
+    // broadcast and the three nodes' addresses.
+    assert_eq!(d.policies.len(), 10);
+}
+
+#[test]
+fn node_addresses_egress_ips_link_local_multicast_and_broadcast_never_go_via_the_gateway() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["0.0.0.0/0".into()];
+    c.policies[0].spec.gateway.egress_ip = Some("5.75.247.168".into());
+    c.nodes[1].addresses.push(Ipv4Addr::new(203, 0, 113, 9));
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("cni0".into(), vec![Ipv4Addr::new(10, 99, 0, 1)])]),
+        ..Default::default()
+    };
+    let d = compute(&c, "w1", &local).desired;
+    let pid = id(&c, "mail");
+    for cidr in [
+        "192.0.2.10/32",
+        "192.0.2.11/32",
+        "192.0.2.12/32",
+        "203.0.113.9/32",
+        "5.75.247.168/32",
+        "10.99.0.1/32",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    ] {
+        assert_eq!(
+            d.policies
+                .get(&(pid, cidr.parse().unwrap()))
+                .map(|v| v.action),
+            Some(ACTION_EXCLUDED),
+            "{cidr}"
+        );
+    }
+    assert_eq!(
+        d.policies[&(pid, "0.0.0.0/0".parse().unwrap())].action,
+        ACTION_VIA_GATEWAY
+    );
+}
+
+#[test]
+fn an_excluded_cidr_wins_over_a_more_specific_destination() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec![
+        "203.0.113.0/24".into(),
+        "203.0.113.64/26".into(),
+        "10.244.7.0/24".into(),
+        "169.254.169.254/32".into(),
+        "198.51.100.0/24".into(),
+    ];
+    c.policies[0].spec.excluded_cidrs = vec!["203.0.113.0/24".into()];
+    let d = run(&c, "w1").desired;
+    let pid = id(&c, "mail");
+    let action = |cidr: &str| d.policies[&(pid, cidr.parse().unwrap())].action;
+    // Inside an exclusion (the policy's, the pod CIDR, link-local): excluded.
+    for cidr in [
+        "203.0.113.0/24",
+        "203.0.113.64/26",
+        "10.244.7.0/24",
+        "169.254.169.254/32",
+    ] {
+        assert_eq!(action(cidr), ACTION_EXCLUDED, "{cidr}");
+    }
+    // Control: a destination no exclusion covers still goes through the gateway, and one
+    // that covers an exclusion keeps the rest of its range.
+    assert_eq!(action("198.51.100.0/24"), ACTION_VIA_GATEWAY);
 }
 
 #[test]
