@@ -617,12 +617,12 @@ fn programming_latency(lab: &Lab, agent: &Agent, n: usize) -> Result<Vec<f64>> {
 
 /// The datapath micro-benchmark (BPF_PROG_TEST_RUN), if this tree has it.
 fn micro_bench() -> Result<serde_json::Value> {
-    let has = root().join("egress-agent/benches/datapath.rs").exists();
-    ensure!(has, "egress-agent/benches/datapath.rs is not in this tree");
+    let has = root().join("tests/benches/datapath.rs").exists();
+    ensure!(has, "tests/benches/datapath.rs is not in this tree");
     let json = root().join("target/bench-datapath.json");
     println!("xtask: datapath micro-benchmark");
     sh(cargo()
-        .args(["bench", "-p", "egress-agent", "--bench", "datapath"])
+        .args(["bench", "-p", "egress-tests", "--bench", "datapath"])
         .env("EGRESS_BENCH_JSON", &json))?;
     let mut s = String::new();
     std::fs::File::open(&json)?.read_to_string(&mut s)?;
@@ -668,12 +668,12 @@ const METRICS: [Metric; 5] = [
     ("new TCP connections", "/s", |s| &s.cps, true),
 ];
 
-/// The micro-benchmark's JSON (see egress-agent/benches/datapath.rs) as tables.
+/// The micro-benchmark's JSON (see tests/benches/datapath.rs) as tables.
 fn micro_markdown(m: &mut String, j: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let _ = writeln!(
         m,
-        "`cargo bench -p egress-agent --bench datapath` (BPF_PROG_TEST_RUN; the comment at the \
+        "`cargo bench -p egress-tests --bench datapath` (BPF_PROG_TEST_RUN; the comment at the \
          top of that file says how a packet is timed). Median of {} rounds (min–max); *net* = \
          minus the floor, a program that only returns ({:.0} ns fresh, {:.0} ns repeat): what \
          the method itself costs on this machine.\n",
@@ -923,10 +923,7 @@ impl Report {
 
         let _ = writeln!(m, "\n## Datapath micro-benchmark\n");
         if self.micro.is_null() {
-            let _ = writeln!(
-                m,
-                "Not run (no egress-agent/benches/datapath.rs in this tree)."
-            );
+            let _ = writeln!(m, "Not run (no tests/benches/datapath.rs in this tree).");
         } else {
             micro_markdown(&mut m, &self.micro);
         }

@@ -1,7 +1,7 @@
 //! Micro-benchmark of the tc programs (`BPF_PROG_TEST_RUN`) and of the NAT table at scale.
 //!
 //! ```sh
-//! cargo xtask build-ebpf && cargo bench -p egress-agent --bench datapath   # as root
+//! cargo xtask build-ebpf && cargo bench -p egress-tests --bench datapath   # as root
 //! ```
 //!
 //! Human-readable lines go to stderr; one JSON document goes to stdout, or to the file named
@@ -96,9 +96,6 @@
 //! ```
 //! Times are ns per packet unless named `_s` (seconds).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::{
     fs,
     net::Ipv4Addr,
@@ -107,7 +104,6 @@ use std::{
 };
 
 use aya::sys::{enable_stats, Stats};
-use common::*;
 use egress_agent::{
     agent::collect_nat,
     datapath::{ip4, Datapath, MapSizes},
@@ -119,6 +115,7 @@ use egress_common::{
     program_names::{self, FROM_POD, FROM_WIRE},
     proto::IPPROTO_TCP,
 };
+use egress_tests::packet::*;
 use serde_json::{json, Value};
 
 /// `BPF_MAP_TYPE_LRU_HASH`.
