@@ -8,5 +8,6 @@ pub mod demo;
 pub mod dns;
 pub mod fake_api;
 pub mod lab;
+pub mod microbench;
 pub mod net;
 pub mod packet;
