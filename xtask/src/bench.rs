@@ -12,7 +12,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -88,6 +88,7 @@ pub fn run(o: &Opts) -> Result<()> {
         o.rounds >= 1 && o.secs >= 1,
         "rounds and secs must be at least 1"
     );
+    prepare_out_dir(&o.out_dir)?;
     crate::setup::all()?;
     crate::setup::ebpf_toolchain()?;
     crate::build_ebpf()?;
@@ -175,6 +176,18 @@ pub fn run(o: &Opts) -> Result<()> {
     println!("xtask: wrote {}", o.out_dir.join("BENCHMARKS.md").display());
     drop(agents);
     drop(lab);
+    Ok(())
+}
+
+/// Creates `dir` if it is missing and checks that files can be written there, before
+/// anything is measured: a run takes minutes and writes its report only at the end.
+fn prepare_out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the output directory {}", dir.display()))?;
+    let probe = dir.join(format!(".bench-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the output directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
     Ok(())
 }
 
@@ -1000,5 +1013,36 @@ impl Report {
             }
         }
         s + "</svg>\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_out_dir_is_created_and_left_empty() {
+        let base = std::env::temp_dir().join(format!("xtask-out-dir-{}", std::process::id()));
+        let dir = base.join("a/b");
+        prepare_out_dir(&dir).expect("created and writable");
+        assert!(dir.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("listed").count(),
+            0,
+            "no probe left"
+        );
+        std::fs::remove_dir_all(&base).expect("clean up");
+    }
+
+    #[test]
+    fn an_out_dir_that_cannot_be_created_fails_before_measuring() {
+        let file = std::env::temp_dir().join(format!("xtask-out-file-{}", std::process::id()));
+        std::fs::write(&file, b"").expect("a file");
+        let e = prepare_out_dir(&file.join("report")).expect_err("under a file");
+        assert!(
+            format!("{e:#}").contains("creating the output directory"),
+            "{e:#}"
+        );
+        std::fs::remove_file(&file).expect("clean up");
     }
 }
