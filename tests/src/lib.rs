@@ -1,4 +1,5 @@
-//! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks.
+//! The network-namespace lab and helpers for end-to-end tests, the demo and the benchmarks,
+//! and the scaffolding of the packet tests and the datapath micro-benchmark.
 
 pub mod agent;
 pub mod attack;
@@ -7,4 +8,6 @@ pub mod demo;
 pub mod dns;
 pub mod fake_api;
 pub mod lab;
+pub mod microbench;
 pub mod net;
+pub mod packet;

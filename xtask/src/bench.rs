@@ -11,9 +11,8 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::Read,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -27,6 +26,7 @@ use egress_tests::{
     agent::Agent,
     config::{self, ConfigSpec},
     lab::{command_in, exec, in_netns, Lab, LabSpec, INTERNET_HOST},
+    microbench,
 };
 
 use crate::{cargo, root, sh};
@@ -88,6 +88,7 @@ pub fn run(o: &Opts) -> Result<()> {
         o.rounds >= 1 && o.secs >= 1,
         "rounds and secs must be at least 1"
     );
+    prepare_out_dir(&o.out_dir)?;
     crate::setup::all()?;
     crate::setup::ebpf_toolchain()?;
     crate::build_ebpf()?;
@@ -97,10 +98,9 @@ pub fn run(o: &Opts) -> Result<()> {
     // SAFETY (of the environment): set once, before any thread that reads it starts.
     std::env::set_var("EGRESS_AGENT_BIN", &agent_bin);
 
-    let micro = micro_bench().unwrap_or_else(|e| {
-        eprintln!("xtask: micro-benchmark skipped: {e:#}");
-        serde_json::Value::Null
-    });
+    let micro = micro_bench()
+        .inspect_err(|e| eprintln!("xtask: micro-benchmark skipped: {e:#}"))
+        .ok();
 
     let lab = Lab::up(&LabSpec {
         workers: 1,
@@ -176,6 +176,18 @@ pub fn run(o: &Opts) -> Result<()> {
     println!("xtask: wrote {}", o.out_dir.join("BENCHMARKS.md").display());
     drop(agents);
     drop(lab);
+    Ok(())
+}
+
+/// Creates `dir` if it is missing and checks that files can be written there, before
+/// anything is measured: a run takes minutes and writes its report only at the end.
+fn prepare_out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the output directory {}", dir.display()))?;
+    let probe = dir.join(format!(".bench-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the output directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))?;
     Ok(())
 }
 
@@ -616,17 +628,17 @@ fn programming_latency(lab: &Lab, agent: &Agent, n: usize) -> Result<Vec<f64>> {
 }
 
 /// The datapath micro-benchmark (BPF_PROG_TEST_RUN), if this tree has it.
-fn micro_bench() -> Result<serde_json::Value> {
-    let has = root().join("egress-agent/benches/datapath.rs").exists();
-    ensure!(has, "egress-agent/benches/datapath.rs is not in this tree");
+fn micro_bench() -> Result<microbench::Report> {
+    let has = root().join("tests/benches/datapath.rs").exists();
+    ensure!(has, "tests/benches/datapath.rs is not in this tree");
     let json = root().join("target/bench-datapath.json");
     println!("xtask: datapath micro-benchmark");
     sh(cargo()
-        .args(["bench", "-p", "egress-agent", "--bench", "datapath"])
+        .args(["bench", "-p", "egress-tests", "--bench", "datapath"])
         .env("EGRESS_BENCH_JSON", &json))?;
-    let mut s = String::new();
-    std::fs::File::open(&json)?.read_to_string(&mut s)?;
-    Ok(serde_json::from_str(&s)?)
+    let text = std::fs::read_to_string(&json).with_context(|| format!("{}", json.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not the benchmark's JSON", json.display()))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -654,7 +666,7 @@ struct Report {
     idle: Resources,
     loaded: Resources,
     ours_cpu: Vec<Vec<f64>>,
-    micro: serde_json::Value,
+    micro: Option<microbench::Report>,
 }
 
 type Metric = (&'static str, &'static str, fn(&Samples) -> &Vec<f64>, bool);
@@ -668,83 +680,71 @@ const METRICS: [Metric; 5] = [
     ("new TCP connections", "/s", |s| &s.cps, true),
 ];
 
-/// The micro-benchmark's JSON (see egress-agent/benches/datapath.rs) as tables.
-fn micro_markdown(m: &mut String, j: &serde_json::Value) {
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+/// The micro-benchmark's JSON (see tests/benches/datapath.rs) as tables.
+fn micro_markdown(m: &mut String, j: &microbench::Report) {
     let _ = writeln!(
         m,
-        "`cargo bench -p egress-agent --bench datapath` (BPF_PROG_TEST_RUN; the comment at the \
+        "`cargo bench -p egress-tests --bench datapath` (BPF_PROG_TEST_RUN; the comment at the \
          top of that file says how a packet is timed). Median of {} rounds (min–max); *net* = \
          minus the floor, a program that only returns ({:.0} ns fresh, {:.0} ns repeat): what \
          the method itself costs on this machine.\n",
-        j["env"]["rounds"],
-        f(&j["floor"]["fresh_ns"]["median"]),
-        f(&j["floor"]["repeat_ns"]["median"]),
+        j.env.rounds, j.floor.fresh_ns.median, j.floor.repeat_ns.median,
     );
     let _ = writeln!(m, "| path | program | method | ns per packet | net |");
     let _ = writeln!(m, "|---|---|---|---|---|");
-    for c in j["cases"].as_array().into_iter().flatten() {
+    for c in &j.cases {
         let _ = writeln!(
             m,
             "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} |",
-            c["path"].as_str().unwrap_or(""),
-            c["program"].as_str().unwrap_or(""),
-            c["method"].as_str().unwrap_or(""),
-            f(&c["ns"]["median"]),
-            f(&c["ns"]["min"]),
-            f(&c["ns"]["max"]),
-            f(&c["net_ns"]),
+            c.path,
+            c.program,
+            c.method.name(),
+            c.ns.median,
+            c.ns.min,
+            c.ns.max,
+            c.net_ns,
         );
     }
-    let nat = &j["nat"];
-    if nat.is_null() {
+    let Some(nat) = &j.nat else {
         return;
-    }
+    };
     let _ = writeln!(
         m,
         "\nNAT table: LRU hash of {} entries, {:.1} MiB locked (preallocated), filled from \
          userspace at {:.0} entries/s. SNAT and reverse hits in ns per packet: one flow again \
          and again, and spread over many flows (cache misses):\n",
-        nat["max_entries"],
-        f(&nat["memlock_bytes"]) / 1048576.0,
-        f(&nat["fill_entries_per_s"]),
+        nat.max_entries,
+        nat.memlock_bytes as f64 / 1048576.0,
+        nat.fill_entries_per_s,
     );
     let _ = writeln!(
         m,
         "| flows | entries | SNAT hit | SNAT spread | reverse hit | reverse spread |"
     );
     let _ = writeln!(m, "|---|---|---|---|---|---|");
-    for l in nat["levels"].as_array().into_iter().flatten() {
-        let s = |k: &str| {
-            let v = f(&l[k]["median"]);
-            if v.is_nan() {
-                "–".to_owned()
-            } else {
-                format!("{v:.0}")
-            }
-        };
+    for l in &nat.levels {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} |",
-            l["flows"],
-            l["entries"],
-            s("snat_hit_ns"),
-            s("snat_hit_spread_ns"),
-            s("reverse_hit_ns"),
-            s("reverse_hit_spread_ns")
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            l.flows,
+            l.entries,
+            l.snat_hit_ns.median,
+            l.snat_hit_spread_ns.median,
+            l.reverse_hit_ns.median,
+            l.reverse_hit_spread_ns.median
         );
     }
-    let gc = &nat["gc"];
+    let gc = &nat.gc;
     let _ = writeln!(
         m,
         "\nOne GC pass of the agent over {} entries: {:.2} s (listing {:.2} s, deciding \
          {:.2} s), {:.2} s when nothing expires; RSS peak {:.0} MiB.",
-        gc["entries"],
-        f(&gc["collect_s"]),
-        f(&gc["list_s"]),
-        f(&gc["decide_s"]),
-        f(&gc["collect_noop_s"]),
-        f(&gc["rss_peak_bytes"]) / 1048576.0,
+        gc.entries,
+        gc.collect_s,
+        gc.list_s,
+        gc.decide_s,
+        gc.collect_noop_s,
+        gc.rss_peak_bytes as f64 / 1048576.0,
     );
 }
 
@@ -922,13 +922,11 @@ impl Report {
         );
 
         let _ = writeln!(m, "\n## Datapath micro-benchmark\n");
-        if self.micro.is_null() {
-            let _ = writeln!(
-                m,
-                "Not run (no egress-agent/benches/datapath.rs in this tree)."
-            );
-        } else {
-            micro_markdown(&mut m, &self.micro);
+        match &self.micro {
+            Some(micro) => micro_markdown(&mut m, micro),
+            None => {
+                let _ = writeln!(m, "Not run (no tests/benches/datapath.rs in this tree).");
+            }
         }
         m += LIMITS;
         m
@@ -1015,5 +1013,36 @@ impl Report {
             }
         }
         s + "</svg>\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_out_dir_is_created_and_left_empty() {
+        let base = std::env::temp_dir().join(format!("xtask-out-dir-{}", std::process::id()));
+        let dir = base.join("a/b");
+        prepare_out_dir(&dir).expect("created and writable");
+        assert!(dir.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("listed").count(),
+            0,
+            "no probe left"
+        );
+        std::fs::remove_dir_all(&base).expect("clean up");
+    }
+
+    #[test]
+    fn an_out_dir_that_cannot_be_created_fails_before_measuring() {
+        let file = std::env::temp_dir().join(format!("xtask-out-file-{}", std::process::id()));
+        std::fs::write(&file, b"").expect("a file");
+        let e = prepare_out_dir(&file.join("report")).expect_err("under a file");
+        assert!(
+            format!("{e:#}").contains("creating the output directory"),
+            "{e:#}"
+        );
+        std::fs::remove_file(&file).expect("clean up");
     }
 }

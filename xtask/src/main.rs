@@ -52,7 +52,8 @@ enum Cmd {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         secs: u64,
-        /// Directory for the report (default: the workspace root).
+        /// Directory for the report (default: the workspace root); created if missing and
+        /// checked for writing before anything is measured.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },

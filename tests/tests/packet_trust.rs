@@ -2,22 +2,16 @@
 //! tunnel packet on only from a peer node (with its MAC when on-link) and marks it, and the
 //! tunnel device takes only marked IPv4 packets. Each attack has its control case.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
 use egress_agent::datapath::{ip4, Datapath};
 use egress_common::{
     config::{CFG_F_GATEWAY, DEFAULT_TRUST_MARK, VXLAN_PORT},
     endpoint::{NodeInfo, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
+use egress_tests::packet::*;
 use etherparse::PacketBuilder;
-
-fn drops(dp: &Datapath, reason: &str) -> u64 {
-    *dp.drops().expect("drops").get(reason).expect("reason")
-}
 
 /// An address that is no node's InternalIP but is an egress IP.
 const EXTRA_EGRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);

@@ -1,7 +1,7 @@
 //! Micro-benchmark of the tc programs (`BPF_PROG_TEST_RUN`) and of the NAT table at scale.
 //!
 //! ```sh
-//! cargo xtask build-ebpf && cargo bench -p egress-agent --bench datapath   # as root
+//! cargo xtask build-ebpf && cargo bench -p egress-tests --bench datapath   # as root
 //! ```
 //!
 //! Human-readable lines go to stderr; one JSON document goes to stdout, or to the file named
@@ -46,6 +46,8 @@
 //! across the table (cache and TLB misses). Then one GC pass of the agent over the full table.
 //!
 //! # JSON
+//!
+//! The document is `egress_tests::microbench::Report`:
 //!
 //! ```text
 //! {
@@ -96,10 +98,8 @@
 //! ```
 //! Times are ns per packet unless named `_s` (seconds).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::{
+    collections::BTreeMap,
     fs,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -107,7 +107,6 @@ use std::{
 };
 
 use aya::sys::{enable_stats, Stats};
-use common::*;
 use egress_agent::{
     agent::collect_nat,
     datapath::{ip4, Datapath, MapSizes},
@@ -119,7 +118,13 @@ use egress_common::{
     program_names::{self, FROM_POD, FROM_WIRE},
     proto::IPPROTO_TCP,
 };
-use serde_json::{json, Value};
+use egress_tests::{
+    microbench::{
+        round2, Case as CaseReport, Env, Floor, Gc, InPlaceRepeat, Method, Nat, NatLevel,
+        ProgramSize, Report, Stat, SCHEMA,
+    },
+    packet::*,
+};
 
 /// `BPF_MAP_TYPE_LRU_HASH`.
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -283,39 +288,8 @@ impl Params {
     }
 }
 
-/// Median, min and max over rounds.
-fn stat(mut v: Vec<f64>) -> Value {
-    let rounds = v.clone();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    json!({
-        "median": round2(median),
-        "min": round2(v[0]),
-        "max": round2(v[n - 1]),
-        "rounds": rounds.into_iter().map(round2).collect::<Vec<_>>(),
-    })
-}
-
-fn median(s: &Value) -> f64 {
-    s["median"].as_f64().unwrap_or(f64::NAN)
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-fn fmt_stat(s: &Value) -> String {
-    format!(
-        "{:>7.1} ns  (min {:.1}, max {:.1})",
-        s["median"].as_f64().unwrap_or(f64::NAN),
-        s["min"].as_f64().unwrap_or(f64::NAN),
-        s["max"].as_f64().unwrap_or(f64::NAN)
-    )
+fn fmt_stat(s: &Stat) -> String {
+    format!("{:>7.1} ns  (min {:.1}, max {:.1})", s.median, s.min, s.max)
 }
 
 /// One packet to run: bytes and the ingress interface.
@@ -467,11 +441,11 @@ impl<'a> Case<'a> {
     }
 
     /// Prints and returns the case's figures; `floors` = (repeat, fresh) floor medians.
-    fn report(&self, p: &Params, floors: (f64, f64)) -> Value {
-        let ns = stat(self.primary.clone());
+    fn report(&self, p: &Params, floors: (f64, f64)) -> CaseReport {
+        let ns = Stat::of(self.primary.clone());
         let floor = if self.unchanged { floors.0 } else { floors.1 };
-        let net = round2(median(&ns) - floor);
-        let cross = (!self.cross.is_empty()).then(|| stat(self.cross.clone()));
+        let net = round2(ns.median - floor);
+        let cross = (!self.cross.is_empty()).then(|| Stat::of(self.cross.clone()));
         // What a naive in-place repeat reports for a packet the program rewrites.
         let in_place = (!self.unchanged).then(|| {
             let r = run_repeat(
@@ -481,40 +455,42 @@ impl<'a> Case<'a> {
                 self.pkt.ifindex,
                 p.repeat,
             );
-            json!({ "ns": r.avg.as_nanos() as f64, "last_verdict": r.verdict })
+            InPlaceRepeat {
+                ns: r.avg.as_nanos() as f64,
+                last_verdict: r.verdict,
+            }
         });
-        let method = if self.unchanged { "repeat" } else { "fresh" };
+        let method = if self.unchanged {
+            Method::Repeat
+        } else {
+            Method::Fresh
+        };
         let mut line = format!(
-            "  {:<34} {:<14} {}  [{method}, net {net:.1}]",
+            "  {:<34} {:<14} {}  [{}, net {net:.1}]",
             self.name,
             self.program,
-            fmt_stat(&ns)
+            fmt_stat(&ns),
+            method.name()
         );
         if let Some(c) = &cross {
-            line += &format!(
-                "  fresh: {:.1} ns",
-                c["median"].as_f64().unwrap_or(f64::NAN)
-            );
+            line += &format!("  fresh: {:.1} ns", c.median);
         }
         if let Some(ip) = &in_place {
-            line += &format!(
-                "  (in-place repeat would say {} ns)",
-                ip["ns"].as_f64().unwrap_or(f64::NAN)
-            );
+            line += &format!("  (in-place repeat would say {} ns)", ip.ns);
         }
         eprintln!("{line}");
-        json!({
-            "name": self.name,
-            "program": self.program,
-            "node": self.node,
-            "path": self.path,
-            "verdict": self.verdict,
-            "method": method,
-            "ns": ns,
-            "net_ns": net,
-            "cross_check_ns": cross,
-            "in_place_repeat": in_place,
-        })
+        CaseReport {
+            name: self.name.to_owned(),
+            program: self.program.to_owned(),
+            node: self.node.to_owned(),
+            path: self.path.to_owned(),
+            verdict: self.verdict,
+            method,
+            ns,
+            net_ns: net,
+            cross_check_ns: cross,
+            in_place_repeat: in_place,
+        }
     }
 }
 
@@ -548,8 +524,8 @@ fn put_flow(dp: &mut Datapath, f: &Flow, now: u64) {
 }
 
 /// The small cases: every program path on a worker and a gateway with the default map sizes,
-/// and the floor. Returns `{ "floor": .., "cases": [..] }`.
-fn small_cases(p: &Params) -> Value {
+/// and the floor.
+fn small_cases(p: &Params) -> (Floor, Vec<CaseReport>) {
     let worker = datapath(WORKER);
     let mut gateway = datapath(GATEWAY);
 
@@ -726,30 +702,28 @@ fn small_cases(p: &Params) -> Value {
             c.round(p);
         }
     }
-    let (floor_repeat, floor_fresh) = (stat(floor_repeat), stat(floor_fresh));
+    let (floor_repeat, floor_fresh) = (Stat::of(floor_repeat), Stat::of(floor_fresh));
     eprintln!(
         "  {:<34} {:<14} {}  [repeat]  fresh: {:.1} ns",
         "floor (r0 = 0; exit)",
         "noop",
         fmt_stat(&floor_repeat),
-        median(&floor_fresh)
+        floor_fresh.median
     );
-    let floors = (median(&floor_repeat), median(&floor_fresh));
-    let out = json!({
-        "floor": {
-            "program": "r0 = 0; exit (sched_cls, loaded with raw bpf(2))",
-            "repeat_ns": floor_repeat,
-            "fresh_ns": floor_fresh,
-        },
-        "cases": cases.iter().map(|c| c.report(p, floors)).collect::<Vec<_>>(),
-    });
+    let floors = (floor_repeat.median, floor_fresh.median);
+    let reports = cases.iter().map(|c| c.report(p, floors)).collect();
+    let floor = Floor {
+        program: "r0 = 0; exit (sched_cls, loaded with raw bpf(2))".to_owned(),
+        repeat_ns: floor_repeat,
+        fresh_ns: floor_fresh,
+    };
     drop(cases);
     assert_eq!(
         gateway.maps().nat_entries().expect("nat").len(),
         entries_before,
         "hits only: no flow was created"
     );
-    out
+    (floor, reports)
 }
 
 /// A flow of the NAT fill.
@@ -917,7 +891,7 @@ fn scale_round(dp: &Datapath, prog: &'static str, pkts: &[Pkt], runs: u32) -> f6
     fresh_round(dp, prog, pkts, TC_ACT_REDIRECT, runs)
 }
 
-fn nat_at_scale(p: &Params) -> Value {
+fn nat_at_scale(p: &Params) -> Nat {
     let sizes = MapSizes {
         nat: NAT_MAX_ENTRIES,
         ..MapSizes::default()
@@ -1000,7 +974,7 @@ fn nat_at_scale(p: &Params) -> Value {
             r1.push(scale_round(&dp, FROM_WIRE, one_rev, p.scale_runs));
             rn.push(scale_round(&dp, FROM_WIRE, &rev, p.scale_runs));
         }
-        let (s1, sn, r1, rn) = (stat(s1), stat(sn), stat(r1), stat(rn));
+        let (s1, sn, r1, rn) = (Stat::of(s1), Stat::of(sn), Stat::of(r1), Stat::of(rn));
         let rate = added as f64 / fill.as_secs_f64().max(1e-9);
         eprintln!(
             "  {flows:>7} flows ({:>7} entries; +{added} in {:.2} s, {:.0} entries/s; RSS {:.0} MiB)",
@@ -1013,19 +987,19 @@ fn nat_at_scale(p: &Params) -> Value {
         eprintln!("    snat hit  {:>4} flows {}", snat.len(), fmt_stat(&sn));
         eprintln!("    reverse hit   one flow {}", fmt_stat(&r1));
         eprintln!("    reverse hit {:>4} flows {}", rev.len(), fmt_stat(&rn));
-        levels.push(json!({
-            "flows": flows,
-            "entries": flows * 2,
-            "fill_added_entries": added,
-            "fill_s": fill.as_secs_f64(),
-            "fill_entries_per_s": rate.round(),
-            "rss_bytes": rss,
-            "sample_flows": snat.len().min(rev.len()),
-            "snat_hit_ns": s1,
-            "snat_hit_spread_ns": sn,
-            "reverse_hit_ns": r1,
-            "reverse_hit_spread_ns": rn,
-        }));
+        levels.push(NatLevel {
+            flows,
+            entries: flows * 2,
+            fill_added_entries: added,
+            fill_s: fill.as_secs_f64(),
+            fill_entries_per_s: rate.round(),
+            rss_bytes: rss,
+            sample_flows: snat.len().min(rev.len()),
+            snat_hit_ns: s1,
+            snat_hit_spread_ns: sn,
+            reverse_hit_ns: r1,
+            reverse_hit_spread_ns: rn,
+        });
     }
     drop(_stats);
     let total_rate = f64::from(filled) * 2.0 / fill_time.as_secs_f64().max(1e-9);
@@ -1060,40 +1034,39 @@ fn nat_at_scale(p: &Params) -> Value {
         rss_after as f64 / (1 << 20) as f64,
         rss_peak as f64 / (1 << 20) as f64
     );
-    json!({
-        "max_entries": NAT_MAX_ENTRIES,
-        "memlock_bytes": memlock,
-        "map_id": map_id,
-        "levels": levels,
-        "fill_entries_per_s": total_rate.round(),
-        "gc": {
-            "entries": listed,
-            "expired_entries": deleted,
-            "list_s": list_s,
-            "decide_s": decide_s,
-            "collect_s": collect_s,
-            "collect_noop_s": noop_s,
-            "rss_after_bytes": rss_after,
-            "rss_peak_bytes": rss_peak,
+    Nat {
+        max_entries: NAT_MAX_ENTRIES,
+        memlock_bytes: memlock,
+        map_id,
+        levels,
+        fill_entries_per_s: total_rate.round(),
+        gc: Gc {
+            entries: listed,
+            expired_entries: deleted,
+            list_s,
+            decide_s,
+            collect_s,
+            collect_noop_s: noop_s,
+            rss_after_bytes: rss_after,
+            rss_peak_bytes: rss_peak,
         },
-    })
+    }
 }
 
 /// Size of each program after the verifier (xlated instructions) and the JIT.
-fn program_sizes() -> Value {
+fn program_sizes() -> BTreeMap<String, ProgramSize> {
     let dp = datapath(GATEWAY);
-    let mut out = serde_json::Map::new();
-    for name in program_names::ALL {
-        let info = dp.program(name).expect("program").info().expect("info");
-        out.insert(
-            name.to_owned(),
-            json!({
-                "xlated_insns": info.size_translated().map(|b| b / 8),
-                "jited_bytes": info.size_jitted(),
-            }),
-        );
-    }
-    Value::Object(out)
+    program_names::ALL
+        .into_iter()
+        .map(|name| {
+            let info = dp.program(name).expect("program").info().expect("info");
+            let size = ProgramSize {
+                xlated_insns: info.size_translated().map(|b| b / 8),
+                jited_bytes: info.size_jitted(),
+            };
+            (name.to_owned(), size)
+        })
+        .collect()
 }
 
 fn first_line(path: &str, prefix: &str) -> String {
@@ -1123,35 +1096,33 @@ fn main() {
     );
     let programs = program_sizes();
     eprintln!("per packet (median of rounds):");
-    let small = small_cases(&p);
-    let nat = if p.only.is_none() {
+    let (floor, cases) = small_cases(&p);
+    let nat = p.only.is_none().then(|| {
         eprintln!("NAT at scale:");
         nat_at_scale(&p)
-    } else {
-        Value::Null
-    };
+    });
     let total_s = start.elapsed().as_secs_f64();
     eprintln!("total {total_s:.1} s");
-    let doc = json!({
-        "schema": 1,
-        "env": {
-            "kernel": kernel,
-            "cpu": cpu,
-            "cpus": cpus,
-            "bpf_stats_enabled_sysctl": stats_sysctl,
-            "quick": p.quick,
-            "only": p.only,
-            "rounds": p.rounds,
-            "repeat": p.repeat,
-            "fresh_runs": p.fresh_runs,
-            "scale_runs": p.scale_runs,
-            "total_s": total_s,
+    let doc = Report {
+        schema: SCHEMA,
+        env: Env {
+            kernel,
+            cpu,
+            cpus,
+            bpf_stats_enabled_sysctl: stats_sysctl,
+            quick: p.quick,
+            only: p.only,
+            rounds: p.rounds,
+            repeat: p.repeat,
+            fresh_runs: p.fresh_runs,
+            scale_runs: p.scale_runs,
+            total_s,
         },
-        "programs": programs,
-        "floor": small["floor"],
-        "cases": small["cases"],
-        "nat": nat,
-    });
+        programs,
+        floor,
+        cases,
+        nat,
+    };
     let text = serde_json::to_string_pretty(&doc).expect("json") + "\n";
     match std::env::var_os("EGRESS_BENCH_JSON") {
         Some(path) if !path.is_empty() => {

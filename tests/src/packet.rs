@@ -1,9 +1,7 @@
-//! Scaffolding shared by the packet tests (`tests/packet.rs`) and the datapath benchmark
-//! (`benches/datapath.rs`): the node fixture, `BPF_PROG_TEST_RUN`, packet builders and
-//! independent header access and checksum verification.
-//!
-//! Each includer uses a part of it.
-#![allow(dead_code)]
+//! Scaffolding of the packet tests (`tests/packet_*.rs`) and the datapath micro-benchmark
+//! (`benches/datapath.rs`): the node fixture, `BPF_PROG_TEST_RUN`, packet builders,
+//! independent header access and checksum verification, and readers of the maps the
+//! programs write.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -12,7 +10,7 @@ use egress_agent::datapath::{ip4, policy_key, Datapath, MapSizes};
 use egress_common::{
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, DEFAULT_TRUST_MARK, VXLAN_PORT},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_PEER},
-    nat::NatKey4,
+    nat::{NatEntry4, NatKey4},
     policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
 };
 use etherparse::{PacketBuilder, TcpOptionElement};
@@ -29,7 +27,7 @@ pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const POD_A_IF: u32 = 5;
 pub const POD_B_IF: u32 = 6;
-pub const TUNNEL_IF: u32 = 100;
+const TUNNEL_IF: u32 = 100;
 pub const UPLINK_IF: u32 = 200;
 /// The underlay: the device `skb_ctx` puts packets on (loopback, which exists everywhere).
 pub const UNDERLAY_IF: u32 = 1;
@@ -117,6 +115,21 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
     )
     .expect("policy");
     dp
+}
+
+/// The drop counter of `reason` (as `inspect` names it).
+pub fn drops(dp: &Datapath, reason: &str) -> u64 {
+    *dp.drops().expect("drops").get(reason).expect("reason")
+}
+
+/// The NAT entry of `key`, if the map holds one.
+pub fn nat_entry(dp: &mut Datapath, key: NatKey4) -> Option<NatEntry4> {
+    dp.maps()
+        .nat_entries()
+        .expect("nat")
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 /// Runs `prog` on `pkt` as if it arrived on `ingress_ifindex`.

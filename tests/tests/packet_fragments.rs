@@ -1,0 +1,105 @@
+//! Fragments: of translated replies (later fragments found by the datagram's id) and of
+//! datagrams a pod sends (the first fragment's mapping kept for the later ones).
+//!
+//! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
+//! without it.
+
+use egress_common::program_names::{FROM_POD, FROM_WIRE};
+use egress_tests::packet::*;
+
+/// Splits an Ethernet + IPv4 (20-byte header) packet into two fragments of datagram `id` at
+/// payload offset `at` (a multiple of 8), with valid header checksums.
+fn fragment(pkt: &[u8], id: u16, at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (hdr, payload) = pkt.split_at(L3 + 20);
+    let part = |bytes: &[u8], off: usize, more: bool| {
+        let mut v = hdr.to_vec();
+        v.extend_from_slice(bytes);
+        v[L3 + 2..L3 + 4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+        v[L3 + 4..L3 + 6].copy_from_slice(&id.to_be_bytes());
+        let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        v[L3 + 6..L3 + 8].copy_from_slice(&fo.to_be_bytes());
+        let ttl = v[L3 + 8];
+        with_ttl(v, ttl)
+    };
+    (
+        part(&payload[..at], 0, true),
+        part(&payload[at..], at, false),
+    )
+}
+
+/// The datagram of two fragments made by `fragment`, as the receiver reassembles it.
+fn reassemble(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut whole = first.to_vec();
+    whole.extend_from_slice(&second[L3 + 20..]);
+    let tot = (whole.len() - L3) as u16;
+    whole[L3 + 2..L3 + 4].copy_from_slice(&tot.to_be_bytes());
+    whole[L3 + 6..L3 + 8].copy_from_slice(&[0, 0]);
+    let ttl = whole[L3 + 8];
+    with_ttl(whole, ttl)
+}
+
+#[test]
+fn fragments_of_a_reply_are_all_reverse_translated() {
+    let dp = datapath(GATEWAY);
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &udp(POD_A, INTERNET, 40000, 53, b"q?"),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let nat_port = sport(&out);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let reply = udp(INTERNET, EGRESS, 53, nat_port, &big);
+    let (f1, f2) = fragment(&reply, 0x4242, 1480);
+
+    let (rc, o1) = run(&dp, FROM_WIRE, &f1, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "first fragment");
+    assert_eq!(dst_ip(&o1), POD_A);
+    assert_eq!(dport(&o1), 40000);
+    let (rc, o2) = run(&dp, FROM_WIRE, &f2, UPLINK_IF);
+    assert_eq!(
+        rc, TC_ACT_REDIRECT,
+        "later fragment, found by the datagram's id"
+    );
+    assert_eq!(dst_ip(&o2), POD_A);
+    assert_eq!(o2[L3 + 8], o1[L3 + 8], "same TTL");
+
+    // Reassembled, the datagram is the original with the pod as destination, checksums valid.
+    let whole = reassemble(&o1, &o2);
+    assert_checksums(&whole);
+    assert_eq!(&whole[whole.len() - big.len()..], &big[..]);
+
+    // A later fragment of a datagram whose start did not pass is the host's.
+    let (_, stray) = fragment(&reply, 0x4243, 1480);
+    let (rc, out) = run(&dp, FROM_WIRE, &stray, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(out, stray);
+}
+
+#[test]
+fn fragments_a_pod_sends_are_all_translated() {
+    let dp = datapath(GATEWAY);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+    let dgram = udp(POD_A, INTERNET, 40000, 53, &big);
+    let (f1, f2) = fragment(&dgram, 0x5151, 1480);
+
+    // A later fragment before the first: nothing to translate it by, a counted drop.
+    let (rc, _) = run(&dp, FROM_POD, &f2, POD_A_IF);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, "fragment"), 1);
+
+    let (rc, o1) = run(&dp, FROM_POD, &f1, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "first fragment");
+    assert_eq!(src_ip(&o1), EGRESS);
+    let nat_port = sport(&o1);
+    let (rc, o2) = run(&dp, FROM_POD, &f2, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "later fragment");
+    assert_eq!(src_ip(&o2), EGRESS);
+    assert_eq!(o2[L3 + 8], o1[L3 + 8], "same TTL");
+
+    let whole = reassemble(&o1, &o2);
+    assert_checksums(&whole);
+    assert_eq!(sport(&whole), nat_port);
+    assert_eq!(&whole[whole.len() - big.len()..], &big[..]);
+}
