@@ -2,7 +2,7 @@
 //! to a destination of its policy goes to the gateway (through the tunnel, or translated here
 //! when this node is the gateway); everything else keeps the normal path.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use egress_common::{config::Config, counters::DropReason, endpoint::EP_F_SELECTED};
 
 use crate::{
@@ -17,28 +17,29 @@ use crate::{
     tcp::{self, TCPIP_HLEN},
     trust,
     tunnel::redirect_to_tunnel,
+    NEXT,
 };
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     trust::check_pod_packet(cfg, &p)?;
     let Some(ep) = EGW_ENDPOINTS4.lookup_copy(p.saddr) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     // SAFETY: reading a field of our own context.
     if ep.ifindex != unsafe { (*ctx.skb.skb).ingress_ifindex } {
         return Err(DropReason::Spoofed);
     }
     if ep.flags & EP_F_SELECTED == 0 {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     let Some(pol) = policy::via_gateway(ep.policy_id, p.daddr) else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     policy::check_translatable(&p)?;
     // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here

@@ -4,7 +4,7 @@
 //! if it answers a flow the pod opened through that gateway. On the gateway: a selected pod's
 //! packet from its node, translated and sent to the internet.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use egress_common::{
     counters::DropReason,
     endpoint::{Endpoint, EP_F_SELECTED},
@@ -20,11 +20,12 @@ use crate::{
     parse::{parse4, Packet4},
     policy, trust,
     tunnel::{self, redirect_neigh, redirect_to_tunnel},
+    NEXT,
 };
 
 pub fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     trust::take_mark(ctx, cfg)?;
     let Some(p) = parse4(ctx)? else {

@@ -4,7 +4,7 @@
 //! about them) are reverse-translated and handed to their pods; everything else (the host's
 //! own traffic) is left alone.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use egress_common::{
     config::CFG_F_GATEWAY, counters::DropReason, nat::NAT_F_REVERSE, proto::IPPROTO_ICMP,
 };
@@ -16,26 +16,26 @@ use crate::{
     maps::config,
     nat::{self, rewrite::rewrite},
     parse::parse4,
-    trust,
+    trust, NEXT,
 };
 
 pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     if let Some(verdict) = trust::underlay_gate(ctx, cfg, &p)? {
         return Ok(verdict);
     }
     if cfg.flags & CFG_F_GATEWAY == 0 {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     }
     if p.is_icmp_error() {
         return match nat::icmp::reverse_icmp_error(ctx, &p)? {
             Some(e) => deliver(ctx, cfg, &p, &e, false),
-            None => Ok(TC_ACT_OK),
+            None => Ok(NEXT),
         };
     }
     let e = if p.is_later_fragment() {
@@ -46,7 +46,7 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         nat::reverse_lookup(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
     };
     let Some(e) = e else {
-        return Ok(TC_ACT_OK);
+        return Ok(NEXT);
     };
     // The gateway routes the reply: one hop. (ICMP errors above are left as they come.)
     if p.ttl <= 1 {

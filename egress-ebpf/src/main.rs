@@ -26,10 +26,20 @@ mod tcp;
 mod trust;
 mod tunnel;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
 use egress_common::counters::DropReason;
 
 use crate::counters::count_drop;
+
+/// The verdict for a packet the programs leave alone (`TC_ACT_UNSPEC`, which TCX calls
+/// `TCX_NEXT`): whatever runs after us on the same hook still sees it: later TCX programs,
+/// legacy clsact filters (a CNI's programs, the bandwidth plugin, a host firewall), then the
+/// stack. `TC_ACT_OK` would end the chain for all of them.
+pub const NEXT: i32 = TC_ACT_UNSPEC;
 
 /// Counts an `Err` by its reason and turns it into an explicit drop.
 #[inline(always)]

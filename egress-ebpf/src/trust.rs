@@ -13,7 +13,7 @@
 //!   local process, ...) is dropped.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT},
     helpers::bpf_fib_lookup,
     programs::TcContext,
 };
@@ -28,6 +28,7 @@ use network_types::eth::EthHdr;
 use crate::{
     maps::{LookupCopy, EGW_NODES4},
     parse::{ptr_at, Packet4},
+    NEXT,
 };
 
 const AF_INET: u8 = 2;
@@ -91,7 +92,7 @@ pub fn underlay_gate(
     }
     // SAFETY: tc programs may write the mark of their own skb.
     unsafe { (*ctx.skb.skb).mark |= cfg.trust_mark };
-    Ok(Some(TC_ACT_OK))
+    Ok(Some(NEXT))
 }
 
 /// The MAC the kernel's neighbour table holds for `peer` (network byte order) on the

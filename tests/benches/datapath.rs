@@ -566,9 +566,9 @@ fn small_cases(p: &Params) -> (Floor, Vec<CaseReport>) {
                 name: "from_pod_unselected_passthrough",
                 program: FROM_POD,
                 node: "worker",
-                path: "endpoint lookup: pod not selected -> TC_ACT_OK",
+                path: "endpoint lookup: pod not selected -> TCX_NEXT",
                 pkt: pkt(udp(POD_B, INTERNET, 40000, 53, PAYLOAD), POD_B_IF),
-                verdict: TC_ACT_OK,
+                verdict: TCX_NEXT,
             },
             |_| {},
         ),
@@ -662,9 +662,9 @@ fn small_cases(p: &Params) -> (Floor, Vec<CaseReport>) {
                 name: "from_wire_miss_passthrough",
                 program: FROM_WIRE,
                 node: "gateway",
-                path: "a packet for the host itself: reverse NAT miss -> TC_ACT_OK",
+                path: "a packet for the host itself: reverse NAT miss -> TCX_NEXT",
                 pkt: pkt(tcp_ack(INTERNET, EGRESS, 25, 45678), UPLINK_IF),
-                verdict: TC_ACT_OK,
+                verdict: TCX_NEXT,
             },
             |_| {},
         ),
@@ -677,7 +677,7 @@ fn small_cases(p: &Params) -> (Floor, Vec<CaseReport>) {
         );
     }
     for c in &cases {
-        if c.verdict == TC_ACT_OK {
+        if c.verdict == TCX_NEXT {
             assert!(
                 c.unchanged,
                 "{}: a passthrough leaves the packet alone",

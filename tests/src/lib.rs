@@ -9,5 +9,6 @@ pub mod dns;
 pub mod fake_api;
 pub mod lab;
 pub mod microbench;
+pub mod neighbours;
 pub mod net;
 pub mod packet;

@@ -16,6 +16,9 @@ use egress_common::{
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1), which TCX calls `TCX_NEXT`: what the programs return for packets
+/// they leave alone, so that later programs and filters on the hook still run.
+pub const TCX_NEXT: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 

@@ -15,7 +15,7 @@ fn from_pod_unselected_pod_passes_untouched() {
     let dp = datapath(WORKER);
     let pkt = udp(POD_B, INTERNET, 40000, 53, b"hello");
     let (rc, out) = run(&dp, FROM_POD, &pkt, POD_B_IF);
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TCX_NEXT);
     assert_eq!(out, pkt);
 }
 
@@ -33,7 +33,7 @@ fn from_pod_cluster_destination_is_excluded() {
     let dp = datapath(WORKER);
     let pkt = udp(POD_A, Ipv4Addr::new(10, 244, 2, 7), 40000, 53, b"hello");
     let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TCX_NEXT);
     assert_eq!(out, pkt);
 }
 

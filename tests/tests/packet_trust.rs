@@ -62,9 +62,9 @@ fn pods_cannot_reach_the_tunnel_port_of_any_node_address_selected_or_not() {
 
     // Controls: the same port elsewhere, and other ports of the nodes, keep their paths.
     let pkt = udp(POD_B, INTERNET, 40000, VXLAN_PORT, b"vxlan?");
-    assert_eq!(run(&dp, FROM_POD, &pkt, POD_B_IF), (TC_ACT_OK, pkt.clone()));
+    assert_eq!(run(&dp, FROM_POD, &pkt, POD_B_IF), (TCX_NEXT, pkt.clone()));
     let pkt = udp(POD_B, GATEWAY, 40000, 53, b"dns");
-    assert_eq!(run(&dp, FROM_POD, &pkt, POD_B_IF), (TC_ACT_OK, pkt.clone()));
+    assert_eq!(run(&dp, FROM_POD, &pkt, POD_B_IF), (TCX_NEXT, pkt.clone()));
     let pkt = udp(POD_A, INTERNET, 40000, VXLAN_PORT, b"vxlan?");
     assert_eq!(run(&dp, FROM_POD, &pkt, POD_A_IF).0, TC_ACT_REDIRECT);
     assert_eq!(drops(&dp, "tunnel_from_pod"), before + n);
@@ -77,7 +77,7 @@ fn the_underlay_marks_a_peers_tunnel_packet_and_leaves_it_as_it_is() {
     let dp = datapath(GATEWAY);
     let pkt = vxlan_from(WORKER, GATEWAY, POD_MAC);
     let (v, out, mark) = run_marked(&dp, FROM_WIRE, &pkt, UNDERLAY_IF, 0x4000);
-    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(v, TCX_NEXT);
     assert_eq!(out, pkt);
     assert_eq!(
         mark,
@@ -100,7 +100,7 @@ fn the_underlay_drops_a_tunnel_packet_from_a_host_that_is_not_a_peer() {
     assert_eq!(drops(&dp, "unknown_node"), before + 3);
     // Control: the peer.
     let (v, _, mark) = run_marked(&dp, FROM_WIRE, &vxlan_from(WORKER, GATEWAY, POD_MAC), 1, 0);
-    assert_eq!((v, mark), (TC_ACT_OK, DEFAULT_TRUST_MARK));
+    assert_eq!((v, mark), (TCX_NEXT, DEFAULT_TRUST_MARK));
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn the_underlay_checks_an_on_link_peers_mac() {
     // Control: the peer's own MAC.
     let real = vxlan_from(WORKER, GATEWAY, POD_MAC);
     let (v, _, mark) = run_marked(&dp, FROM_WIRE, &real, UNDERLAY_IF, 0);
-    assert_eq!((v, mark), (TC_ACT_OK, DEFAULT_TRUST_MARK));
+    assert_eq!((v, mark), (TCX_NEXT, DEFAULT_TRUST_MARK));
     // A peer whose MAC the agent has not written yet, and that the kernel's neighbour table
     // does not hold either (the FIB lookup's slow path): nothing passes.
     set_node(
@@ -165,7 +165,7 @@ fn a_later_fragment_claiming_a_peer_is_held_to_its_mac() {
     for src in [WORKER, INTERNET] {
         let pkt = later(POD_MAC, src);
         let (v, out, _) = run_marked(&dp, FROM_WIRE, &pkt, 1, 0);
-        assert_eq!((v, out), (TC_ACT_OK, pkt), "from {src}");
+        assert_eq!((v, out), (TCX_NEXT, pkt), "from {src}");
     }
 }
 
@@ -184,7 +184,7 @@ fn a_node_that_is_no_gateway_leaves_replies_on_its_uplink_alone() {
     let mut cfg = dp.config().expect("config");
     cfg.flags &= !CFG_F_GATEWAY;
     dp.set_config(&cfg).expect("config");
-    assert_eq!(run(&dp, FROM_WIRE, &reply, UPLINK_IF), (TC_ACT_OK, reply));
+    assert_eq!(run(&dp, FROM_WIRE, &reply, UPLINK_IF), (TCX_NEXT, reply));
 }
 
 // --- egw_from_tunnel: only marked IPv4 ---------------------------------------------------
