@@ -80,7 +80,8 @@ fn later_tcx_programs_and_legacy_filters_see_what_ours_leave_alone() {
     // the unselected pod's, and the gateway's uplink (the host's own traffic): every packet
     // reaches the TCX program after ours and the legacy filter.
     let node_addr = SocketAddrV4::new(lab.node("worker2").external_ip, 9);
-    let cases: [(usize, &str, Box<dyn Fn()>); 3] = [
+    type Traffic<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(usize, &str, Traffic); 3] = [
         (
             0,
             "selected pod, not a policy destination",
