@@ -98,7 +98,8 @@ pub fn underlay_gate(
 /// The MAC the kernel's neighbour table holds for `peer` (network byte order) on the
 /// underlay: a FIB lookup towards it, which answers with the next hop's MAC when the peer is
 /// on-link and its neighbour entry valid. `None` when the route does not lead straight to the
-/// peer over the underlay, or the entry is not resolved.
+/// peer over the underlay, or the entry is not resolved (or the interface does not forward:
+/// the helper answers only then, and a Kubernetes node always forwards).
 #[inline(always)]
 fn neighbour_mac(ctx: &TcContext, cfg: &Config, peer: u32) -> Option<[u8; 6]> {
     // SAFETY: zeroed is a valid bpf_fib_lookup.

@@ -231,3 +231,124 @@ fn the_tunnel_device_drops_frames_that_are_not_ipv4() {
     }
     assert_eq!(drops(&dp, "tunnel_not_ipv4"), before + 2);
 }
+
+/// A namespace for one test, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("egwpkt-{tag}-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+    fn ip(&self, args: &[&str]) {
+        let mut a = vec!["-n", self.0.as_str()];
+        a.extend_from_slice(args);
+        let ok = std::process::Command::new("ip")
+            .args(&a)
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "ip {a:?}");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_peer_the_agent_has_no_mac_for_yet_passes_when_the_kernel_knows_it() {
+    // The underlay: a veth holding the gateway's address, with the worker in its neighbour
+    // table (as an ARP request from the worker leaves it), in a namespace of the test's own.
+    let ns = Netns::new("fib");
+    ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
+    ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "ul0"]);
+    ns.ip(&["link", "set", "ul0", "up"]);
+    ns.ip(&["link", "set", "ul1", "up"]);
+    // The FIB lookup answers only where the interface forwards, as a node's always do.
+    let ok = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .expect("sysctl")
+        .success();
+    assert!(ok, "ip_forward in {}", ns.0);
+    let mac = "02:00:00:00:00:0a"; // POD_MAC: the source of the test's frames.
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.11",
+        "lladdr",
+        mac,
+        "dev",
+        "ul0",
+        "nud",
+        "stale",
+    ]);
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link", "show", "ul0"])
+        .output()
+        .expect("ip link show");
+    let ul0: u32 = String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .expect("ifindex of ul0");
+
+    let mut dp = datapath(GATEWAY);
+    let mut cfg = dp.config().expect("config");
+    cfg.underlay_ifindex = ul0;
+    dp.set_config(&cfg).expect("config");
+    // The agent's copy: on-link, MAC not known yet.
+    set_node(
+        &mut dp,
+        WORKER,
+        NODE_F_PEER | NODE_F_ADDRESS | NODE_F_ONLINK,
+        [0; 6],
+    );
+    let run_on_ul0 = |pkt: &[u8]| {
+        egress_tests::lab::in_netns(&ns.0, || {
+            let mut ctx = skb_ctx(ul0);
+            ctx[40..44].copy_from_slice(&ul0.to_ne_bytes());
+            let mut ctx_out = [0u8; 192];
+            let mut out = vec![0u8; pkt.len() + 256];
+            let mut opts = aya::programs::TestRunOptions::new();
+            opts.data_in = Some(pkt);
+            opts.data_out = Some(&mut out);
+            opts.ctx_in = Some(&ctx);
+            opts.ctx_out = Some(&mut ctx_out);
+            let r = aya::programs::TestRun::test_run(dp.program(FROM_WIRE).expect("program"), opts)
+                .expect("BPF_PROG_TEST_RUN");
+            (
+                r.return_value,
+                u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4")),
+            )
+        })
+    };
+    let before = drops(&dp, "tunnel_mac_mismatch");
+    // The kernel's neighbour table has the worker's MAC: its tunnel packet passes, marked.
+    assert_eq!(
+        run_on_ul0(&vxlan_from(WORKER, GATEWAY, POD_MAC)),
+        (TCX_NEXT, DEFAULT_TRUST_MARK)
+    );
+    // Control: another MAC claiming the worker's address is still refused.
+    let (v, mark) = run_on_ul0(&vxlan_from(WORKER, GATEWAY, [0x02, 0, 0, 0, 0, 0x99]));
+    assert_eq!((v, mark), (TC_ACT_SHOT, 0));
+    assert_eq!(drops(&dp, "tunnel_mac_mismatch"), before + 1);
+}

@@ -662,3 +662,83 @@ fn frames_that_are_not_ipv4_never_leave_the_tunnel_shared() {
 fn frames_that_are_not_ipv4_never_leave_the_tunnel_private() {
     non_ipv4(Underlay::Private);
 }
+
+// --- the underlay interface -----------------------------------------------------------------
+
+/// `tunnel.interface` names the underlay: `egw0` is bound to it and to the InternalIP, and the
+/// tunnel works over it. An interface that does not hold the node's InternalIP is refused
+/// with a clear error, and the agent never says it is ready.
+#[test]
+fn the_tunnel_runs_on_the_interface_named_and_one_without_the_internal_ip_is_refused() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        underlay: Underlay::Private,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    let cfg = write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &SELECTED,
+            extra: "tunnel:\n  interface: eth1\n",
+            ..ConfigSpec::default()
+        },
+    );
+    let mut agents = start_all(&lab, &cfg);
+    for n in lab.nodes() {
+        let link = exec(&n.ns, &["ip", "-d", "link", "show", "egw0"]).expect("ip link");
+        assert!(
+            link.contains(&format!("local {}", n.underlay_ip)) && link.contains("dev eth1"),
+            "{}: egw0 is not bound to eth1 and {}: {link}",
+            n.name,
+            n.underlay_ip
+        );
+    }
+    let echo = UdpEcho::start(&lab.internet().ns, INTERNET_HOST, 53);
+    for p in SELECTED {
+        let reply = udp_roundtrip(&lab.pod(p).ns, echo.addr, b"over eth1").expect(p);
+        assert_eq!(reply, b"over eth1");
+        assert_eq!(
+            echo.next_peer().ip(),
+            std::net::IpAddr::V4(lab.gateway().external_ip)
+        );
+    }
+
+    // The public uplink does not hold the InternalIP: refused, and never ready.
+    for a in agents.values_mut() {
+        a.kill();
+    }
+    let bad = write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &SELECTED,
+            extra: "tunnel:\n  interface: eth0\n",
+            ..ConfigSpec::default()
+        },
+    );
+    let a = Agent::start(&lab, "worker1", &bad).expect("start agent");
+    let says = egress_tests::net::eventually(Duration::from_secs(10), || {
+        a.log()
+            .contains("tunnel.interface eth0 does not hold the node's InternalIP 10.0.0.11")
+            .then_some(())
+    });
+    assert!(says.is_some(), "no clear error: {}", a.log());
+    let ready = exec(
+        &lab.node("worker1").ns,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9479/readyz",
+        ],
+    )
+    .expect("curl");
+    assert_eq!(
+        ready.trim(),
+        "503",
+        "readyz of an agent that cannot find its underlay"
+    );
+}
