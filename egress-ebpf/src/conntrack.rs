@@ -58,12 +58,24 @@ pub fn touch(e: *mut NatEntry4, p: &Packet4, reply: bool) {
     // SAFETY: `e` comes from a map lookup in this program run; racing writers only store
     // whole aligned integers, which is what expiry needs.
     unsafe {
-        let now = now();
         let state = next_state((*e).state, p, reply);
         if state != (*e).state {
             (*e).state = state;
-            (*e).last_seen_ns = now;
-        } else if now.saturating_sub((*e).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            (*e).last_seen_ns = now();
+            return;
+        }
+    }
+    refresh(e);
+}
+
+/// Refreshes an entry's `last_seen_ns` only: what an ICMP error about a flow may do (it says
+/// nothing about the flow's state: an unreachable answer to a SYN does not establish it).
+#[inline(always)]
+pub fn refresh(e: *mut NatEntry4) {
+    // SAFETY: as in `touch`.
+    unsafe {
+        let now = now();
+        if now.saturating_sub((*e).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*e).last_seen_ns = now;
         }
     }

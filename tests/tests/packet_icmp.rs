@@ -6,7 +6,11 @@
 
 use std::net::Ipv4Addr;
 
-use egress_common::program_names::{FROM_POD, FROM_WIRE};
+use egress_agent::datapath::Datapath;
+use egress_common::{
+    nat::{CT_ESTABLISHED, CT_NEW},
+    program_names::{FROM_POD, FROM_WIRE},
+};
 use egress_tests::packet::*;
 use etherparse::PacketBuilder;
 
@@ -94,4 +98,36 @@ fn from_wire_icmp_error_for_unknown_flow_passes() {
     let (rc, out) = run(&dp, FROM_WIRE, &err, UPLINK_IF);
     assert_eq!(rc, TCX_NEXT);
     assert_eq!(out, err);
+}
+
+/// Issue 13 point 1: an ICMP error about a TCP flow refreshes it but never changes its state
+/// (an unreachable answer to a SYN must not make the flow ESTABLISHED: 6 h instead of 60 s).
+#[test]
+fn an_icmp_error_about_a_tcp_flow_does_not_change_its_state() {
+    let mut dp = datapath(GATEWAY);
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_syn(POD_A, INTERNET, 40000, 25, 1460),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let nat_port = sport(&out);
+    let fwd = key(POD_A, INTERNET, 40000, 25, 6);
+    let rev = key(INTERNET, EGRESS, 25, nat_port, 6);
+    let state = |dp: &mut Datapath, k| nat_entry(dp, k).expect("entry").state;
+    assert_eq!((state(&mut dp, fwd), state(&mut dp, rev)), (CT_NEW, CT_NEW));
+    // The error is reverse-translated and reaches the pod...
+    let (rc, back) = run(&dp, FROM_WIRE, &port_unreachable_about(&out), UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(dst_ip(&back), POD_A);
+    // ... and both entries stay NEW (expiring by the SYN timeout).
+    assert_eq!((state(&mut dp, fwd), state(&mut dp, rev)), (CT_NEW, CT_NEW));
+    // Control: the real SYN-ACK does establish the flow.
+    let mut synack = tcp_data(INTERNET, EGRESS, 25, nat_port, b"");
+    let tcp = l4(&synack);
+    synack[tcp + 13] = 0x12; // SYN|ACK
+    let (rc, _) = run(&dp, FROM_WIRE, &synack, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(state(&mut dp, rev), CT_ESTABLISHED);
 }

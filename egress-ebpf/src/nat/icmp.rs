@@ -6,12 +6,12 @@
 use aya_ebpf::programs::TcContext;
 use egress_common::{
     counters::DropReason,
-    nat::{NatEntry4, NatKey4},
+    nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
-    conntrack::touch,
+    conntrack::refresh,
     csum::{self, word},
     maps::EGW_NAT4,
     parse::{Packet4, ICMP_CSUM, IP_CSUM_OFF, IP_DST_OFF, TCP_CSUM, UDP_CSUM},
@@ -44,7 +44,12 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
     let Some(e) = EGW_NAT4.get_ptr_mut(key) else {
         return Ok(None);
     };
-    touch(e, p, true);
+    // SAFETY: valid map value pointer.
+    if unsafe { (*e).flags } & NAT_F_REVERSE == 0 {
+        // Errors are matched against reverse entries only.
+        return Ok(None);
+    }
+    refresh(e);
     // SAFETY: valid map value pointer.
     let e = unsafe { *e };
     let icsum = p.l4_off + ICMP_CSUM;
