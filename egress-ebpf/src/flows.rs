@@ -69,16 +69,17 @@ pub fn answered(ctx: &TcContext, p: &Packet4) -> Result<Option<FlowEntry4>, Drop
             _pad: [0; 3],
         }
     };
-    let f = EGW_FLOWS4.lookup_copy(key);
-    if let Some(f) = f {
-        // The datagram's later fragments follow this one.
-        let e = NatEntry4 {
-            addr: p.daddr,
-            node_ip4: f.gateway_ip4,
-            policy_id: f.policy_id,
-            ..NatEntry4::default()
-        };
-        frag::remember(p, &e);
-    }
-    Ok(f)
+    let Some(f) = EGW_FLOWS4.lookup_copy(key) else {
+        frag::forget(p);
+        return Ok(None);
+    };
+    // The datagram's later fragments follow this one.
+    let e = NatEntry4 {
+        addr: p.daddr,
+        node_ip4: f.gateway_ip4,
+        policy_id: f.policy_id,
+        ..NatEntry4::default()
+    };
+    frag::remember(p, &e);
+    Ok(Some(f))
 }

@@ -46,6 +46,7 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         nat::reverse_lookup(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
     };
     let Some(e) = e else {
+        frag::forget(&p);
         return Ok(NEXT);
     };
     // The gateway routes the reply: one hop. (ICMP errors above are left as they come.)

@@ -103,3 +103,32 @@ fn fragments_a_pod_sends_are_all_translated() {
     assert_eq!(sport(&whole), nat_port);
     assert_eq!(&whole[whole.len() - big.len()..], &big[..]);
 }
+
+/// Issue 13 point 4: a datagram whose first fragment is not ours (the gateway host's own
+/// fragmented answer, reusing an IP id a translated datagram had) clears the fragment entry:
+/// its later fragments stay the host's and never reach a pod.
+#[test]
+fn a_stale_fragment_entry_never_diverts_the_hosts_own_fragments() {
+    let dp = datapath(GATEWAY);
+    let (_, out) = run(
+        &dp,
+        FROM_POD,
+        &udp(POD_A, INTERNET, 40000, 53, b"q?"),
+        POD_A_IF,
+    );
+    let nat_port = sport(&out);
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    // A translated datagram leaves its entry (its later fragment lost on the way).
+    let (f1, _) = fragment(&udp(INTERNET, EGRESS, 53, nat_port, &big), 0x7777, 1480);
+    assert_eq!(run(&dp, FROM_WIRE, &f1, UPLINK_IF).0, TC_ACT_REDIRECT);
+    // The host's own DNS answer, same source, destination and IP id, to a host port.
+    let (h1, h2) = fragment(&udp(INTERNET, EGRESS, 53, 33333, &big), 0x7777, 1480);
+    let (rc, out) = run(&dp, FROM_WIRE, &h1, UPLINK_IF);
+    assert!(
+        rc == TCX_NEXT && out == h1,
+        "the host's first fragment: {rc}"
+    );
+    let (rc, out) = run(&dp, FROM_WIRE, &h2, UPLINK_IF);
+    assert_eq!(rc, TCX_NEXT, "the host's later fragment went to the pod");
+    assert!(out == h2, "the host's later fragment was rewritten");
+}
