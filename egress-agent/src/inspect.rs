@@ -2,8 +2,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::LpmTrie, HashMap, Map, MapData};
+use anyhow::Result;
+use aya::maps::{lpm_trie::LpmTrie, HashMap, MapData};
 use egress_common::{
     endpoint::Endpoint,
     map_names,
@@ -13,20 +13,9 @@ use egress_common::{
 use serde_json::json;
 
 use crate::{
-    datapath::{ip4_from, read_drops, read_nat_stats, read_policy_stats},
+    datapath::{ip4_from, open_pinned_map, read_drops, read_nat_stats, read_policy_stats},
     model::PolicyStatus,
 };
-
-fn open(pin_root: &Path, name: &str) -> Result<Map> {
-    let path = pin_root.join("maps").join(name);
-    let md = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is the agent running with this --pin-root?)",
-            path.display()
-        )
-    })?;
-    Ok(Map::from_map_data(md)?)
-}
 
 const PROTOS: [(u8, &str); 3] = [(1, "icmp"), (6, "tcp"), (17, "udp")];
 
@@ -38,7 +27,7 @@ fn proto(p: u8) -> String {
 }
 
 pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
-    let map = open(pin_root, map_names::NAT4)?;
+    let map = open_pinned_map(pin_root, map_names::NAT4)?;
     let m: HashMap<&MapData, NatKey4, NatEntry4> = (&map).try_into()?;
     let mut rows = Vec::new();
     for kv in m.iter() {
@@ -79,7 +68,7 @@ pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
 }
 
 pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
-    let map = open(pin_root, map_names::ENDPOINTS4)?;
+    let map = open_pinned_map(pin_root, map_names::ENDPOINTS4)?;
     let m: HashMap<&MapData, u32, Endpoint> = (&map).try_into()?;
     let mut rows = Vec::new();
     for kv in m.iter() {
@@ -112,9 +101,9 @@ pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
 }
 
 pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
-    let drops = read_drops(&open(pin_root, map_names::DROPS)?)?;
-    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
-    let nat = read_nat_stats(&open(pin_root, map_names::NAT_STATS)?)?;
+    let drops = read_drops(&open_pinned_map(pin_root, map_names::DROPS)?)?.by_name();
+    let stats = read_policy_stats(&open_pinned_map(pin_root, map_names::POLICY_STATS)?)?;
+    let nat = read_nat_stats(&open_pinned_map(pin_root, map_names::NAT_STATS)?)?;
     if as_json {
         let policies: serde_json::Map<String, serde_json::Value> = stats
             .iter()
@@ -168,9 +157,9 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
         .iter()
         .filter_map(|(n, s)| Some((s.datapath_id?, n.as_str())))
         .collect();
-    let map = open(pin_root, map_names::POLICY4)?;
+    let map = open_pinned_map(pin_root, map_names::POLICY4)?;
     let trie: LpmTrie<&MapData, PolicyKey4, PolicyValue> = (&map).try_into()?;
-    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
+    let stats = read_policy_stats(&open_pinned_map(pin_root, map_names::POLICY_STATS)?)?;
     let mut rows = Vec::new();
     for kv in trie.iter() {
         let (k, v) = kv?;

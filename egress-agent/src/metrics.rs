@@ -16,7 +16,6 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use aya::maps::{Map, MapData};
 use egress_common::map_names;
 use prometheus_client::{
     collector::Collector,
@@ -31,7 +30,7 @@ use prometheus_client::{
 };
 use tracing::info;
 
-use crate::datapath::{read_drops, read_nat_stats, read_policy_stats};
+use crate::datapath::{open_pinned_map, read_drops, read_nat_stats, read_policy_stats};
 
 type Labels = Vec<(String, String)>;
 
@@ -80,11 +79,6 @@ struct DatapathCollector {
     health: Arc<Health>,
 }
 
-fn open(pin_root: &std::path::Path, name: &str) -> Option<Map> {
-    let md = MapData::from_pin(pin_root.join("maps").join(name)).ok()?;
-    Map::from_map_data(md).ok()
-}
-
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -100,12 +94,16 @@ fn counter(
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats =
-            open(&self.pin_root, map_names::POLICY_STATS).and_then(|m| read_policy_stats(&m).ok());
-        let drops = open(&self.pin_root, map_names::DROPS).and_then(|m| read_drops(&m).ok());
+        let stats = open_pinned_map(&self.pin_root, map_names::POLICY_STATS)
+            .ok()
+            .and_then(|m| read_policy_stats(&m).ok());
+        let drops = open_pinned_map(&self.pin_root, map_names::DROPS)
+            .ok()
+            .and_then(|m| read_drops(&m).ok());
         let nat = Some(self.health.nat_flows.load(Ordering::Relaxed)).filter(|n| *n >= 0);
-        let nat_stats =
-            open(&self.pin_root, map_names::NAT_STATS).and_then(|m| read_nat_stats(&m).ok());
+        let nat_stats = open_pinned_map(&self.pin_root, map_names::NAT_STATS)
+            .ok()
+            .and_then(|m| read_nat_stats(&m).ok());
         let up = i64::from(stats.is_some() && drops.is_some() && nat_stats.is_some());
         let g = ConstGauge::new(up);
         g.encode(enc.encode_descriptor(
@@ -153,6 +151,7 @@ impl Collector for DatapathCollector {
         }
         if let Some(drops) = drops {
             let rows: Vec<_> = drops
+                .by_name()
                 .iter()
                 .map(|(r, n)| (vec![("reason".to_owned(), (*r).to_owned())], *n))
                 .collect();

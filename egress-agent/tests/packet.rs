@@ -17,7 +17,11 @@ use egress_common::{
 use etherparse::PacketBuilder;
 
 fn drops(dp: &Datapath, reason: &str) -> u64 {
-    *dp.drops().expect("drops").get(reason).expect("reason")
+    *dp.drops()
+        .expect("drops")
+        .by_name()
+        .get(reason)
+        .expect("reason")
 }
 
 fn nat_entry(dp: &mut Datapath, key: NatKey4) -> Option<NatEntry4> {
