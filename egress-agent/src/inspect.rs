@@ -17,13 +17,8 @@ use crate::{
     model::PolicyStatus,
 };
 
-const PROTOS: [(u8, &str); 3] = [(1, "icmp"), (6, "tcp"), (17, "udp")];
-
 fn proto(p: u8) -> String {
-    PROTOS
-        .iter()
-        .find(|(n, _)| *n == p)
-        .map_or_else(|| p.to_string(), |(_, s)| (*s).to_owned())
+    egress_common::proto::name(p).map_or_else(|| p.to_string(), str::to_owned)
 }
 
 pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {

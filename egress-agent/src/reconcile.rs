@@ -12,8 +12,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use egress_common::{
+    addr::{ip4, ip4_from},
     config::{Config, CFG_F_READY, VXLAN_OVERHEAD},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    policy::{decode_policy_key, policy_key},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
@@ -21,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::{ip4, ip4_from, policy_key, Datapath},
+    datapath::Datapath,
     model::{self, Desired, LocalPod, PolicyStatus},
     netdev, status,
 };
@@ -309,10 +311,8 @@ impl Reconciler {
             |m, k| m.del_remote_endpoint(k),
         )?;
         let have = maps.policies()?.into_iter().filter_map(|(k, v)| {
-            let prefix = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
-            let data = k.data();
-            let net = Ipv4Net::new(ip4_from(data.dst), prefix).ok()?;
-            Some(((u32::from_be(data.policy_id_be), net), v))
+            let (id, dst, prefix) = decode_policy_key(&k)?;
+            Some(((id, Ipv4Net::new(dst, prefix).ok()?), v))
         });
         changes += Diff::new(&d.policies, have).apply(
             &mut maps,

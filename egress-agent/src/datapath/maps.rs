@@ -1,18 +1,16 @@
 //! Typed access to the maps the agent writes: the node configuration, and the endpoints,
 //! nodes, remote endpoints, policies and NAT maps.
 
-use std::net::Ipv4Addr;
-
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
 use egress_common::{
     config::Config,
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
     map_names,
     nat::{NatEntry4, NatKey4},
-    policy::{PolicyKey4, PolicyValue, POLICY_ID_BITS},
+    policy::{PolicyKey4, PolicyValue},
 };
 
-use super::{ip4, map_err, Datapath, DatapathError};
+use super::{map_err, Datapath, DatapathError};
 
 impl Datapath {
     pub fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError> {
@@ -31,17 +29,6 @@ impl Datapath {
     pub fn maps(&mut self) -> Maps<'_> {
         Maps { dp: self }
     }
-}
-
-/// The LPM key of `{policy, prefix}`.
-pub fn policy_key(policy_id: u32, dst: Ipv4Addr, prefix_len: u8) -> Key<PolicyKey4> {
-    Key::new(
-        POLICY_ID_BITS + u32::from(prefix_len),
-        PolicyKey4 {
-            policy_id_be: policy_id.to_be(),
-            dst: ip4(dst),
-        },
-    )
 }
 
 /// Typed writers for the maps the reconciler fills.

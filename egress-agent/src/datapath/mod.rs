@@ -15,18 +15,25 @@ mod load;
 mod maps;
 mod stats;
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use aya::{
     maps::{Map, MapError},
     programs::{links::LinkError, ProgramError},
     Ebpf, EbpfError,
 };
+// Address conversion, the policy key and the map sizes live in egress-common (the model and
+// the configuration use them without the loader); re-exported here for the datapath's users.
+pub use egress_common::{
+    addr::{ip4, ip4_from},
+    map_sizes::MapSizes,
+    policy::policy_key,
+};
 use thiserror::Error;
 
 pub use self::{
     load::{ensure_bpffs, open_pinned_map, OpenPinnedError, DEFAULT_PIN_ROOT},
-    maps::{policy_key, Maps},
+    maps::Maps,
     stats::{read_drops, read_nat_stats, read_policy_stats, DropCounts, NatStats},
 };
 
@@ -75,39 +82,6 @@ pub enum DatapathError {
 /// Wraps a map error with the map's name.
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
-}
-
-/// Map sizes (max entries) the agent may override.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct MapSizes {
-    pub nat: u32,
-    pub endpoints: u32,
-    pub remote_endpoints: u32,
-    pub policies: u32,
-    pub nodes: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        MapSizes {
-            nat: 262_144,
-            endpoints: 16_384,
-            remote_endpoints: 65_536,
-            policies: 16_384,
-            nodes: 16_384,
-        }
-    }
-}
-
-/// Converts an address to the map representation (network byte order in a `u32`).
-pub fn ip4(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
-/// Converts the map representation back to an address.
-pub fn ip4_from(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
 }
 
 /// The loaded programs and their maps.

@@ -34,13 +34,12 @@ pub use crd::{
     PodSelection, PolicyCondition,
 };
 use egress_common::{
+    addr::ip4,
     endpoint::RemoteEndpoint,
     policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY, MAX_POLICIES},
 };
 use ipnet::{IpNet, Ipv4Net};
 pub use selector::{Labels, Selector, SelectorError};
-
-use crate::datapath::ip4;
 
 /// The namespace label the API server sets on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
