@@ -171,8 +171,9 @@ async fn start_feed(
 pub async fn run(opts: RunOptions) -> Result<()> {
     let mut cfg = load_config(&opts.source)?;
     let health = Arc::new(metrics::Health::default());
+    let meters = metrics::Metrics::default();
     if let Some(addr) = opts.metrics_addr {
-        let reg = metrics::registry(opts.pin_root.clone(), health.clone());
+        let reg = meters.registry(opts.pin_root.clone(), health.clone());
         metrics::serve(addr, metrics::router(reg, health.clone()))
             .await
             .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
@@ -220,7 +221,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             let cluster = feed.snapshot(&cfg);
             match rec.reconcile(&cfg, &cluster).await {
                 Ok(changes) => {
-                    metrics::observe_reconcile(started.elapsed(), true);
+                    meters.observe_reconcile(started.elapsed(), true);
                     health.ready.store(true, Ordering::Relaxed);
                     if let Ok(mut names) = health.policy_names.write() {
                         *names = rec
@@ -241,7 +242,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    metrics::observe_reconcile(started.elapsed(), false);
+                    meters.observe_reconcile(started.elapsed(), false);
                     warn!("reconcile failed (retrying in a second): {e:#}");
                     let tx = tx.clone();
                     tokio::spawn(async move {
