@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
     config::AgentConfig, datapath::Datapath, kube_source::KubeSource, metrics, model, nat_gc,
@@ -219,7 +219,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             let cluster = feed.snapshot(&cfg);
-            match rec.reconcile(&cfg, &cluster).await {
+            let pass = rec
+                .reconcile(&cfg, &cluster)
+                .instrument(info_span!("reconcile", trigger = ?why));
+            match pass.await {
                 Ok(changes) => {
                     meters.observe_reconcile(started.elapsed(), true);
                     health.ready.store(true, Ordering::Relaxed);
