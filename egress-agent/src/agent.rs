@@ -193,7 +193,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(path) = opts.source.config_file() {
         watch_file(path.to_owned(), opts.file_poll, tx.clone());
     }
-    let links = netdev::watch_changes().context("subscribing to netlink link/route events")?;
+    let links = netdev::watch_changes(rec.watched_neighbours())
+        .context("subscribing to netlink link/route/neighbour events")?;
     forward(links, Trigger::Netlink, tx.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut gc = tokio::time::interval(opts.gc_interval);
@@ -226,6 +227,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 Ok(changes) => {
                     meters.observe_reconcile(started.elapsed(), true);
                     health.ready.store(true, Ordering::Relaxed);
+                    health.tunnel_protected.store(
+                        rec.tunnel_protected().map_or(-1, i64::from),
+                        Ordering::Relaxed,
+                    );
                     if let Ok(mut names) = health.policy_names.write() {
                         *names = rec
                             .status()

@@ -1,24 +1,76 @@
 //! `egress-agent inspect`: reads the pinned maps of a running (or stopped) agent.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::Result;
 use aya::maps::{lpm_trie::LpmTrie, HashMap, MapData};
 use egress_common::{
+    counters::PolicyStats,
     endpoint::Endpoint,
     map_names,
     nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
     policy::{PolicyKey4, PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY, POLICY_ID_BITS},
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::{
     datapath::{ip4_from, open_pinned_map, read_drops, read_nat_stats, read_policy_stats},
     model::PolicyStatus,
+    table::{self, left, right, Col},
 };
 
 fn proto(p: u8) -> String {
     egress_common::proto::name(p).map_or_else(|| p.to_string(), str::to_owned)
+}
+
+/// `--json`: the rows as pretty JSON; otherwise the text table.
+fn output<T: Serialize>(rows: &T, as_json: bool, text: impl FnOnce() -> String) -> Result<String> {
+    Ok(if as_json {
+        serde_json::to_string_pretty(rows)? + "\n"
+    } else {
+        text()
+    })
+}
+
+/// One translated flow (forward direction) of `inspect nat`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NatRow {
+    pub proto: String,
+    /// Pod address and port.
+    pub pod: String,
+    pub remote: String,
+    /// The egress address and port it is translated to.
+    pub egress: String,
+    /// The node the pod is on.
+    pub node: Ipv4Addr,
+    pub policy: u32,
+    pub state: u8,
+}
+
+impl NatRow {
+    const COLUMNS: [Col; 6] = [
+        left("PROTO", 5),
+        left("POD", 22),
+        left("REMOTE", 22),
+        left("EGRESS", 22),
+        left("NODE", 15),
+        right("POLICY", 6),
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.proto.clone(),
+            self.pod.clone(),
+            self.remote.clone(),
+            self.egress.clone(),
+            self.node.to_string(),
+            self.policy.to_string(),
+        ]
+    }
 }
 
 pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
@@ -30,36 +82,47 @@ pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
         if v.flags & NAT_F_REVERSE != 0 || k.is_claim() {
             continue;
         }
-        rows.push(json!({
-            "proto": proto(k.proto),
-            "pod": format!("{}:{}", ip4_from(k.saddr), u16::from_be(k.sport)),
-            "remote": format!("{}:{}", ip4_from(k.daddr), u16::from_be(k.dport)),
-            "egress": format!("{}:{}", ip4_from(v.addr), u16::from_be(v.port)),
-            "node": ip4_from(v.node_ip4).to_string(),
-            "policy": v.policy_id,
-            "state": v.state,
-        }));
+        rows.push(NatRow {
+            proto: proto(k.proto),
+            pod: format!("{}:{}", ip4_from(k.saddr), u16::from_be(k.sport)),
+            remote: format!("{}:{}", ip4_from(k.daddr), u16::from_be(k.dport)),
+            egress: format!("{}:{}", ip4_from(v.addr), u16::from_be(v.port)),
+            node: ip4_from(v.node_ip4),
+            policy: v.policy_id,
+            state: v.state,
+        });
     }
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    output(&rows, as_json, || {
+        table::render(&NatRow::COLUMNS, rows.iter().map(NatRow::cells))
+    })
+}
+
+/// One local pod of `inspect endpoints`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointRow {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub policy: u32,
+    /// A policy selects the pod.
+    pub selected: bool,
+}
+
+impl EndpointRow {
+    const COLUMNS: [Col; 4] = [
+        left("POD IP", 15),
+        right("IFINDEX", 8),
+        right("POLICY", 6),
+        right("SELECTED", 8),
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.ip.to_string(),
+            self.ifindex.to_string(),
+            self.policy.to_string(),
+            self.selected.to_string(),
+        ]
     }
-    let mut out = format!(
-        "{:<5} {:<22} {:<22} {:<22} {:<15} {:>6}\n",
-        "PROTO", "POD", "REMOTE", "EGRESS", "NODE", "POLICY"
-    );
-    for r in &rows {
-        writeln!(
-            out,
-            "{:<5} {:<22} {:<22} {:<22} {:<15} {:>6}",
-            r["proto"].as_str().unwrap_or(""),
-            r["pod"].as_str().unwrap_or(""),
-            r["remote"].as_str().unwrap_or(""),
-            r["egress"].as_str().unwrap_or(""),
-            r["node"].as_str().unwrap_or(""),
-            r["policy"]
-        )?;
-    }
-    Ok(out)
 }
 
 pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
@@ -68,75 +131,208 @@ pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
     let mut rows = Vec::new();
     for kv in m.iter() {
         let (k, v) = kv?;
-        rows.push(json!({
-            "ip": ip4_from(k).to_string(),
-            "ifindex": v.ifindex,
-            "policy": v.policy_id,
-            "selected": v.flags & egress_common::endpoint::EP_F_SELECTED != 0,
-        }));
+        rows.push(EndpointRow {
+            ip: ip4_from(k),
+            ifindex: v.ifindex,
+            policy: v.policy_id,
+            selected: v.flags & egress_common::endpoint::EP_F_SELECTED != 0,
+        });
     }
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    output(&rows, as_json, || {
+        table::render(&EndpointRow::COLUMNS, rows.iter().map(EndpointRow::cells))
+    })
+}
+
+/// One policy's traffic on this node (a row of `inspect counters`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TrafficRow {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+impl From<PolicyStats> for TrafficRow {
+    fn from(s: PolicyStats) -> Self {
+        TrafficRow {
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+        }
     }
-    let mut out = format!(
-        "{:<15} {:>8} {:>6} {:>8}\n",
-        "POD IP", "IFINDEX", "POLICY", "SELECTED"
-    );
-    for r in &rows {
-        writeln!(
-            out,
-            "{:<15} {:>8} {:>6} {:>8}",
-            r["ip"].as_str().unwrap_or(""),
-            r["ifindex"],
-            r["policy"],
-            r["selected"]
-        )?;
+}
+
+/// NAT mappings created and taken ports retried.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct NatCounters {
+    pub port_retries: u64,
+    pub allocations: u64,
+}
+
+/// `inspect counters`: traffic per policy id, NAT counters, drops by reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct Counters {
+    pub drops: BTreeMap<&'static str, u64>,
+    pub policies: BTreeMap<u32, TrafficRow>,
+    pub nat: NatCounters,
+}
+
+impl Counters {
+    const POLICY_COLUMNS: [Col; 5] = [
+        left("POLICY", 8),
+        right("TX PACKETS", 12),
+        right("TX BYTES", 14),
+        right("RX PACKETS", 12),
+        right("RX BYTES", 14),
+    ];
+    const DROP_COLUMNS: [Col; 2] = [left("DROP REASON", 26), right("PACKETS", 10)];
+
+    fn render(&self) -> String {
+        let mut out = table::render(
+            &Self::POLICY_COLUMNS,
+            self.policies.iter().map(|(id, s)| {
+                vec![
+                    id.to_string(),
+                    s.tx_packets.to_string(),
+                    s.tx_bytes.to_string(),
+                    s.rx_packets.to_string(),
+                    s.rx_bytes.to_string(),
+                ]
+            }),
+        );
+        out += &format!(
+            "\nNAT: {} mappings created, {} taken ports retried\n\n",
+            self.nat.allocations, self.nat.port_retries
+        );
+        out += &table::render(
+            &Self::DROP_COLUMNS,
+            self.drops
+                .iter()
+                .map(|(r, n)| vec![(*r).to_owned(), n.to_string()]),
+        );
+        out
     }
-    Ok(out)
 }
 
 pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
     let drops = read_drops(&open_pinned_map(pin_root, map_names::DROPS)?)?.by_name();
     let stats = read_policy_stats(&open_pinned_map(pin_root, map_names::POLICY_STATS)?)?;
     let nat = read_nat_stats(&open_pinned_map(pin_root, map_names::NAT_STATS)?)?;
-    if as_json {
-        let policies: serde_json::Map<String, serde_json::Value> = stats
+    let c = Counters {
+        drops,
+        policies: stats.into_iter().map(|(id, s)| (id, s.into())).collect(),
+        nat: NatCounters {
+            port_retries: nat.port_retries,
+            allocations: nat.allocations,
+        },
+    };
+    output(&c, as_json, || c.render())
+}
+
+/// One prefix of the policy map (`inspect policies`; the `--json` output is a list of these).
+#[derive(Clone, Debug, Serialize)]
+pub struct PrefixRow {
+    /// The policy's datapath id.
+    pub policy: u32,
+    /// The policy's name, when the agent's status file knows it.
+    pub name: String,
+    pub destination: String,
+    /// `gateway` or `excluded`.
+    pub action: &'static str,
+    pub gateway: Ipv4Addr,
+    pub egress_ip: Ipv4Addr,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl PrefixRow {
+    const COLUMNS: [Col; 5] = [
+        right("ID", 4),
+        left("DESTINATION", 18),
+        left("ACTION", 9),
+        left("GATEWAY", 15),
+        left("EGRESS IP", 0),
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        // An excluded prefix has no gateway.
+        let dash = |ip: Ipv4Addr| {
+            if self.action == "excluded" {
+                "-".to_owned()
+            } else {
+                ip.to_string()
+            }
+        };
+        vec![
+            self.policy.to_string(),
+            self.destination.clone(),
+            self.action.to_owned(),
+            dash(self.gateway),
+            dash(self.egress_ip),
+        ]
+    }
+}
+
+/// A policy's line in the text of `inspect policies` and `check`: its status (when known),
+/// and its conditions other than a plain Ready=True under it.
+struct StatusRow<'a> {
+    name: &'a str,
+    id: Option<u32>,
+    status: Option<&'a PolicyStatus>,
+    traffic: Option<PolicyStats>,
+}
+
+impl StatusRow<'_> {
+    const INSPECT_COLUMNS: [Col; 9] = [
+        left("NAME", 20),
+        right("ID", 4),
+        left("READY", 6),
+        left("REASON", 16),
+        left("GATEWAY", 12),
+        left("EGRESS IP", 15),
+        right("PODS", 5),
+        right("TX PACKETS", 11),
+        right("TX BYTES", 14),
+    ];
+    const CHECK_COLUMNS: [Col; 7] = [
+        left("POLICY", 20),
+        right("ID", 4),
+        left("READY", 6),
+        left("REASON", 22),
+        left("GATEWAY", 12),
+        left("EGRESS IP", 15),
+        right("PODS", 5),
+    ];
+
+    /// The cells, and the notes under them.
+    fn cells(&self) -> (Vec<String>, Vec<String>) {
+        let s = self.status;
+        let ready = s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let mut cells = vec![
+            self.name.to_owned(),
+            self.id.map_or("-".into(), |i| i.to_string()),
+            ready.map_or("?", |c| c.status.as_str()).to_owned(),
+            ready.map_or("", |c| c.reason.as_str()).to_owned(),
+            s.and_then(|s| s.gateway_node.as_deref())
+                .unwrap_or("-")
+                .to_owned(),
+            s.and_then(|s| s.egress_ip.as_deref())
+                .unwrap_or("-")
+                .to_owned(),
+            s.map_or("-".into(), |s| s.selected_pods.to_string()),
+        ];
+        if let Some(t) = self.traffic {
+            cells.extend([t.tx_packets.to_string(), t.tx_bytes.to_string()]);
+        }
+        let notes = s
             .iter()
-            .map(|(id, s)| {
-                (
-                    id.to_string(),
-                    json!({"tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
-                           "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes}),
-                )
-            })
+            .flat_map(|s| &s.conditions)
+            .filter(|c| c.type_ != "Ready" || c.status != "True")
+            .map(|c| format!("    {}={} {}: {}", c.type_, c.status, c.reason, c.message))
             .collect();
-        return Ok(serde_json::to_string_pretty(&json!({
-            "drops": drops,
-            "policies": policies,
-            "nat": {"port_retries": nat.port_retries, "allocations": nat.allocations},
-        }))? + "\n");
+        (cells, notes)
     }
-    let mut out = format!(
-        "{:<8} {:>12} {:>14} {:>12} {:>14}\n",
-        "POLICY", "TX PACKETS", "TX BYTES", "RX PACKETS", "RX BYTES"
-    );
-    for (id, s) in &stats {
-        writeln!(
-            out,
-            "{:<8} {:>12} {:>14} {:>12} {:>14}",
-            id, s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes
-        )?;
-    }
-    writeln!(
-        out,
-        "\nNAT: {} mappings created, {} taken ports retried",
-        nat.allocations, nat.port_retries
-    )?;
-    writeln!(out, "\n{:<26} {:>10}", "DROP REASON", "PACKETS")?;
-    for (r, n) in &drops {
-        writeln!(out, "{r:<26} {n:>10}")?;
-    }
-    Ok(out)
 }
 
 /// The policy map (like `cilium bpf egress list`): per policy id and destination prefix, the
@@ -162,108 +358,87 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
         let id = u32::from_be(data.policy_id_be);
         let prefix = k.prefix_len().saturating_sub(POLICY_ID_BITS);
         let s = stats.get(&id).copied().unwrap_or_default();
-        rows.push(json!({
-            "policy": id,
-            "name": name_of.get(&id).copied().unwrap_or(""),
-            "destination": format!("{}/{prefix}", ip4_from(data.dst)),
-            "action": match v.action {
+        rows.push(PrefixRow {
+            policy: id,
+            name: name_of.get(&id).copied().unwrap_or("").to_owned(),
+            destination: format!("{}/{prefix}", ip4_from(data.dst)),
+            action: match v.action {
                 ACTION_VIA_GATEWAY => "gateway",
                 ACTION_EXCLUDED => "excluded",
                 _ => "unknown",
             },
-            "gateway": ip4_from(v.gateway_ip4).to_string(),
-            "egress_ip": ip4_from(v.egress_ip4).to_string(),
-            "tx_packets": s.tx_packets,
-            "tx_bytes": s.tx_bytes,
-        }));
+            gateway: ip4_from(v.gateway_ip4),
+            egress_ip: ip4_from(v.egress_ip4),
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+        });
     }
-    rows.sort_by_key(|r| {
-        (
-            r["policy"].as_u64(),
-            r["destination"].as_str().map(str::to_owned),
-        )
-    });
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
-    }
-    let mut out = String::new();
-    // Per policy: status (when known) and traffic on this node.
-    let mut ids: Vec<u32> = rows
-        .iter()
-        .filter_map(|r| r["policy"].as_u64())
-        .map(|i| i as u32)
-        .collect();
+    rows.sort_by(|a, b| (a.policy, &a.destination).cmp(&(b.policy, &b.destination)));
+    output(&rows, as_json, || policies_text(&status, &stats, &rows))
+}
+
+/// The text of `inspect policies`: per policy its status (when known) and traffic on this
+/// node, then the ids in the maps without a known name (no status file, or a stale entry);
+/// then the datapath's prefixes.
+fn policies_text(
+    status: &BTreeMap<String, PolicyStatus>,
+    stats: &BTreeMap<u32, PolicyStats>,
+    rows: &[PrefixRow],
+) -> String {
+    let named: BTreeSet<u32> = status.values().filter_map(|s| s.datapath_id).collect();
+    let mut ids: Vec<u32> = rows.iter().map(|r| r.policy).collect();
     ids.dedup();
-    writeln!(
-        out,
-        "{:<20} {:>4} {:<6} {:<16} {:<12} {:<15} {:>5} {:>11} {:>14}",
-        "NAME", "ID", "READY", "REASON", "GATEWAY", "EGRESS IP", "PODS", "TX PACKETS", "TX BYTES"
-    )?;
-    let mut listed: Vec<(String, Option<&PolicyStatus>, Option<u32>)> = status
+    let traffic =
+        |id: Option<u32>| Some(id.and_then(|i| stats.get(&i)).copied().unwrap_or_default());
+    let listed = status
         .iter()
-        .map(|(n, s)| (n.clone(), Some(s), s.datapath_id))
-        .collect();
-    // Ids in the maps without a known name (no status file, or a stale entry).
-    for id in &ids {
-        if !name_of.contains_key(id) {
-            listed.push(("?".into(), None, Some(*id)));
-        }
-    }
-    for (name, s, id) in &listed {
-        let ready = s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-        let traffic = id.and_then(|i| stats.get(&i)).copied().unwrap_or_default();
-        writeln!(
-            out,
-            "{:<20} {:>4} {:<6} {:<16} {:<12} {:<15} {:>5} {:>11} {:>14}",
-            name,
-            id.map_or("-".into(), |i| i.to_string()),
-            ready.map_or("?", |c| c.status.as_str()),
-            ready.map_or("", |c| c.reason.as_str()),
-            s.and_then(|s| s.gateway_node.as_deref()).unwrap_or("-"),
-            s.and_then(|s| s.egress_ip.as_deref()).unwrap_or("-"),
-            s.map_or("-".into(), |s| s.selected_pods.to_string()),
-            traffic.tx_packets,
-            traffic.tx_bytes,
-        )?;
-        // Everything but a plain Ready=True, under the policy.
-        for c in s
-            .iter()
-            .flat_map(|s| &s.conditions)
-            .filter(|c| c.type_ != "Ready" || c.status != "True")
-        {
-            writeln!(
-                out,
-                "    {}={} {}: {}",
-                c.type_, c.status, c.reason, c.message
-            )?;
-        }
-    }
-    // The datapath's prefixes.
-    writeln!(
-        out,
-        "\n{:>4} {:<18} {:<9} {:<15} EGRESS IP",
-        "ID", "DESTINATION", "ACTION", "GATEWAY"
-    )?;
-    for r in &rows {
-        let excluded = r["action"] == "excluded";
-        let dash = |k: &str| {
-            if excluded {
-                "-".to_owned()
-            } else {
-                r[k].as_str().unwrap_or("").to_owned()
-            }
-        };
-        let line = format!(
-            "{:>4} {:<18} {:<9} {:<15} {}",
-            r["policy"].as_u64().unwrap_or(0),
-            r["destination"].as_str().unwrap_or(""),
-            r["action"].as_str().unwrap_or(""),
-            dash("gateway"),
-            dash("egress_ip"),
+        .map(|(n, s)| StatusRow {
+            name: n,
+            id: s.datapath_id,
+            status: Some(s),
+            traffic: traffic(s.datapath_id),
+        })
+        .chain(
+            ids.iter()
+                .filter(|id| !named.contains(id))
+                .map(|id| StatusRow {
+                    name: "?",
+                    id: Some(*id),
+                    status: None,
+                    traffic: traffic(Some(*id)),
+                }),
         );
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(out)
+    let mut out = table::render_with_notes(&StatusRow::INSPECT_COLUMNS, listed.map(|r| r.cells()));
+    out.push('\n');
+    out += &table::render(&PrefixRow::COLUMNS, rows.iter().map(PrefixRow::cells));
+    out
+}
+
+/// Per node in `check`: its local pods, how many a policy selects, and the remote pods it
+/// accepts as a gateway.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct NodeRow {
+    pub pods: usize,
+    pub selected: usize,
+    pub remote: usize,
+}
+
+impl NodeRow {
+    const COLUMNS: [Col; 4] = [
+        left("NODE", 20),
+        right("PODS", 5),
+        right("SELECTED", 9),
+        right("REMOTE", 7),
+    ];
+}
+
+/// What `check` reports (its `--json` output).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    /// Every policy's status, as its gateway node computes it.
+    pub policies: BTreeMap<String, PolicyStatus>,
+    pub nodes: BTreeMap<String, NodeRow>,
+    pub warnings: Vec<String>,
 }
 
 /// `egress-agent check`: what the model makes of a configuration file, without a kernel: every
@@ -271,6 +446,51 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
 /// running agent sees) and, per node, the local pods, how many are selected, and the remote
 /// pods a gateway accepts.
 pub fn check(cfg: &crate::config::AgentConfig, as_json: bool) -> Result<String> {
+    let report = check_report(cfg);
+    output(&report, as_json, || {
+        let c = &cfg.cluster;
+        let mut out = format!(
+            "configuration parses: {} nodes, {} namespaces, {} pods, {} policies\n\n",
+            c.nodes.len(),
+            c.namespaces.len(),
+            c.pods.len(),
+            c.policies.len()
+        );
+        out += &table::render_with_notes(
+            &StatusRow::CHECK_COLUMNS,
+            report.policies.iter().map(|(name, s)| {
+                StatusRow {
+                    name,
+                    id: s.datapath_id,
+                    status: Some(s),
+                    traffic: None,
+                }
+                .cells()
+            }),
+        );
+        out.push('\n');
+        out += &table::render(
+            &NodeRow::COLUMNS,
+            report.nodes.iter().map(|(n, r)| {
+                vec![
+                    n.clone(),
+                    r.pods.to_string(),
+                    r.selected.to_string(),
+                    r.remote.to_string(),
+                ]
+            }),
+        );
+        if !report.warnings.is_empty() {
+            out += "\nwarnings:\n";
+            for w in &report.warnings {
+                out += &format!("  {w}\n");
+            }
+        }
+        out
+    })
+}
+
+fn check_report(cfg: &crate::config::AgentConfig) -> CheckReport {
     let cluster = cfg.cluster.to_model();
     let local = crate::model::LocalFacts::default();
     let mut nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -280,101 +500,43 @@ pub fn check(cfg: &crate::config::AgentConfig, as_json: bool) -> Result<String> 
         .map(|n| (*n, crate::model::compute(&cluster, n, &local)))
         .collect();
     let any = crate::model::compute(&cluster, nodes.first().copied().unwrap_or(""), &local);
-    let mut status = any.status.clone();
-    for (name, s) in status.iter_mut() {
+    let mut policies = any.status.clone();
+    for (name, s) in policies.iter_mut() {
         if let Some(m) = s.gateway_node.as_deref().and_then(|g| models.get(g)) {
             if let Some(gs) = m.status.get(name) {
                 *s = gs.clone();
             }
         }
     }
-    let per_node: BTreeMap<&str, serde_json::Value> = models
+    let nodes = models
         .iter()
         .map(|(n, m)| {
-            (
-                *n,
-                json!({
-                    "pods": m.desired.pods.len(),
-                    "selected": m.desired.pods.iter().filter(|p| p.policy_id.is_some()).count(),
-                    "remote": m.desired.remote_endpoints.len(),
-                }),
-            )
+            let row = NodeRow {
+                pods: m.desired.pods.len(),
+                selected: m
+                    .desired
+                    .pods
+                    .iter()
+                    .filter(|p| p.policy_id.is_some())
+                    .count(),
+                remote: m.desired.remote_endpoints.len(),
+            };
+            ((*n).to_owned(), row)
         })
         .collect();
-    let mut warnings: Vec<&String> = models
+    let mut warnings: Vec<String> = models
         .values()
         .flat_map(|m| &m.desired.warnings)
         .chain(&any.desired.warnings)
+        .cloned()
         .collect();
     warnings.sort();
     warnings.dedup();
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&json!({
-            "policies": status,
-            "nodes": per_node,
-            "warnings": warnings,
-        }))? + "\n");
+    CheckReport {
+        policies,
+        nodes,
+        warnings,
     }
-    let c = &cfg.cluster;
-    let mut out = format!(
-        "configuration parses: {} nodes, {} namespaces, {} pods, {} policies\n\n",
-        c.nodes.len(),
-        c.namespaces.len(),
-        c.pods.len(),
-        c.policies.len()
-    );
-    writeln!(
-        out,
-        "{:<20} {:>4} {:<6} {:<22} {:<12} {:<15} {:>5}",
-        "POLICY", "ID", "READY", "REASON", "GATEWAY", "EGRESS IP", "PODS"
-    )?;
-    for (name, s) in &status {
-        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
-        writeln!(
-            out,
-            "{:<20} {:>4} {:<6} {:<22} {:<12} {:<15} {:>5}",
-            name,
-            s.datapath_id.map_or("-".into(), |i| i.to_string()),
-            ready.map_or("?", |c| c.status.as_str()),
-            ready.map_or("", |c| c.reason.as_str()),
-            s.gateway_node.as_deref().unwrap_or("-"),
-            s.egress_ip.as_deref().unwrap_or("-"),
-            s.selected_pods
-        )?;
-        for c in s
-            .conditions
-            .iter()
-            .filter(|c| c.type_ != "Ready" || c.status != "True")
-        {
-            writeln!(
-                out,
-                "    {}={} {}: {}",
-                c.type_, c.status, c.reason, c.message
-            )?;
-        }
-    }
-    writeln!(
-        out,
-        "\n{:<20} {:>5} {:>9} {:>7}",
-        "NODE", "PODS", "SELECTED", "REMOTE"
-    )?;
-    for (n, v) in &per_node {
-        writeln!(
-            out,
-            "{:<20} {:>5} {:>9} {:>7}",
-            n,
-            v["pods"].as_u64().unwrap_or(0),
-            v["selected"].as_u64().unwrap_or(0),
-            v["remote"].as_u64().unwrap_or(0)
-        )?;
-    }
-    if !warnings.is_empty() {
-        writeln!(out, "\nwarnings:")?;
-        for w in warnings {
-            writeln!(out, "  {w}")?;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -400,6 +562,108 @@ mod tests {
         assert_eq!(v["nodes"]["worker1"]["selected"], 1);
         assert_eq!(v["nodes"]["gateway"]["remote"], 1);
         assert_eq!(v["warnings"].as_array().map(Vec::len), Some(0));
+    }
+
+    #[test]
+    fn inspect_policies_text_is_the_readme_layout() {
+        let status: BTreeMap<String, PolicyStatus> = serde_json::from_value(serde_json::json!({
+            "mail": {"gatewayNode": "gateway", "egressIP": "192.0.2.10", "selectedPods": 1,
+                     "datapathId": 53, "conditions": [
+                        {"type": "Ready", "status": "True", "reason": "Active", "message": ""}]},
+            "broken": {"selectedPods": 0, "conditions": [
+                {"type": "Ready", "status": "False", "reason": "GatewayNotFound",
+                 "message": "gateway node nowhere does not exist"}]}
+        }))
+        .expect("status");
+        let stats = BTreeMap::from([(
+            53,
+            PolicyStats {
+                tx_packets: 1460,
+                tx_bytes: 52526540,
+                ..Default::default()
+            },
+        )]);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("IP");
+        let row = |dst: &str, action| PrefixRow {
+            policy: 53,
+            name: "mail".into(),
+            destination: dst.into(),
+            action,
+            gateway: ip(if action == "gateway" {
+                "192.0.2.10"
+            } else {
+                "0.0.0.0"
+            }),
+            egress_ip: ip(if action == "gateway" {
+                "192.0.2.10"
+            } else {
+                "0.0.0.0"
+            }),
+            tx_packets: 1460,
+            tx_bytes: 52526540,
+        };
+        let mut rows = vec![
+            row("10.244.0.0/16", "excluded"),
+            row("10.96.0.0/12", "excluded"),
+            row("198.51.100.0/24", "gateway"),
+        ];
+        rows.push(PrefixRow {
+            policy: 7,
+            ..row("203.0.113.0/24", "gateway")
+        });
+        assert_eq!(
+            policies_text(&status, &stats, &rows),
+            "\
+NAME                   ID READY  REASON           GATEWAY      EGRESS IP        PODS  TX PACKETS       TX BYTES
+broken                  - False  GatewayNotFound  -            -                   0           0              0
+    Ready=False GatewayNotFound: gateway node nowhere does not exist
+mail                   53 True   Active           gateway      192.0.2.10          1        1460       52526540
+?                       7 ?                       -            -                   -           0              0
+
+  ID DESTINATION        ACTION    GATEWAY         EGRESS IP
+  53 10.244.0.0/16      excluded  -               -
+  53 10.96.0.0/12       excluded  -               -
+  53 198.51.100.0/24    gateway   192.0.2.10      192.0.2.10
+   7 203.0.113.0/24     gateway   192.0.2.10      192.0.2.10
+"
+        );
+    }
+
+    #[test]
+    fn counters_text_has_traffic_nat_and_drops() {
+        let c = Counters {
+            drops: BTreeMap::from([("frag_needed", 0), ("no_gateway", 12)]),
+            policies: BTreeMap::from([(
+                53,
+                TrafficRow {
+                    tx_packets: 1,
+                    tx_bytes: 2,
+                    rx_packets: 3,
+                    rx_bytes: 4,
+                },
+            )]),
+            nat: NatCounters {
+                port_retries: 5,
+                allocations: 6,
+            },
+        };
+        assert_eq!(
+            c.render(),
+            "\
+POLICY     TX PACKETS       TX BYTES   RX PACKETS       RX BYTES
+53                  1              2            3              4
+
+NAT: 6 mappings created, 5 taken ports retried
+
+DROP REASON                   PACKETS
+frag_needed                         0
+no_gateway                         12
+"
+        );
+        let v = serde_json::to_value(&c).expect("JSON");
+        assert_eq!(v["policies"]["53"]["rx_bytes"], 4);
+        assert_eq!(v["drops"]["no_gateway"], 12);
+        assert_eq!(v["nat"]["allocations"], 6);
     }
 
     #[test]

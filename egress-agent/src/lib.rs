@@ -13,3 +13,4 @@ pub mod netdev;
 pub mod reconcile;
 pub mod spf;
 pub mod status;
+pub mod table;

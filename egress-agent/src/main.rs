@@ -73,9 +73,6 @@ enum Cmd {
         /// How often to check the configuration file for changes, in milliseconds.
         #[arg(long, default_value_t = 100)]
         file_poll_ms: u64,
-        /// Deprecated (the reconciler is event-driven now): taken as --file-poll-ms.
-        #[arg(long, hide = true)]
-        interval_ms: Option<u64>,
         /// Reconcile at least this often even without a change, in seconds (a safety net).
         #[arg(long, default_value_t = 30)]
         resync_s: u64,
@@ -161,11 +158,9 @@ fn real_main(cli: Cli) -> Result<()> {
             uplink,
             metrics_addr,
             file_poll_ms,
-            interval_ms,
             resync_s,
             gc_interval_s,
         } => {
-            let file_poll_ms = interval_ms.unwrap_or(file_poll_ms);
             let metrics_addr = match metrics_addr.as_str() {
                 "off" | "" => None,
                 a => Some(a.parse().with_context(|| {

@@ -164,6 +164,9 @@ pub struct Health {
     /// Translated flows counted by the last NAT collection (-1: none yet). Counting the NAT
     /// table at scrape time would cost a syscall per entry on every scrape.
     pub nat_flows: AtomicI64,
+    /// 1 when tunnel packets on this node's underlay are protected against spoofed peers, 0
+    /// when they are not (`TunnelProtected=False`), -1 before the underlay is known.
+    pub tunnel_protected: AtomicI64,
 }
 
 impl Default for Health {
@@ -172,6 +175,7 @@ impl Default for Health {
             ready: AtomicBool::new(false),
             policy_names: RwLock::default(),
             nat_flows: AtomicI64::new(-1),
+            tunnel_protected: AtomicI64::new(-1),
         }
     }
 }
@@ -292,6 +296,16 @@ impl Collector for DatapathCollector {
                 "SNAT mappings created",
                 s.allocations,
             )?;
+        }
+        let protected = self.health.tunnel_protected.load(Ordering::Relaxed);
+        if protected >= 0 {
+            let g = ConstGauge::new(protected);
+            g.encode(enc.encode_descriptor(
+                "tunnel_protected",
+                "1 when tunnel packets are accepted only from a private underlay or with on-link peers' MACs, 0 when peers' addresses can be spoofed from the internet (see the TunnelProtected condition)",
+                None,
+                g.metric_type(),
+            )?)?;
         }
         if let Some(n) = nat {
             let g = ConstGauge::new(n);

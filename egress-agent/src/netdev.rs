@@ -7,13 +7,18 @@ use std::{
 };
 
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute},
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use thiserror::Error;
+use NetdevError::NotOurDevice;
 
 #[derive(Debug, Error)]
 pub enum NetdevError {
@@ -39,18 +44,6 @@ fn name_of(msg: &LinkMessage) -> Option<&str> {
     })
 }
 
-fn is_collect_md_vxlan(msg: &LinkMessage) -> bool {
-    msg.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
-            LinkInfo::Data(InfoData::Vxlan(v)) => v
-                .iter()
-                .any(|x| matches!(x, InfoVxlan::CollectMetadata(true))),
-            _ => false,
-        }),
-        _ => false,
-    })
-}
-
 async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetdevError> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
@@ -66,43 +59,199 @@ pub async fn ifindex(handle: &Handle, name: &str) -> Result<Option<u32>, NetdevE
     Ok(link_by_name(handle, name).await?.map(|l| l.header.index))
 }
 
-/// Creates the collect_md VXLAN device (`ip link add NAME type vxlan external dstport PORT`)
-/// unless it exists, sets it up, and returns its ifindex. The device MTU is the underlay
-/// MTU: oversize packets are answered by the programs, and the kernel fragments the outer
-/// packet of non-DF ones.
-pub async fn ensure_vxlan(
-    handle: &Handle,
-    name: &str,
-    port: u16,
-    mtu: u32,
-) -> Result<u32, NetdevError> {
-    if let Some(l) = link_by_name(handle, name).await? {
-        if !is_collect_md_vxlan(&l) {
-            return Err(NetdevError::NotOurDevice(name.to_owned()));
+/// The tunnel device the agent wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub port: u16,
+    /// Device MTU: the underlay MTU (oversize packets are answered by the programs, and the
+    /// kernel fragments the outer packet of non-DF ones).
+    pub mtu: u32,
+    /// The node's underlay address: the outer source of every tunnel packet.
+    pub local: Ipv4Addr,
+    /// ifindex of the underlay interface.
+    pub link: u32,
+}
+
+/// The VXLAN attributes of an existing device that the spec pins: (collect_md, port,
+/// local, link).
+fn vxlan_facts(msg: &LinkMessage) -> (bool, Option<u16>, Option<Ipv4Addr>, Option<u32>) {
+    let mut f = (false, None, None, None);
+    for a in &msg.attributes {
+        let LinkAttribute::LinkInfo(infos) = a else {
+            continue;
+        };
+        for i in infos {
+            let LinkInfo::Data(InfoData::Vxlan(v)) = i else {
+                continue;
+            };
+            for x in v {
+                match x {
+                    InfoVxlan::CollectMetadata(c) => f.0 = *c,
+                    InfoVxlan::Port(p) => f.1 = Some(*p),
+                    InfoVxlan::Local(ip) => f.2 = Some(*ip),
+                    InfoVxlan::Link(l) => f.3 = Some(*l),
+                    _ => {}
+                }
+            }
+        }
+    }
+    f
+}
+
+/// Creates the collect_md VXLAN device (`ip link add NAME type vxlan external dstport PORT
+/// local LOCAL dev UNDERLAY`), IPv4 only (no IPv6 address: `addrgenmode none`, IPv6
+/// disabled on it), sets it up and returns its ifindex. A device of that name with other
+/// settings (an older agent's, or a changed underlay) is replaced.
+pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<u32, NetdevError> {
+    if let Some(l) = link_by_name(handle, &spec.name).await? {
+        let (md, port, local, link) = vxlan_facts(&l);
+        if !md {
+            return Err(NotOurDevice(spec.name.clone()));
         }
         let idx = l.header.index;
-        if l.header.flags.contains(LinkFlags::Up) {
-            // Setting it up again would emit a link event, and link events wake the reconciler.
+        if port == Some(spec.port) && local == Some(spec.local) && link == Some(spec.link) {
+            if l.header.flags.contains(LinkFlags::Up) {
+                // Setting it up again would emit a link event, and link events wake the
+                // reconciler.
+                return Ok(idx);
+            }
+            ipv4_only(&spec.name);
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(idx).up().build())
+                .execute()
+                .await?;
             return Ok(idx);
         }
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(idx).up().build())
-            .execute()
-            .await?;
-        return Ok(idx);
+        tracing::info!(
+            device = %spec.name,
+            ?port, ?local, ?link,
+            "tunnel device has other settings than wanted; replacing it"
+        );
+        handle.link().del(idx).execute().await?;
     }
-    let msg = LinkMessageBuilder::<LinkVxlan>::new(name)
-        .port(port)
+    let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+        .port(spec.port)
         .collect_metadata(true)
         .learning(false)
-        .mtu(mtu)
-        .up()
+        .local(spec.local)
+        .dev(spec.link)
+        .mtu(spec.mtu)
         .build();
     handle.link().add(msg).execute().await?;
-    ifindex(handle, name)
+    let idx = ifindex(handle, &spec.name)
         .await?
-        .ok_or_else(|| NetdevError::NotOurDevice(name.to_owned()))
+        .ok_or_else(|| NotOurDevice(spec.name.clone()))?;
+    ipv4_only(&spec.name);
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await?;
+    Ok(idx)
+}
+
+/// Keeps IPv6 off a device before it goes up: no link-local address (`addrgenmode none`), no
+/// IPv6 at all. Nothing to do on a kernel without IPv6.
+fn ipv4_only(dev: &str) {
+    for (knob, value) in [("addr_gen_mode", "1"), ("disable_ipv6", "1")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{dev}/{knob}");
+        if std::path::Path::new(&path).exists() {
+            if let Err(e) = std::fs::write(&path, value) {
+                tracing::warn!("writing {path}: {e}");
+            }
+        }
+    }
+}
+
+/// The IPv4 prefixes (address/prefix length) on interface `ifindex`.
+pub async fn ipv4_prefixes(handle: &Handle, ifindex: u32) -> Result<Vec<Ipv4Net>, NetdevError> {
+    let mut out = Vec::new();
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        if a.header.index != ifindex {
+            continue;
+        }
+        let local = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                Some(*ip)
+            }
+            _ => None,
+        });
+        if let Some(ip) = local {
+            if let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len) {
+                out.push(net);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The MAC addresses the neighbour table holds for IPv4 addresses on `ifindex` (entries
+/// with a link-layer address: reachable, stale, delay, probe, permanent).
+pub async fn neighbours(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NetdevError> {
+    let mut out = HashMap::new();
+    let mut neigh = handle
+        .neighbours()
+        .get()
+        .set_family(rtnetlink::IpVersion::V4)
+        .execute();
+    while let Some(n) = neigh.try_next().await? {
+        if n.header.ifindex != ifindex {
+            continue;
+        }
+        if let Some((ip, mac)) = neighbour_mac(&n) {
+            out.insert(ip, mac);
+        }
+    }
+    Ok(out)
+}
+
+/// An IPv4 neighbour entry's address and MAC, if it holds a usable one.
+pub fn neighbour_mac(n: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
+    if matches!(
+        n.header.state,
+        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+    ) {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+            NeighbourAttribute::LinkLocalAddress(l) => mac = <[u8; 6]>::try_from(&l[..]).ok(),
+            _ => {}
+        }
+    }
+    Some((ip?, mac?))
+}
+
+/// Asks the kernel to resolve `ip` on `ifindex` (a neighbour entry with NTF_USE, as
+/// `ip neigh replace IP dev DEV use` does): its MAC shows up in the table, and as a
+/// neighbour event, a moment later.
+pub async fn resolve_neighbour(
+    handle: &Handle,
+    ifindex: u32,
+    ip: Ipv4Addr,
+) -> Result<(), NetdevError> {
+    handle
+        .neighbours()
+        .add(ifindex, IpAddr::V4(ip))
+        .state(NeighbourState::None)
+        .flags(NeighbourFlags::Use)
+        .replace()
+        .execute()
+        .await?;
+    Ok(())
 }
 
 /// Deletes the device if it exists.
@@ -127,12 +276,24 @@ async fn link_names(handle: &Handle) -> Result<HashMap<u32, String>, NetdevError
     Ok(names)
 }
 
+/// On-link peers whose MAC the datapath checks, with the MAC it holds (zero: unknown). A
+/// neighbour event wakes the reconciler only when it brings one of them a new MAC: the
+/// neighbour table changes all the time (every entry's state ages), and those changes are
+/// nothing to act on.
+pub type WatchedNeighbours = std::sync::Arc<std::sync::Mutex<HashMap<Ipv4Addr, [u8; 6]>>>;
+
 /// Wakes the receiver whenever a link, an IPv4 address or an IPv4 route changes (the CNI
-/// adding or removing a pod's veth and /32 route, an egress address moving).
-pub fn watch_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetdevError> {
+/// adding or removing a pod's veth and /32 route, an egress address moving), or a watched
+/// neighbour's MAC does.
+pub fn watch_changes(
+    watched: WatchedNeighbours,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetdevError> {
+    use netlink_packet_core::NetlinkPayload;
+    use netlink_packet_route::RouteNetlinkMessage;
     use rtnetlink::sys::AsyncSocket;
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
-    let groups = libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE;
+    let groups =
+        libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_NEIGH;
     conn.socket_mut()
         .socket_mut()
         .bind(&rtnetlink::sys::SocketAddr::new(0, groups as u32))?;
@@ -140,8 +301,20 @@ pub fn watch_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, Netde
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures::StreamExt;
-        while messages.next().await.is_some() {
-            if tx.send(()).is_err() {
+        while let Some((msg, _)) = messages.next().await {
+            let wake = match &msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                    neighbour_mac(n).is_some_and(|(ip, mac)| {
+                        let w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                        w.get(&ip).is_some_and(|known| *known != mac)
+                    })
+                }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::DelNeighbour(_) | RouteNetlinkMessage::GetNeighbour(_),
+                ) => false,
+                _ => true,
+            };
+            if wake && tx.send(()).is_err() {
                 break;
             }
         }

@@ -13,13 +13,13 @@ use std::{
 use anyhow::{Context, Result};
 use egress_common::{
     addr::{ip4, ip4_from},
-    config::{Config, CFG_F_READY, VXLAN_OVERHEAD},
-    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
+    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
     policy::{decode_policy_key, policy_key},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
@@ -119,10 +119,25 @@ pub struct Reconciler {
     state_dir: PathBuf,
     /// Interfaces with `egw_from_pod` attached: name -> ifindex.
     pod_links: HashMap<String, u32>,
-    /// The uplink with `egw_from_wire` attached (gateway role).
-    uplink: Option<String>,
+    /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
+    /// ifindex.
+    wire_links: BTreeMap<String, u32>,
+    /// The tunnel device `egw_from_tunnel` was attached to by this process (every start
+    /// attaches it again: an upgrade brings a new program).
+    tunnel_link: Option<u32>,
+    /// On-link peers and the MAC the datapath holds for each (neighbour events about them
+    /// wake the reconciler).
+    neighbours: netdev::WatchedNeighbours,
+    /// Whether the tunnel is protected on this node's underlay, as of the last pass.
+    tunnel_protected: Option<bool>,
     warnings: Vec<String>,
     status: BTreeMap<String, PolicyStatus>,
+}
+
+/// The underlay: its ifindex and what the model needs to judge it.
+struct Underlay {
+    ifindex: u32,
+    facts: model::UnderlayFacts,
 }
 
 impl Reconciler {
@@ -140,7 +155,10 @@ impl Reconciler {
             default_uplink,
             state_dir,
             pod_links: HashMap::new(),
-            uplink: None,
+            wire_links: BTreeMap::new(),
+            tunnel_link: None,
+            neighbours: Default::default(),
+            tunnel_protected: None,
             warnings: Vec::new(),
             status: BTreeMap::new(),
         }
@@ -149,6 +167,16 @@ impl Reconciler {
     /// Every policy's status as of the last pass.
     pub fn status(&self) -> &BTreeMap<String, PolicyStatus> {
         &self.status
+    }
+
+    /// The on-link peers whose neighbour events matter (see `netdev::watch_changes`).
+    pub fn watched_neighbours(&self) -> netdev::WatchedNeighbours {
+        self.neighbours.clone()
+    }
+
+    /// Whether the tunnel is protected on this node's underlay (`None`: not known yet).
+    pub fn tunnel_protected(&self) -> Option<bool> {
+        self.tunnel_protected
     }
 
     /// The datapath (NAT expiry works on it between passes).
@@ -162,9 +190,21 @@ impl Reconciler {
         cfg: &AgentConfig,
         cluster: &model::Cluster,
     ) -> Result<usize> {
-        let local = model::LocalFacts {
+        let mut local = model::LocalFacts {
             interfaces: netdev::ipv4_addresses(&self.handle).await?,
+            underlay: None,
         };
+        let this_ip = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == self.node)
+            .and_then(|n| n.ip);
+        let mut underlay_if = None;
+        if let Some(ip) = this_ip {
+            let u = self.underlay(cfg, ip, &local.interfaces).await?;
+            underlay_if = Some(u.ifindex);
+            local.underlay = Some(u.facts);
+        }
         let m = model::compute(cluster, &self.node, &local);
         if m.status != self.status {
             status::record_local(&self.state_dir, &self.status, &m.status);
@@ -183,28 +223,82 @@ impl Reconciler {
                 self.node
             )
         })?;
-        let mut changes = self.sync_devices(cfg, &d, node_ip).await?;
+        let underlay = Underlay {
+            ifindex: underlay_if.context("no underlay")?,
+            facts: local.underlay.context("no underlay")?,
+        };
+        self.tunnel_protected = d.tunnel.as_ref().map(|p| p.protected);
+        let mut changes = self.sync_devices(cfg, &d, node_ip, &underlay).await?;
         let routes = netdev::pod_routes(&self.handle).await?;
         let (endpoints, links) = local_endpoints(&d.pods, &routes);
         changes += self.sync_attachments(&links)?;
-        changes += self.sync_maps(&d, &endpoints)?;
+        let nodes = self.node_entries(&d, &underlay).await?;
+        changes += self.sync_maps(&d, &endpoints, &nodes)?;
         Ok(changes)
     }
 
-    /// The tunnel device, the node configuration, the tunnel program, and the uplink program
-    /// while this node is a gateway.
+    /// The underlay: the interface the tunnel runs on (`tunnel.interface`, or the one holding
+    /// the node's InternalIP), its ifindex, and what the model needs to judge it.
+    async fn underlay(
+        &self,
+        cfg: &AgentConfig,
+        node_ip: Ipv4Addr,
+        interfaces: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ) -> Result<Underlay> {
+        let holder = interfaces
+            .iter()
+            .find(|(_, ips)| ips.contains(&node_ip))
+            .map(|(n, _)| n.clone());
+        let name = match (&cfg.tunnel.interface, holder) {
+            (Some(want), Some(have)) if *want == have => have,
+            (Some(want), _) => anyhow::bail!(
+                "tunnel.interface {want} does not hold the node's InternalIP {node_ip}: peers \
+                 send their tunnel packets to that address, so the tunnel must run where it is"
+            ),
+            (None, Some(have)) => have,
+            (None, None) => anyhow::bail!(
+                "the node's InternalIP {node_ip} is on no interface of this node: cannot find \
+                 the underlay (set tunnel.interface, and check the node's address)"
+            ),
+        };
+        let ifindex = netdev::ifindex(&self.handle, &name)
+            .await?
+            .with_context(|| format!("underlay interface {name} not found"))?;
+        let default_route = netdev::default_route_interface(&self.handle)
+            .await?
+            .as_deref()
+            == Some(&name);
+        let prefixes = netdev::ipv4_prefixes(&self.handle, ifindex).await?;
+        Ok(Underlay {
+            ifindex,
+            facts: model::UnderlayFacts {
+                interface: name,
+                default_route,
+                prefixes,
+            },
+        })
+    }
+
+    /// The tunnel device (bound to the underlay), the node configuration, the tunnel program
+    /// (attached again by every start), and `egw_from_wire` on the underlay (every node) and
+    /// on the uplink (while this node is a gateway).
     async fn sync_devices(
         &mut self,
         cfg: &AgentConfig,
         d: &Desired,
         node_ip: Ipv4Addr,
+        underlay: &Underlay,
     ) -> Result<usize> {
         let mut changes = 0;
         let tunnel_if = netdev::ensure_vxlan(
             &self.handle,
-            &cfg.tunnel.device,
-            cfg.tunnel.port,
-            cfg.tunnel.underlay_mtu,
+            &netdev::VxlanSpec {
+                name: cfg.tunnel.device.clone(),
+                port: cfg.tunnel.port,
+                mtu: cfg.tunnel.underlay_mtu,
+                local: node_ip,
+                link: underlay.ifindex,
+            },
         )
         .await?;
         let is_gateway = d.policies.values().any(|v| v.gateway_ip4 == ip4(node_ip));
@@ -218,33 +312,111 @@ impl Reconciler {
             .await?
             .with_context(|| format!("uplink {uplink_name} not found"))?;
         let want = Config {
-            flags: CFG_F_READY,
+            flags: CFG_F_READY | if is_gateway { CFG_F_GATEWAY } else { 0 },
             node_ip4: ip4(node_ip),
             tunnel_ifindex: tunnel_if,
             uplink_ifindex: uplink_if,
             tunnel_mtu: cfg.tunnel.underlay_mtu - VXLAN_OVERHEAD,
             nat_port_min: cfg.nat.port_range[0],
             nat_port_max: cfg.nat.port_range[1],
+            underlay_ifindex: underlay.ifindex,
+            trust_mark: cfg.tunnel.trust_mark,
+            tunnel_port: cfg.tunnel.port.to_be(),
+            _pad: [0; 6],
         };
         if self.dp.config()? != want {
             self.dp.set_config(&want)?;
-            info!(node = %self.node, ip = %node_ip, tunnel_if, uplink_if, "node configuration written");
+            info!(
+                node = %self.node,
+                ip = %node_ip,
+                tunnel_if,
+                underlay = %underlay.facts.interface,
+                uplink = %uplink_name,
+                gateway = is_gateway,
+                "node configuration written"
+            );
             changes += 1;
-            // (Re)attach the device programs whenever the configuration changes.
-            self.dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
         }
-        if is_gateway && self.uplink.as_deref() != Some(&uplink_name) {
-            self.dp.attach(FROM_WIRE, &uplink_name)?;
-            info!(uplink = %uplink_name, "gateway role: reverse NAT attached to the uplink");
-            self.uplink = Some(uplink_name);
+        if self.tunnel_link != Some(tunnel_if) {
+            self.dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
+            self.tunnel_link = Some(tunnel_if);
             changes += 1;
-        } else if !is_gateway {
-            if let Some(u) = self.uplink.take() {
-                self.dp.detach(FROM_WIRE, &u);
+        }
+        // The underlay's gate on every node; reverse NAT on a gateway's uplink.
+        let mut want_wire = BTreeMap::from([(underlay.facts.interface.clone(), underlay.ifindex)]);
+        if is_gateway {
+            want_wire.insert(uplink_name, uplink_if);
+        }
+        for (name, idx) in &want_wire {
+            if self.wire_links.get(name) != Some(idx) {
+                self.dp.attach(FROM_WIRE, name)?;
+                info!(interface = %name, "underlay gate / reverse NAT attached");
+                self.wire_links.insert(name.clone(), *idx);
                 changes += 1;
             }
         }
+        let gone: Vec<String> = self
+            .wire_links
+            .keys()
+            .filter(|n| !want_wire.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.dp.detach(FROM_WIRE, &n);
+            self.wire_links.remove(&n);
+            info!(interface = %n, "detached from interface");
+            changes += 1;
+        }
         Ok(changes)
+    }
+
+    /// The node map: every node address and egress IP (pods never reach the tunnel port
+    /// there), and every peer (may tunnel to us), with the MAC of on-link peers from the
+    /// neighbour table. An on-link peer whose MAC is not known yet is resolved; the neighbour
+    /// event brings it.
+    async fn node_entries(
+        &mut self,
+        d: &Desired,
+        underlay: &Underlay,
+    ) -> Result<BTreeMap<u32, NodeInfo>> {
+        let mut want: BTreeMap<u32, NodeInfo> = d
+            .node_addresses
+            .iter()
+            .map(|a| {
+                let info = NodeInfo {
+                    flags: NODE_F_ADDRESS,
+                    ..Default::default()
+                };
+                (ip4(*a), info)
+            })
+            .collect();
+        let on_link = d.nodes.iter().any(|p| underlay.facts.on_link(*p));
+        let macs = if on_link {
+            netdev::neighbours(&self.handle, underlay.ifindex).await?
+        } else {
+            HashMap::new()
+        };
+        let mut watched = HashMap::new();
+        for peer in &d.nodes {
+            let e = want.entry(ip4(*peer)).or_default();
+            e.flags |= NODE_F_PEER | NODE_F_ADDRESS;
+            if !underlay.facts.on_link(*peer) {
+                continue;
+            }
+            e.flags |= NODE_F_ONLINK;
+            match macs.get(peer) {
+                Some(mac) => e.mac = *mac,
+                None => {
+                    let r = netdev::resolve_neighbour(&self.handle, underlay.ifindex, *peer).await;
+                    if let Err(err) = r {
+                        debug!(peer = %peer, "resolving the peer's MAC: {err}");
+                    }
+                }
+            }
+            watched.insert(*peer, e.mac);
+        }
+        *self.neighbours.lock().unwrap_or_else(|e| e.into_inner()) = watched;
+        Ok(want)
     }
 
     /// `egw_from_pod` on exactly the interfaces in `want` (name -> ifindex); an interface whose
@@ -275,7 +447,12 @@ impl Reconciler {
     }
 
     /// The endpoints, nodes, remote endpoints and policies maps.
-    fn sync_maps(&mut self, d: &Desired, endpoints: &BTreeMap<u32, Endpoint>) -> Result<usize> {
+    fn sync_maps(
+        &mut self,
+        d: &Desired,
+        endpoints: &BTreeMap<u32, Endpoint>,
+        nodes: &BTreeMap<u32, NodeInfo>,
+    ) -> Result<usize> {
         let mut maps = self.dp.maps();
         let mut changes = Diff::new(endpoints, maps.endpoints()?).apply(
             &mut maps,
@@ -290,12 +467,7 @@ impl Reconciler {
                 Ok(())
             },
         )?;
-        let peer = NodeInfo {
-            flags: NODE_F_PEER,
-            _pad: 0,
-        };
-        let nodes: BTreeMap<u32, NodeInfo> = d.nodes.iter().map(|n| (ip4(*n), peer)).collect();
-        changes += Diff::new(&nodes, maps.nodes()?).apply(
+        changes += Diff::new(nodes, maps.nodes()?).apply(
             &mut maps,
             |m, k, v| m.put_node(k, v),
             |m, k| m.del_node(k),

@@ -23,10 +23,10 @@ fn deploy(file: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn docs(file: &str) -> Vec<serde_yaml::Value> {
+fn docs(file: &str) -> Vec<serde_norway::Value> {
     let text = deploy(file);
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML"))
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde_norway::Value::deserialize(d).expect("valid YAML"))
         .collect()
 }
 
@@ -35,7 +35,7 @@ fn of_kind<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> T {
         .into_iter()
         .find(|d| d["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} in {file}"));
-    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("{kind} in {file}: {e}"))
+    serde_norway::from_value(doc).unwrap_or_else(|e| panic!("{kind} in {file}: {e}"))
 }
 
 #[test]

@@ -95,7 +95,7 @@ fn node(name: &str, ip: &str, gateway: bool) -> Value {
 }
 
 fn policy() -> Value {
-    let spec: EgressGatewayPolicySpec = serde_yaml::from_str(
+    let spec: EgressGatewayPolicySpec = serde_norway::from_str(
         r#"
 selectors: [{ podSelector: { matchLabels: { app: mail } } }]
 destinationCIDRs: [0.0.0.0/0]

@@ -11,6 +11,16 @@ pub const VXLAN_PORT: u16 = 4789;
 /// program passes traffic through untouched.
 pub const CFG_F_READY: u32 = 1 << 0;
 
+/// `Config::flags`: this node is the gateway of at least one policy: `egw_from_wire` on the
+/// uplink reverse-translates replies.
+pub const CFG_F_GATEWAY: u32 = 1 << 1;
+
+/// Default `Config::trust_mark`: the skb mark bit `egw_from_wire` sets on a tunnel packet that
+/// arrived on the underlay from a cluster node, and `egw_from_tunnel` requires (and clears)
+/// after decapsulation. Outside the bits kube-proxy (0x4000, 0x8000), Cilium (0x0f00 and the
+/// upper half) and Calico (0xffff0000) use by default.
+pub const DEFAULT_TRUST_MARK: u32 = 0x1000;
+
 /// The node's configuration. One entry, index 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,5 +38,14 @@ pub struct Config {
     /// SNAT port range, inclusive, host byte order.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// ifindex of the underlay interface: tunnel packets are accepted only when they arrive
+    /// there.
+    pub underlay_ifindex: u32,
+    /// The skb mark bit(s) that carry "arrived on the underlay from a cluster node" from the
+    /// underlay's tc ingress to the tunnel device's (the interface is lost in decapsulation).
+    pub trust_mark: u32,
+    /// UDP port of the tunnel, network byte order.
+    pub tunnel_port: u16,
+    pub _pad: [u8; 6],
 }
-crate::assert_size!(Config, 24);
+crate::assert_size!(Config, 40);

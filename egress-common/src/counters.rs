@@ -55,6 +55,25 @@ pub enum DropReason {
     /// TTL expired on a hop the programs route (the source node answers with ICMP
     /// time-exceeded; the gateway only counts).
     TtlExceeded = 141,
+    /// A pod sent UDP to the tunnel port of a cluster node's address (or an egress IP).
+    TunnelFromPod = 142,
+    /// A packet came out of the tunnel device without having arrived on the underlay from a
+    /// cluster node (sent from a pod, from the internet to another interface, ...).
+    TunnelUntrusted = 143,
+    /// A tunnel packet from an on-link peer's address whose Ethernet source is not that
+    /// peer's MAC (spoofed from beyond a router, or the MAC is not known yet).
+    TunnelMacMismatch = 144,
+    /// A frame through the tunnel that is not IPv4.
+    TunnelNotIpv4 = 145,
+    /// A tunnel packet for a local pod that no policy selects.
+    TunnelUnselectedPod = 146,
+    /// A tunnel packet for a local pod with another policy's VNI.
+    TunnelWrongVni = 147,
+    /// A tunnel packet for a local pod from another node than its flow's gateway.
+    TunnelWrongGateway = 148,
+    /// A tunnel packet for a local pod that answers no flow the pod opened through the
+    /// gateway (nor is an ICMP error about one).
+    TunnelUnsolicited = 149,
 }
 
 /// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
@@ -67,8 +86,12 @@ pub const NAT_STAT_COUNT: u32 = 2;
 
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
-/// Number of drop reasons (size of the drop counter array).
-pub const DROP_REASON_COUNT: u32 = 14;
+/// Number of drop reasons.
+pub const DROP_REASON_COUNT: u32 = 22;
+/// Size of the drop counter array: room for reasons to come, so that a pinned counter map
+/// keeps its shape when an upgrade adds one.
+pub const DROP_SLOTS: u32 = 64;
+const _: () = assert!(DROP_REASON_COUNT <= DROP_SLOTS);
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASON_COUNT as usize] = [
@@ -86,6 +109,14 @@ impl DropReason {
         DropReason::Rewrite,
         DropReason::NoGatewayConfig,
         DropReason::TtlExceeded,
+        DropReason::TunnelFromPod,
+        DropReason::TunnelUntrusted,
+        DropReason::TunnelMacMismatch,
+        DropReason::TunnelNotIpv4,
+        DropReason::TunnelUnselectedPod,
+        DropReason::TunnelWrongVni,
+        DropReason::TunnelWrongGateway,
+        DropReason::TunnelUnsolicited,
     ];
 
     /// Index into the drop counter array.

@@ -21,17 +21,28 @@ pub struct Endpoint {
 }
 crate::assert_size!(Endpoint, 16);
 
-/// `NodeInfo::flags`: the node may send tunnelled traffic to this gateway.
+/// `NodeInfo::flags`: the underlay address of another cluster node: it may send tunnelled
+/// traffic to this node.
 pub const NODE_F_PEER: u32 = 1 << 0;
+/// `NodeInfo::flags`: an address of a cluster node (any node, this one included: InternalIP,
+/// ExternalIPs) or an egress IP. Pods never reach the tunnel port of such an address.
+pub const NODE_F_ADDRESS: u32 = 1 << 1;
+/// `NodeInfo::flags`: a peer on the underlay's own L2 segment: its tunnel packets must carry
+/// `NodeInfo::mac` as their Ethernet source (a spoofer beyond a router carries the router's).
+pub const NODE_F_ONLINK: u32 = 1 << 2;
 
-/// A cluster node. Key: the node's underlay IPv4 address (network byte order).
+/// A cluster node's address. Key: the IPv4 address (network byte order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
+    /// `NODE_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// On-link peers: the MAC address of the peer's underlay interface, from this node's
+    /// neighbour table (all zero while unknown: its tunnel packets are dropped).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
-crate::assert_size!(NodeInfo, 8);
+crate::assert_size!(NodeInfo, 16);
 
 /// A selected pod on another node that egresses through this gateway.
 /// Key: the pod's IPv4 address (network byte order).

@@ -16,6 +16,7 @@ pub mod addr;
 pub mod config;
 pub mod counters;
 pub mod endpoint;
+pub mod flow;
 pub mod map_sizes;
 pub mod nat;
 pub mod policy;
@@ -36,9 +37,12 @@ pub mod map_names {
     /// Fragments of translated datagrams, both ways: the flow of a datagram whose first
     /// fragment passed.
     pub const FRAG4: &str = "EGW_FRAG4";
+    /// Flows local pods opened through a gateway (source node): what may come back to them
+    /// through the tunnel.
+    pub const FLOWS4: &str = "EGW_FLOWS4";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         CONFIG,
         ENDPOINTS4,
         POLICY4,
@@ -49,6 +53,7 @@ pub mod map_names {
         DROPS,
         NAT_STATS,
         FRAG4,
+        FLOWS4,
     ];
 }
 
@@ -96,5 +101,6 @@ impl_pod!(
     nat::NatKey4,
     nat::NatEntry4,
     nat::FragKey4,
+    flow::FlowEntry4,
     counters::PolicyStats,
 );

@@ -7,6 +7,7 @@ use egress_common::{config::Config, counters::DropReason, endpoint::EP_F_SELECTE
 
 use crate::{
     counters::{count_drop, count_tx},
+    flows,
     gateway::snat_and_send,
     icmp, l3,
     maps::{config, LookupCopy, EGW_ENDPOINTS4},
@@ -14,6 +15,7 @@ use crate::{
     parse::{parse4, Packet4, IP_DF, IP_OFF},
     policy,
     tcp::{self, TCPIP_HLEN},
+    trust,
     tunnel::redirect_to_tunnel,
 };
 
@@ -24,6 +26,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(p) = parse4(ctx)? else {
         return Ok(TC_ACT_OK);
     };
+    trust::check_pod_packet(cfg, &p)?;
     let Some(ep) = EGW_ENDPOINTS4.lookup_copy(p.saddr) else {
         return Ok(TC_ACT_OK);
     };
@@ -75,8 +78,9 @@ fn to_gateway(
     }
     l3::forward(ctx, p)?;
     tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
+    flows::record(p, gateway, policy_id);
     count_tx(policy_id, ctx.len());
-    redirect_to_tunnel(ctx, cfg.tunnel_ifindex, gateway, policy_id)
+    redirect_to_tunnel(ctx, cfg, gateway, policy_id)
 }
 
 /// Size of the largest IPv4 packet this skb becomes on the wire (GSO: one segment).

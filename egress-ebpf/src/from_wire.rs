@@ -1,9 +1,13 @@
-//! `egw_from_wire`, tc ingress on the gateway's uplink: replies of translated flows (and ICMP
-//! errors about them) are reverse-translated and handed to their pods; everything else (the
-//! host's own traffic) is left alone.
+//! `egw_from_wire`, tc ingress on the node's underlay interface (every node) and on the
+//! gateway's uplink (the same interface when one network carries both). On the underlay:
+//! the tunnel's gate (see `trust`). On a gateway: replies of translated flows (and ICMP errors
+//! about them) are reverse-translated and handed to their pods; everything else (the host's
+//! own traffic) is left alone.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use egress_common::{counters::DropReason, nat::NAT_F_REVERSE, proto::IPPROTO_ICMP};
+use egress_common::{
+    config::CFG_F_GATEWAY, counters::DropReason, nat::NAT_F_REVERSE, proto::IPPROTO_ICMP,
+};
 
 use crate::{
     frag,
@@ -12,6 +16,7 @@ use crate::{
     maps::config,
     nat::{self, rewrite::rewrite},
     parse::parse4,
+    trust,
 };
 
 pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -21,6 +26,12 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(p) = parse4(ctx)? else {
         return Ok(TC_ACT_OK);
     };
+    if let Some(verdict) = trust::underlay_gate(ctx, cfg, &p)? {
+        return Ok(verdict);
+    }
+    if cfg.flags & CFG_F_GATEWAY == 0 {
+        return Ok(TC_ACT_OK);
+    }
     if p.is_icmp_error() {
         return match nat::icmp::reverse_icmp_error(ctx, &p)? {
             Some(e) => deliver(ctx, cfg, &p, &e, false),

@@ -69,5 +69,5 @@ pub fn deliver(
     if clamp {
         tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
     }
-    redirect_to_tunnel(ctx, cfg.tunnel_ifindex, e.node_ip4, e.policy_id)
+    redirect_to_tunnel(ctx, cfg, e.node_ip4, e.policy_id)
 }

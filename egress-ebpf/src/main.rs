@@ -9,6 +9,7 @@
 mod conntrack;
 mod counters;
 mod csum;
+mod flows;
 mod frag;
 mod from_pod;
 mod from_tunnel;
@@ -20,7 +21,9 @@ mod maps;
 mod nat;
 mod parse;
 mod policy;
+mod quote;
 mod tcp;
+mod trust;
 mod tunnel;
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use egress_common::{
     config::Config,
-    counters::{PolicyStats, DROP_REASON_COUNT, NAT_STAT_COUNT},
+    counters::{PolicyStats, DROP_SLOTS, NAT_STAT_COUNT},
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
+    flow::FlowEntry4,
     nat::{FragKey4, NatEntry4, NatKey4},
     policy::{PolicyKey4, PolicyValue, MAX_POLICIES},
 };
@@ -36,11 +37,15 @@ pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
 #[btf_map]
 pub static EGW_FRAG4: LruHashMap<FragKey4, NatEntry4, 16384> = LruHashMap::new();
 
+/// Flows local pods opened through a gateway (source node), see `flows`.
+#[btf_map]
+pub static EGW_FLOWS4: LruHashMap<NatKey4, FlowEntry4, 65536> = LruHashMap::new();
+
 #[btf_map]
 pub static EGW_POL_STATS: PerCpuArray<PolicyStats, { MAX_POLICIES as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static EGW_DROPS: PerCpuArray<u64, { DROP_REASON_COUNT as usize }> = PerCpuArray::new();
+pub static EGW_DROPS: PerCpuArray<u64, { DROP_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map]
 pub static EGW_NAT_STATS: PerCpuArray<u64, { NAT_STAT_COUNT as usize }> = PerCpuArray::new();

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use egress_common::counters::DropReason;
+use egress_common::{config::Config, counters::DropReason};
 
 const TUNNEL_TTL: u8 = 64;
 
@@ -32,11 +32,13 @@ pub fn tunnel_source(ctx: &TcContext) -> Result<(u32, u32), DropReason> {
     Ok((remote.to_be(), key.tunnel_id))
 }
 
-/// Sends the packet through the tunnel device to `remote` (network byte order) with `vni`.
+/// Sends the packet through the tunnel device to `remote` (network byte order) with `vni`,
+/// from this node's underlay address (the outer source is pinned to it, whatever the routing
+/// would pick).
 #[inline(always)]
 pub fn redirect_to_tunnel(
     ctx: &TcContext,
-    tunnel_ifindex: u32,
+    cfg: &Config,
     remote: u32,
     vni: u32,
 ) -> Result<i32, DropReason> {
@@ -44,6 +46,7 @@ pub fn redirect_to_tunnel(
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = vni;
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(remote);
+    key.__bindgen_anon_3.local_ipv4 = u32::from_be(cfg.node_ip4);
     key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: the helper reads `size` bytes from `key`.
     let ret = unsafe {
@@ -58,7 +61,7 @@ pub fn redirect_to_tunnel(
         return Err(DropReason::TunnelKey);
     }
     // SAFETY: plain helper call.
-    let ret = unsafe { bpf_redirect(tunnel_ifindex, 0) };
+    let ret = unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) };
     if ret != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::Redirect);
     }

@@ -15,6 +15,8 @@ pub struct ConfigSpec<'a> {
     /// The policy's egress IP (default: the gateway node's address; with a private underlay,
     /// its public one, which the file names as the node's extra address).
     pub egress_ip: Option<Ipv4Addr>,
+    /// The policy's destination CIDRs (default: the internet segment, 198.51.100.0/24).
+    pub destinations: Option<&'a [&'a str]>,
     /// The policy's excluded CIDRs.
     pub excluded: &'a [&'a str],
     /// Only these pods are in the file (default: all of the lab's pods); pods not in it carry
@@ -49,7 +51,8 @@ pub fn write_config(lab: &Lab, spec: &ConfigSpec) -> PathBuf {
     y += "policies:\n  - name: mail\n    spec:\n      selectors:\n";
     y += "        - podSelector: { matchLabels: { app: mail } }\n";
     y += "          namespaceSelector: { matchExpressions: [{ key: team, operator: In, values: [mail] }] }\n";
-    y += "      destinationCIDRs: [198.51.100.0/24]\n";
+    let destinations = spec.destinations.unwrap_or(&["198.51.100.0/24"]).join(", ");
+    y += &format!("      destinationCIDRs: [{destinations}]\n");
     if !spec.excluded.is_empty() {
         y += &format!("      excludedCIDRs: [{}]\n", spec.excluded.join(", "));
     }

@@ -1,20 +1,24 @@
 //! The model's pass for one node: resolve every policy (oldest first), program the active
 //! policies' prefixes, hand each pod to the oldest policy that selects it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use egress_common::{
     addr::ip4,
     endpoint::RemoteEndpoint,
     policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
 };
+use ipnet::Ipv4Net;
 
 use super::{
     allocate_ids,
     condition::{cond, ConditionType, Reason, Status},
     gateway::{resolve, Active},
-    Cluster, Labels, LocalFacts, LocalPod, Model, Node, Pod, Policy, PolicyStatus,
-    NAMESPACE_NAME_LABEL,
+    protection, Cluster, Labels, LocalFacts, LocalPod, Model, Node, Pod, Policy, PolicyCondition,
+    PolicyStatus, Protection, NAMESPACE_NAME_LABEL,
 };
 
 /// The policy order: oldest first, then by name.
@@ -48,6 +52,12 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    d.node_addresses = nodes
+        .iter()
+        .flat_map(|n| n.ip.into_iter().chain(n.addresses.iter().copied()))
+        .chain(local.interfaces.values().flatten().copied())
+        .collect();
+    d.tunnel = local.underlay.as_ref().map(|u| protection(u, &d.nodes));
 
     let policies = ordered(&cluster.policies);
     let ids = allocate_ids(policies.iter().map(|p| p.name.as_str()));
@@ -66,7 +76,12 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             ..Default::default()
         };
         match resolve(p, &st, &node_by_name, &nodes, node, local) {
-            Ok((a, conds)) => {
+            Ok((a, mut conds)) => {
+                // Only the gateway's agent knows its underlay (`check` and `inspect` do not).
+                if let Some(t) = d.tunnel.as_ref().filter(|_| a.gateway == node) {
+                    conds.push(tunnel_condition(t));
+                }
+                d.node_addresses.extend(a.egress_ip);
                 st.gateway_node = Some(a.gateway.clone());
                 st.egress_ip = a.egress_ip.map(|ip| ip.to_string());
                 st.conditions = conds;
@@ -97,12 +112,19 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             egress_ip4: a.egress_ip.map_or(0, ip4),
             _pad: 0,
         };
+        let never = never_via_gateway(a, &cluster.cluster_cidrs, &d.node_addresses);
+        // An exclusion wins over every destination inside it, however specific: the trie
+        // would pick the longer prefix, so such a destination is programmed as excluded.
         for dst in &a.destinations {
-            d.policies.insert((a.id, *dst), via);
+            let v = if never.iter().any(|e| e.contains(dst)) {
+                excluded
+            } else {
+                via
+            };
+            d.policies.insert((a.id, *dst), v);
         }
-        // Exclusions win over destinations of the same prefix; longer prefixes win anyway.
-        for ex in a.excluded.iter().chain(&cluster.cluster_cidrs) {
-            d.policies.insert((a.id, ex.trunc()), excluded);
+        for ex in never {
+            d.policies.insert((a.id, ex), excluded);
         }
     }
 
@@ -214,4 +236,47 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         }
     }
     m
+}
+
+/// Destinations that never go through a gateway, whatever a policy says: link-local,
+/// multicast and broadcast (besides the pod and service CIDRs, every node address and every
+/// egress IP).
+pub const NEVER_VIA_GATEWAY: [(Ipv4Addr, u8); 3] = [
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::BROADCAST, 32),
+];
+
+/// Everything policy `a` keeps on the normal path: its excluded CIDRs, the cluster's pod and
+/// service CIDRs, link-local, multicast and broadcast, and every node address and egress IP
+/// (kubelet probes and node traffic answer from the node, not from the gateway).
+fn never_via_gateway(
+    a: &Active,
+    cluster_cidrs: &[Ipv4Net],
+    node_addresses: &BTreeSet<Ipv4Addr>,
+) -> BTreeSet<Ipv4Net> {
+    let fixed = NEVER_VIA_GATEWAY
+        .iter()
+        .filter_map(|(ip, len)| Ipv4Net::new(*ip, *len).ok());
+    let hosts = node_addresses
+        .iter()
+        .filter_map(|ip| Ipv4Net::new(*ip, 32).ok());
+    a.excluded
+        .iter()
+        .chain(cluster_cidrs)
+        .map(Ipv4Net::trunc)
+        .chain(fixed)
+        .chain(hosts)
+        .collect()
+}
+
+/// The `TunnelProtected` condition the gateway's agent writes: whether tunnel packets from
+/// the policy's source nodes can be trusted on its underlay.
+fn tunnel_condition(p: &Protection) -> PolicyCondition {
+    cond(
+        ConditionType::TunnelProtected,
+        p.protected,
+        p.reason,
+        p.message.clone(),
+    )
 }

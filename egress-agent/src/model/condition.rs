@@ -14,6 +14,8 @@ pub enum ConditionType {
     IPv6Ignored,
     /// Whether the egress IP is on the gateway node.
     EgressIPOnGateway,
+    /// Whether tunnel packets can be trusted on the gateway's underlay.
+    TunnelProtected,
 }
 
 impl ConditionType {
@@ -23,6 +25,7 @@ impl ConditionType {
             ConditionType::PodConflict => "PodConflict",
             ConditionType::IPv6Ignored => "IPv6Ignored",
             ConditionType::EgressIPOnGateway => "EgressIPOnGateway",
+            ConditionType::TunnelProtected => "TunnelProtected",
         }
     }
 }
@@ -50,6 +53,13 @@ pub enum Reason {
     EgressIPNotOnGateway,
     /// `PodConflict=True`.
     SelectedByOlderPolicy,
+    /// `TunnelProtected=True`: the underlay is not the internet-facing interface.
+    PrivateUnderlay,
+    /// `TunnelProtected=True`: every peer is on-link (checked by MAC).
+    OnLinkPeers,
+    /// `TunnelProtected=False`: peers reached through a router on the internet-facing
+    /// interface can be spoofed.
+    RoutedPublicUnderlay,
 }
 
 impl Reason {
@@ -69,6 +79,9 @@ impl Reason {
             Reason::CheckedOnGateway => "CheckedOnGateway",
             Reason::EgressIPNotOnGateway => "EgressIPNotOnGateway",
             Reason::SelectedByOlderPolicy => "SelectedByOlderPolicy",
+            Reason::PrivateUnderlay => "PrivateUnderlay",
+            Reason::OnLinkPeers => "OnLinkPeers",
+            Reason::RoutedPublicUnderlay => "RoutedPublicUnderlay",
         }
     }
 }

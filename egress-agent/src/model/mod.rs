@@ -31,9 +31,10 @@ mod gateway;
 mod ids;
 pub mod selector;
 mod spec;
+mod tunnel;
 mod types;
 
-pub use compute::compute;
+pub use compute::{compute, NEVER_VIA_GATEWAY};
 pub use condition::{ConditionType, Reason, Status};
 pub use crd::{
     EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewayPolicyStatus, GatewaySpec,
@@ -41,6 +42,7 @@ pub use crd::{
 };
 pub use ids::allocate_ids;
 pub use selector::{Labels, Selector, SelectorError};
+pub use tunnel::{protection, Protection, UnderlayFacts};
 pub use types::{
     Cluster, Desired, LocalFacts, LocalPod, Model, Namespace, Node, Pod, Policy, PolicyStatus,
     NAMESPACE_NAME_LABEL,

@@ -207,7 +207,74 @@ fn cluster_and_excluded_cidrs_are_always_excluded() {
             "{cidr}"
         );
     }
-    assert_eq!(d.policies.len(), 4);
+    // The destination, the two cluster CIDRs, the policy's exclusion, link-local, multicast,
+    // broadcast and the three nodes' addresses.
+    assert_eq!(d.policies.len(), 10);
+}
+
+#[test]
+fn node_addresses_egress_ips_link_local_multicast_and_broadcast_never_go_via_the_gateway() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["0.0.0.0/0".into()];
+    c.policies[0].spec.gateway.egress_ip = Some("5.75.247.168".into());
+    c.nodes[1].addresses.push(Ipv4Addr::new(203, 0, 113, 9));
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("cni0".into(), vec![Ipv4Addr::new(10, 99, 0, 1)])]),
+        ..Default::default()
+    };
+    let d = compute(&c, "w1", &local).desired;
+    let pid = id(&c, "mail");
+    for cidr in [
+        "192.0.2.10/32",
+        "192.0.2.11/32",
+        "192.0.2.12/32",
+        "203.0.113.9/32",
+        "5.75.247.168/32",
+        "10.99.0.1/32",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    ] {
+        assert_eq!(
+            d.policies
+                .get(&(pid, cidr.parse().unwrap()))
+                .map(|v| v.action),
+            Some(ACTION_EXCLUDED),
+            "{cidr}"
+        );
+    }
+    assert_eq!(
+        d.policies[&(pid, "0.0.0.0/0".parse().unwrap())].action,
+        ACTION_VIA_GATEWAY
+    );
+}
+
+#[test]
+fn an_excluded_cidr_wins_over_a_more_specific_destination() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec![
+        "203.0.113.0/24".into(),
+        "203.0.113.64/26".into(),
+        "10.244.7.0/24".into(),
+        "169.254.169.254/32".into(),
+        "198.51.100.0/24".into(),
+    ];
+    c.policies[0].spec.excluded_cidrs = vec!["203.0.113.0/24".into()];
+    let d = run(&c, "w1").desired;
+    let pid = id(&c, "mail");
+    let action = |cidr: &str| d.policies[&(pid, cidr.parse().unwrap())].action;
+    // Inside an exclusion (the policy's, the pod CIDR, link-local): excluded.
+    for cidr in [
+        "203.0.113.0/24",
+        "203.0.113.64/26",
+        "10.244.7.0/24",
+        "169.254.169.254/32",
+    ] {
+        assert_eq!(action(cidr), ACTION_EXCLUDED, "{cidr}");
+    }
+    // Control: a destination no exclusion covers still goes through the gateway, and one
+    // that covers an exclusion keeps the rest of its range.
+    assert_eq!(action("198.51.100.0/24"), ACTION_VIA_GATEWAY);
 }
 
 #[test]
@@ -614,6 +681,7 @@ fn an_egress_ip_not_on_the_gateway_is_programmed_with_a_false_condition() {
     // The gateway itself sees the address on an interface.
     let local = LocalFacts {
         interfaces: BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]),
+        ..Default::default()
     };
     let m = compute(&c, "gw", &local);
     assert_eq!(
@@ -630,6 +698,7 @@ fn interface_egress_ip_is_resolved_on_the_gateway_only() {
     c.policies[0].spec.gateway.interface = Some("eth1".into());
     let local = LocalFacts {
         interfaces: BTreeMap::from([("eth1".into(), vec![Ipv4Addr::new(5, 75, 247, 168)])]),
+        ..Default::default()
     };
     let pid = id(&c, "mail");
     let gw = compute(&c, "gw", &local);
@@ -891,4 +960,75 @@ fn random_input_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn the_gateway_says_whether_its_tunnel_is_protected() {
+    let c = cluster();
+    let facts = |default_route: bool, prefix: &str| LocalFacts {
+        underlay: Some(UnderlayFacts {
+            interface: "eth0".into(),
+            default_route,
+            prefixes: vec![prefix.parse().unwrap()],
+        }),
+        ..Default::default()
+    };
+    // Every peer on the segment of the internet-facing interface: the MAC check holds.
+    let m = compute(&c, "gw", &facts(true, "192.0.2.10/24"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("True", "OnLinkPeers")
+    );
+    // Peers behind a router on the internet-facing interface: spoofable.
+    let m = compute(&c, "gw", &facts(true, "192.0.2.10/32"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("False", "RoutedPublicUnderlay")
+    );
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("RoutedPublicUnderlay")));
+    assert_eq!(m.desired.tunnel.as_ref().map(|p| p.protected), Some(false));
+    // A private underlay: protected whatever the routing.
+    let m = compute(&c, "gw", &facts(false, "192.0.2.10/32"));
+    let t = condition(&m.status["mail"], "TunnelProtected").expect("condition");
+    assert_eq!(
+        (t.status.as_str(), t.reason.as_str()),
+        ("True", "PrivateUnderlay")
+    );
+    // A worker does not judge the gateway's underlay.
+    let m = compute(&c, "w1", &facts(true, "192.0.2.11/32"));
+    assert!(condition(&m.status["mail"], "TunnelProtected").is_none());
+}
+
+#[test]
+fn every_node_address_and_egress_ip_is_kept_from_pods_tunnel_port() {
+    let mut c = cluster();
+    c.nodes[0].addresses.push(Ipv4Addr::new(5, 75, 247, 168));
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("cni0".into(), vec![Ipv4Addr::new(10, 244, 1, 1)])]),
+        ..Default::default()
+    };
+    let d = compute(&c, "w1", &local).desired;
+    for ip in [
+        GW,
+        W1,
+        Ipv4Addr::new(5, 75, 247, 168),
+        Ipv4Addr::new(192, 0, 2, 100),
+        Ipv4Addr::new(10, 244, 1, 1),
+    ] {
+        assert!(
+            d.node_addresses.contains(&ip),
+            "{ip}: {:?}",
+            d.node_addresses
+        );
+    }
+    // Peers are the other nodes' InternalIPs only.
+    assert!(!d.nodes.contains(&W1));
+    assert!(d.nodes.contains(&GW));
 }

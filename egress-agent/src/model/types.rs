@@ -1,12 +1,17 @@
 //! The model's input (what the sources know) and output (what one node's maps must hold, and
 //! every policy's status): plain data.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use egress_common::{endpoint::RemoteEndpoint, policy::PolicyValue};
 use ipnet::Ipv4Net;
 
-use super::{EgressGatewayPolicySpec, EgressGatewayPolicyStatus, Labels};
+use super::{
+    EgressGatewayPolicySpec, EgressGatewayPolicyStatus, Labels, Protection, UnderlayFacts,
+};
 
 /// The namespace label the API server sets on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -65,10 +70,12 @@ pub struct Cluster {
     pub policies: Vec<Policy>,
 }
 
-/// What the node the model runs for knows about itself: its interfaces' IPv4 addresses.
+/// What the node the model runs for knows about itself: its interfaces' IPv4 addresses, and
+/// its underlay (when the agent has found it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalFacts {
     pub interfaces: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub underlay: Option<UnderlayFacts>,
 }
 
 /// A local pod: its address, and its policy if an active one selects it.
@@ -88,8 +95,13 @@ pub struct Desired {
     pub pods: Vec<LocalPod>,
     /// `{policy id, prefix}` -> value.
     pub policies: BTreeMap<(u32, Ipv4Net), PolicyValue>,
-    /// Other cluster nodes.
+    /// Other cluster nodes' underlay addresses (tunnel peers).
     pub nodes: Vec<Ipv4Addr>,
+    /// Every address of every node, every address on this node's interfaces and every
+    /// egress IP: pods never reach the tunnel port there.
+    pub node_addresses: BTreeSet<Ipv4Addr>,
+    /// Whether the tunnel on this node's underlay is protected against spoofed peers.
+    pub tunnel: Option<Protection>,
     /// Pods of other nodes that egress through this node.
     pub remote_endpoints: BTreeMap<Ipv4Addr, RemoteEndpoint>,
     /// Problems worth a log line (the same facts as the status conditions).

@@ -10,8 +10,8 @@ use std::{net::Ipv4Addr, time::Duration};
 use aya::programs::{TestRun, TestRunOptions};
 use egress_agent::datapath::{ip4, policy_key, Datapath, MapSizes};
 use egress_common::{
-    config::{Config, CFG_F_READY},
-    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_PEER},
+    config::{Config, CFG_F_GATEWAY, CFG_F_READY, DEFAULT_TRUST_MARK, VXLAN_PORT},
+    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_PEER},
     nat::NatKey4,
     policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
 };
@@ -31,6 +31,8 @@ pub const POD_A_IF: u32 = 5;
 pub const POD_B_IF: u32 = 6;
 pub const TUNNEL_IF: u32 = 100;
 pub const UPLINK_IF: u32 = 200;
+/// The underlay: the device `skb_ctx` puts packets on (loopback, which exists everywhere).
+pub const UNDERLAY_IF: u32 = 1;
 pub const POLICY: u32 = 1;
 pub const PORT_MIN: u16 = 61000;
 pub const PORT_MAX: u16 = 65535;
@@ -56,13 +58,17 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
     require_root();
     let mut dp = Datapath::load(sizes, None).expect("load datapath");
     dp.set_config(&Config {
-        flags: CFG_F_READY,
+        flags: CFG_F_READY | CFG_F_GATEWAY,
         node_ip4: ip4(this_node),
         tunnel_ifindex: TUNNEL_IF,
         uplink_ifindex: UPLINK_IF,
         tunnel_mtu: TUNNEL_MTU,
         nat_port_min: PORT_MIN,
         nat_port_max: PORT_MAX,
+        underlay_ifindex: UNDERLAY_IF,
+        trust_mark: DEFAULT_TRUST_MARK,
+        tunnel_port: VXLAN_PORT.to_be(),
+        ..Default::default()
     })
     .expect("config");
     let mut m = dp.maps();
@@ -88,8 +94,8 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
         m.put_node(
             ip4(n),
             NodeInfo {
-                flags: NODE_F_PEER,
-                _pad: 0,
+                flags: NODE_F_PEER | NODE_F_ADDRESS,
+                ..Default::default()
             },
         )
         .expect("node");
@@ -126,6 +132,35 @@ pub fn skb_ctx(ingress_ifindex: u32) -> [u8; 192] {
     ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     ctx[40..44].copy_from_slice(&1u32.to_ne_bytes());
     ctx
+}
+
+/// Runs `prog` on `pkt` arriving on `ingress_ifindex` with skb mark `mark`; returns the
+/// verdict, the packet and the mark as the program left them.
+pub fn run_marked(
+    dp: &Datapath,
+    prog: &'static str,
+    pkt: &[u8],
+    ingress_ifindex: u32,
+    mark: u32,
+) -> (u32, Vec<u8>, u32) {
+    let mut ctx = skb_ctx(ingress_ifindex);
+    // struct __sk_buff: mark at 8.
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; 192];
+    let mut out = vec![0u8; pkt.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.ctx_out = Some(&mut ctx_out);
+    let res = dp
+        .program(prog)
+        .expect("program")
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+    (res.return_value, out, mark)
 }
 
 /// The outcome of a `BPF_PROG_TEST_RUN`.

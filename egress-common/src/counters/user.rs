@@ -20,6 +20,14 @@ impl DropReason {
             DropReason::Rewrite => "rewrite",
             DropReason::NoGatewayConfig => "no_gateway_config",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::TunnelFromPod => "tunnel_from_pod",
+            DropReason::TunnelUntrusted => "tunnel_untrusted",
+            DropReason::TunnelMacMismatch => "tunnel_mac_mismatch",
+            DropReason::TunnelNotIpv4 => "tunnel_not_ipv4",
+            DropReason::TunnelUnselectedPod => "tunnel_unselected_pod",
+            DropReason::TunnelWrongVni => "tunnel_wrong_vni",
+            DropReason::TunnelWrongGateway => "tunnel_wrong_gateway",
+            DropReason::TunnelUnsolicited => "tunnel_unsolicited",
         }
     }
 

@@ -14,10 +14,8 @@ use crate::{
     conntrack::touch,
     csum::{self, word},
     maps::EGW_NAT4,
-    parse::{
-        load_exact, Packet4, ICMP_CSUM, ICMP_ECHO, ICMP_HLEN, ICMP_ID, IP_CSUM_OFF, IP_DST_OFF,
-        IP_HLEN, TCP_CSUM, UDP_CSUM,
-    },
+    parse::{Packet4, ICMP_CSUM, IP_CSUM_OFF, IP_DST_OFF, TCP_CSUM, UDP_CSUM},
+    quote::quoted,
 };
 
 /// If `p` is an ICMP error about a packet this gateway translated, rewrites it for the pod:
@@ -26,30 +24,19 @@ use crate::{
 /// reverse NAT entry; `Ok(None)` when the error is not about one of our flows.
 #[inline(always)]
 pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntry4>, DropReason> {
-    let iip = p.l4_off + ICMP_HLEN;
-    let mut h = [0u8; IP_HLEN];
-    load_exact(ctx, iip, &mut h)?;
-    if h[0] >> 4 != 4 || h[0] & 0xf < 5 {
-        return Err(DropReason::Malformed);
-    }
-    let il4 = iip + usize::from(h[0] & 0xf) * 4;
-    let proto = h[9];
-    let isaddr = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-    let idaddr = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
-    let mut l4 = [0u8; 8];
-    load_exact(ctx, il4, &mut l4)?;
-    let (isport, idport, port_off) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => (word(&l4, 0), word(&l4, 2), il4),
-        IPPROTO_ICMP if l4[0] == ICMP_ECHO => (word(&l4, ICMP_ID), 0, il4 + ICMP_ID),
-        _ => return Ok(None),
+    let Some(q) = quoted(ctx, p)? else {
+        return Ok(None);
     };
+    let (h, iip, il4, port_off) = (q.ip, q.ip_off, q.l4_off, q.port_off);
+    let (isaddr, isport, proto) = (q.key.saddr, q.key.sport, q.key.proto);
     if isaddr != p.daddr {
         return Ok(None);
     }
+    // The reverse entry: the quoted packet's key as its reply would carry it.
     let key = NatKey4 {
-        saddr: idaddr,
+        saddr: q.key.daddr,
         daddr: isaddr,
-        sport: idport,
+        sport: q.key.dport,
         dport: isport,
         proto,
         _pad: [0; 3],

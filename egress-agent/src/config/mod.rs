@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::model::{self, EgressGatewayPolicySpec, Labels};
 
+mod unknown;
+
+/// What is wrong with a configuration file.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -20,14 +23,49 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("parsing {path}: {source}")]
+    /// Not YAML, or a value of the wrong type or shape. The parser's message has the field's
+    /// path and the line (so it is part of this message, not a separate source).
+    #[error("parsing {path}: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: serde_yaml::Error,
+        /// The line of the error, when the parser knows it (1-based).
+        line: Option<usize>,
+        error: serde_norway::Error,
     },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// A key that no field has: a misspelt optional field would silently do nothing.
+    #[error("{path}: {at}: unknown field{}", hint.map(|h| format!(" (did you mean {h}?)")).unwrap_or_default())]
+    UnknownField {
+        path: String,
+        /// Where, with list items named: `policy mail: spec.excludedCidrs`.
+        at: String,
+        /// The known field of that object with the closest name.
+        hint: Option<&'static str>,
+    },
+    #[error("invalid configuration: {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    /// Two nodes, pods or policies with the same name.
+    #[error("invalid configuration: {kind} {name} is listed twice")]
+    Duplicate { kind: &'static str, name: String },
+}
+
+impl ConfigError {
+    /// The same error about the file at `path` (parsing knows no file name).
+    fn in_file(self, file: &Path) -> ConfigError {
+        let file = file.display().to_string();
+        match self {
+            ConfigError::Parse { line, error, .. } => ConfigError::Parse {
+                path: file,
+                line,
+                error,
+            },
+            ConfigError::UnknownField { at, hint, .. } => ConfigError::UnknownField {
+                path: file,
+                at,
+                hint,
+            },
+            e => e,
+        }
+    }
 }
 
 fn default_device() -> String {
@@ -52,21 +90,57 @@ fn default_port_range() -> [u16; 2] {
 }
 
 /// The whole file.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(from = "File")]
 pub struct AgentConfig {
-    #[serde(default)]
     pub tunnel: TunnelConfig,
-    #[serde(default)]
     pub nat: NatConfig,
-    #[serde(default)]
     pub map_sizes: MapSizes,
-    #[serde(flatten)]
     pub cluster: Cluster,
 }
 
+/// The file's shape: the settings and the cluster side by side at the top level. (Not
+/// `#[serde(flatten)]`: a flattened struct hides the keys nobody asked for.)
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct File {
+    #[serde(default)]
+    tunnel: TunnelConfig,
+    #[serde(default)]
+    nat: NatConfig,
+    #[serde(default)]
+    map_sizes: MapSizes,
+    #[serde(default = "default_cluster_cidrs")]
+    cluster_cidrs: Vec<Ipv4Net>,
+    #[serde(default)]
+    nodes: Vec<Node>,
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
+    #[serde(default)]
+    pods: Vec<Pod>,
+    #[serde(default)]
+    policies: Vec<Policy>,
+}
+
+impl From<File> for AgentConfig {
+    fn from(f: File) -> Self {
+        AgentConfig {
+            tunnel: f.tunnel,
+            nat: f.nat,
+            map_sizes: f.map_sizes,
+            cluster: Cluster {
+                cluster_cidrs: f.cluster_cidrs,
+                nodes: f.nodes,
+                namespaces: f.namespaces,
+                pods: f.pods,
+                policies: f.policies,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct TunnelConfig {
     /// Name of the VXLAN (collect_md) device the agent creates.
     #[serde(default = "default_device")]
@@ -76,6 +150,19 @@ pub struct TunnelConfig {
     /// MTU of the node network; the tunnel costs 50 bytes of it.
     #[serde(default = "default_mtu")]
     pub underlay_mtu: u32,
+    /// The underlay: the interface the tunnel runs on, which must hold the node's InternalIP.
+    /// Tunnel packets are accepted only when they arrive there. Default: the interface that
+    /// holds the InternalIP.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// The skb mark bit(s) the underlay's program sets on trusted tunnel packets for the
+    /// tunnel device's program (must not be used by anything else on the node).
+    #[serde(default = "default_trust_mark")]
+    pub trust_mark: u32,
+}
+
+fn default_trust_mark() -> u32 {
+    egress_common::config::DEFAULT_TRUST_MARK
 }
 
 impl Default for TunnelConfig {
@@ -84,12 +171,14 @@ impl Default for TunnelConfig {
             device: default_device(),
             port: default_port(),
             underlay_mtu: default_mtu(),
+            interface: None,
+            trust_mark: default_trust_mark(),
         }
     }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct NatConfig {
     /// SNAT source ports, inclusive. Keep it outside the gateway host's
     /// `net.ipv4.ip_local_port_range` (or reserve it in `ip_local_reserved_ports`).
@@ -110,26 +199,20 @@ impl Default for NatConfig {
 }
 
 /// Nodes, namespaces, pods and policies: the static stand-in for the Kubernetes API.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     /// Pod and service CIDRs: never sent through a gateway.
-    #[serde(default = "default_cluster_cidrs")]
     pub cluster_cidrs: Vec<Ipv4Net>,
-    #[serde(default)]
     pub nodes: Vec<Node>,
     /// Namespace labels. A namespace that pods name but that is not listed has only the
     /// `kubernetes.io/metadata.name` label, as every namespace does.
-    #[serde(default)]
     pub namespaces: Vec<Namespace>,
-    #[serde(default)]
     pub pods: Vec<Pod>,
-    #[serde(default)]
     pub policies: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Node {
     pub name: String,
     /// Underlay (InternalIP) address.
@@ -145,7 +228,7 @@ pub struct Node {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Namespace {
     pub name: String,
     #[serde(default)]
@@ -157,7 +240,7 @@ fn default_namespace() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Pod {
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -170,7 +253,7 @@ pub struct Pod {
 
 /// An `EgressGatewayPolicy`: its name and the custom resource's `spec`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Policy {
     pub name: String,
     pub spec: EgressGatewayPolicySpec,
@@ -225,161 +308,125 @@ impl Cluster {
     }
 }
 
-/// The fields of a policy spec, per level: (field, the fields of its objects, if checked).
-struct Fields(&'static [(&'static str, Option<&'static Fields>)]);
-
-const SELECTOR_FIELDS: Fields = Fields(&[
-    ("matchLabels", None),
-    (
-        "matchExpressions",
-        Some(&Fields(&[
-            ("key", None),
-            ("operator", None),
-            ("values", None),
-        ])),
-    ),
-]);
-const SPEC_FIELDS: Fields = Fields(&[
-    (
-        "selectors",
-        Some(&Fields(&[
-            ("podSelector", Some(&SELECTOR_FIELDS)),
-            ("namespaceSelector", Some(&SELECTOR_FIELDS)),
-        ])),
-    ),
-    ("destinationCIDRs", None),
-    ("excludedCIDRs", None),
-    (
-        "gateway",
-        Some(&Fields(&[
-            ("nodeName", None),
-            ("nodeSelector", Some(&SELECTOR_FIELDS)),
-            ("egressIP", None),
-            ("interface", None),
-        ])),
-    ),
-]);
-
-/// Refuses keys of `v` (an object, or a list of objects) that `fields` does not name,
-/// suggesting the field that differs only in case.
-fn check_fields(v: &serde_yaml::Value, at: &str, fields: &Fields) -> Result<(), String> {
-    let objects: Vec<&serde_yaml::Value> = match v {
-        serde_yaml::Value::Sequence(s) => s.iter().collect(),
-        other => vec![other],
-    };
-    for o in objects {
-        let Some(map) = o.as_mapping() else { continue };
-        for (k, child) in map {
-            let key = k.as_str().unwrap_or_default();
-            match fields.0.iter().find(|(f, _)| *f == key) {
-                Some((_, Some(sub))) => check_fields(child, &format!("{at}.{key}"), sub)?,
-                Some((_, None)) => {}
-                None => {
-                    let hint = fields
-                        .0
-                        .iter()
-                        .find(|(f, _)| f.eq_ignore_ascii_case(key))
-                        .map(|(f, _)| format!(" (did you mean {f}?)"))
-                        .unwrap_or_default();
-                    return Err(format!("{at}.{key}: unknown field{hint}"));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
-            e => e,
-        })
+        Self::parse(&text).map_err(|e| e.in_file(path))
     }
 
+    /// Parses and checks a file's text: one typed pass that also notes unknown keys.
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
-        let raw: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
-        let old_policy = raw["policies"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .any(|p| p.get("gatewayNode").is_some() || p.get("id").is_some());
-        let old_pod = raw["pods"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .any(|p| p.get("policy").is_some());
-        if old_policy || old_pod {
-            return Err(ConfigError::Invalid(
-                "this is the old format: a policy is now `{name, spec}` with the \
-                 EgressGatewayPolicy spec (selectors, destinationCIDRs, gateway), ids are \
-                 derived from names, and pods are selected by their `labels` instead of \
-                 `policy:` (see the README, \"The configuration file\")"
-                    .into(),
-            ));
+        let (cfg, unknown): (AgentConfig, _) =
+            unknown::deserialize(serde_norway::Deserializer::from_str(text)).map_err(|error| {
+                ConfigError::Parse {
+                    path: "<config>".into(),
+                    line: error.location().map(|l| l.line()),
+                    error,
+                }
+            })?;
+        if let Some(path) = unknown.first() {
+            return Err(cfg.unknown_field(path));
         }
-        let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "<config>".into(),
-            source,
-        })?;
         cfg.validate()?;
-        // The custom resource's types accept unknown fields (the API server prunes them); in
-        // the file a misspelt optional field would silently do nothing, so refuse it.
-        for p in raw["policies"].as_sequence().into_iter().flatten() {
-            let name = p["name"].as_str().unwrap_or("?");
-            check_fields(&p["spec"], "spec", &SPEC_FIELDS)
-                .map_err(|e| ConfigError::Invalid(format!("policy {name}: {e}")))?;
-        }
         Ok(cfg)
+    }
+
+    /// The error for the unknown key at `path`: where it is, with list items named, and the
+    /// known field it may be a misspelling of.
+    fn unknown_field(&self, path: &[unknown::Segment]) -> ConfigError {
+        use unknown::Segment::{Index, Key};
+        let (key, parent) = match path.split_last() {
+            Some((Key(k), parent)) => (k.as_str(), parent),
+            _ => ("?", path),
+        };
+        let hint = unknown::closest(key, unknown::known_fields::<AgentConfig>(parent));
+        let c = &self.cluster;
+        let (item, rest) = match path {
+            [Key(list), Index(i), rest @ ..] => {
+                let item = match list.as_str() {
+                    "nodes" => c.nodes.get(*i).map(|n| format!("node {}", n.name)),
+                    "namespaces" => c
+                        .namespaces
+                        .get(*i)
+                        .map(|n| format!("namespace {}", n.name)),
+                    "pods" => c
+                        .pods
+                        .get(*i)
+                        .map(|p| format!("pod {}/{}", p.namespace, p.name)),
+                    "policies" => c.policies.get(*i).map(|p| format!("policy {}", p.name)),
+                    _ => None,
+                };
+                match item {
+                    Some(item) => (Some(item), rest),
+                    None => (None, path),
+                }
+            }
+            _ => (None, path),
+        };
+        let mut at = item.map(|i| format!("{i}: ")).unwrap_or_default();
+        for (n, s) in rest.iter().enumerate() {
+            match s {
+                Key(k) if n == 0 => at.push_str(k),
+                Key(k) => {
+                    at.push('.');
+                    at.push_str(k);
+                }
+                Index(i) => at.push_str(&format!("[{i}]")),
+            }
+        }
+        ConfigError::UnknownField {
+            path: "<config>".into(),
+            at,
+            hint,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let [lo, hi] = self.nat.port_range;
         if lo == 0 || hi < lo {
-            return Err(ConfigError::Invalid(format!(
-                "nat.portRange [{lo}, {hi}] must be a non-empty range of non-zero ports"
-            )));
+            return Err(ConfigError::Invalid {
+                field: "nat.portRange",
+                why: format!("[{lo}, {hi}] must be a non-empty range of non-zero ports"),
+            });
         }
         let overhead = egress_common::config::VXLAN_OVERHEAD;
+        if self.tunnel.trust_mark == 0 {
+            return Err(ConfigError::Invalid {
+                field: "tunnel.trustMark",
+                why: "must have at least one bit set (default 0x1000)".into(),
+            });
+        }
         if self.tunnel.underlay_mtu < 576 + overhead {
-            return Err(ConfigError::Invalid(format!(
-                "tunnel.underlayMtu {} is too small for the {overhead}-byte tunnel",
-                self.tunnel.underlay_mtu
-            )));
+            return Err(ConfigError::Invalid {
+                field: "tunnel.underlayMtu",
+                why: format!(
+                    "{} is too small for the {overhead}-byte tunnel",
+                    self.tunnel.underlay_mtu
+                ),
+            });
         }
         // Names must be unique; everything else about policies is the model's to judge (a bad
         // policy gets a status condition and a log line, the others keep working).
+        let twice = |kind, name: String| ConfigError::Duplicate { kind, name };
         let mut seen = BTreeSet::new();
         for n in &self.cluster.nodes {
-            if !seen.insert(("node", n.name.as_str())) {
-                return Err(ConfigError::Invalid(format!(
-                    "node {} is listed twice",
-                    n.name
-                )));
+            if !seen.insert(n.name.as_str()) {
+                return Err(twice("node", n.name.clone()));
             }
         }
+        let mut seen = BTreeSet::new();
         for p in &self.cluster.policies {
-            if !seen.insert(("policy", p.name.as_str())) {
-                return Err(ConfigError::Invalid(format!(
-                    "policy {} is listed twice",
-                    p.name
-                )));
+            if !seen.insert(p.name.as_str()) {
+                return Err(twice("policy", p.name.clone()));
             }
         }
-        let mut pods = BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for p in &self.cluster.pods {
-            if !pods.insert((p.namespace.as_str(), p.name.as_str())) {
-                return Err(ConfigError::Invalid(format!(
-                    "pod {}/{} is listed twice",
-                    p.namespace, p.name
-                )));
+            if !seen.insert((p.namespace.as_str(), p.name.as_str())) {
+                return Err(twice("pod", format!("{}/{}", p.namespace, p.name)));
             }
         }
         Ok(())
@@ -395,7 +442,7 @@ mod tests {
     use super::*;
     use crate::model;
 
-    const EXAMPLE: &str = include_str!("../../deploy/example-config.yaml");
+    const EXAMPLE: &str = include_str!("../../../deploy/example-config.yaml");
 
     #[test]
     fn the_example_configuration_selects_the_mail_pods() {
@@ -481,46 +528,58 @@ mod tests {
     }
 
     #[test]
-    fn the_checked_field_list_knows_every_field_of_the_types() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-            LabelSelector, LabelSelectorRequirement,
-        };
-        let sel = LabelSelector {
-            match_labels: Some([("a".to_owned(), "b".to_owned())].into()),
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "k".into(),
-                operator: "In".into(),
-                values: Some(vec!["v".into()]),
-            }]),
-        };
-        let full = EgressGatewayPolicySpec {
-            selectors: vec![model::PodSelection {
-                pod_selector: Some(sel.clone()),
-                namespace_selector: Some(sel.clone()),
-            }],
-            destination_cidrs: vec!["0.0.0.0/0".into()],
-            excluded_cidrs: vec!["10.0.0.0/8".into()],
-            gateway: model::GatewaySpec {
-                node_name: Some("n".into()),
-                node_selector: Some(sel),
-                egress_ip: Some("192.0.2.1".into()),
-                interface: Some("eth0".into()),
-            },
-        };
-        let v = serde_yaml::to_value(&full).expect("serializes");
-        check_fields(&v, "spec", &SPEC_FIELDS).expect("every serialized field is known");
+    fn an_unknown_field_anywhere_is_named_by_its_path() {
+        let e = AgentConfig::parse("tunnel: {devise: egw1}").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<config>: tunnel.devise: unknown field (did you mean device?)"
+        );
+        let e = AgentConfig::parse("policy: []").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("policy: unknown field (did you mean policies?)"),
+            "{e}"
+        );
+        let e =
+            AgentConfig::parse("nodes: [{name: gw, ip: 192.0.2.1, lables: {a: b}}]").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("node gw: lables: unknown field (did you mean labels?)"),
+            "{e}"
+        );
+        let e = AgentConfig::parse("pods: [{name: p, ip: 10.0.0.1, node: a, colour: red}]")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pod default/p: colour: unknown field"),
+            "{e}"
+        );
+        assert!(
+            matches!(e, ConfigError::UnknownField { hint: None, .. }),
+            "{e:?}"
+        );
+        // The file's name, when there is a file.
+        let dir = std::env::temp_dir().join(format!("egw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("agent.yaml");
+        std::fs::write(&file, "nat: {portRnage: [1, 2]}\n").expect("write");
+        let e = AgentConfig::load(&file).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.to_string()
+                .ends_with("agent.yaml: nat.portRnage: unknown field (did you mean portRange?)"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn the_old_format_is_rejected_by_name() {
-        let e = AgentConfig::parse(
-            "policies: [{name: mail, id: 1, gatewayNode: gw, destinationCidrs: [0.0.0.0/0]}]",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("old format"), "{e}");
-        let e = AgentConfig::parse("pods: [{name: p, ip: 10.0.0.1, node: a, policy: mail}]")
-            .unwrap_err();
-        assert!(e.to_string().contains("by their `labels`"), "{e}");
+    fn a_parse_error_has_its_line() {
+        let e = AgentConfig::parse("tunnel:\n  port: 4789\nnodes:\n  - {name: a}\n").unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { line: Some(4), .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("missing field `ip`"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! A real cluster is less kind than the lab (issue 12), with the policy users ship,
+//! `destinationCIDRs: [0.0.0.0/0]`: kubelet probes from the node, node addresses and
+//! link-local services (a cloud's metadata address) keep the normal path; only the internet
+//! goes through the gateway.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+};
+
+use egress_tests::{
+    agent::{start_all, Agent},
+    config::{write_config, ConfigSpec},
+    lab::{exec, require_root, Lab, LabSpec, Underlay, INTERNET_HOST},
+    net::{tcp_roundtrip, TcpEcho},
+};
+
+const SELECTED: [&str; 3] = ["pod-gateway-0", "pod-worker1-0", "pod-worker2-0"];
+const EVERYWHERE: [&str; 1] = ["0.0.0.0/0"];
+/// A link-local service on the node, as clouds serve instance metadata.
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+fn lab(
+    underlay: Underlay,
+) -> (
+    Lab,
+    std::collections::BTreeMap<String, egress_tests::agent::Agent>,
+) {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        underlay,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    let cfg = write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &SELECTED,
+            destinations: Some(&EVERYWHERE),
+            ..ConfigSpec::default()
+        },
+    );
+    let agents = start_all(&lab, &cfg);
+    (lab, agents)
+}
+
+fn probes_and_node_traffic_keep_the_normal_path(underlay: Underlay) {
+    let (lab, agents) = lab(underlay);
+    let egress = lab.gateway().external_ip;
+    // Control: the internet is reached through the gateway, as the egress IP.
+    let inet = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 8025);
+    for p in SELECTED {
+        tcp_roundtrip(&lab.pod(p).ns, inet.addr, b"mail")
+            .unwrap_or_else(|e| panic!("{p} to the internet: {e}"));
+        assert_eq!(inet.next_peer().ip(), IpAddr::V4(egress), "{p}");
+    }
+
+    // Kubelet's probes: every node connects to its own pod and to the others'.
+    let servers: Vec<TcpEcho> = SELECTED
+        .iter()
+        .map(|p| TcpEcho::start(&lab.pod(p).ns, lab.pod(p).ip, 8080))
+        .collect();
+    for node in lab.nodes() {
+        for (p, s) in SELECTED.iter().zip(&servers) {
+            let r = tcp_roundtrip(&node.ns, s.addr, b"GET /healthz");
+            assert_eq!(
+                r.as_deref().ok(),
+                Some(&b"GET /healthz"[..]),
+                "a probe from {} to {p}: {r:?}",
+                node.name
+            );
+            let peer = s.next_peer().ip();
+            // (The gateway node's own address is the egress IP: nothing to tell there.)
+            if node.name != "gateway" {
+                assert_ne!(
+                    peer,
+                    IpAddr::V4(egress),
+                    "{p} saw its prober as the egress IP"
+                );
+            }
+        }
+    }
+
+    // Selected pods reaching node addresses and link-local services keep the normal path:
+    // they arrive with another address than the egress IP, and no node counts a packet of the
+    // policy (towards the gateway or translated) meanwhile.
+    let before = tx_packets(&agents);
+    assert!(before > 0, "the internet control counted its packets");
+    let node_servers: Vec<(String, TcpEcho)> = lab
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), TcpEcho::start(&n.ns, n.external_ip, 10250)))
+        .collect();
+    for p in SELECTED {
+        let pod = lab.pod(p);
+        for (name, s) in &node_servers {
+            tcp_roundtrip(&pod.ns, s.addr, b"node")
+                .unwrap_or_else(|e| panic!("{p} to node {name}: {e}"));
+            let peer = s.next_peer().ip();
+            // The gateway node's address is also the egress IP: a pod on the gateway (whose
+            // node masquerades it to that address) or a packet to the gateway cannot be told
+            // apart by the source it arrives with; the workers' pods to the workers can.
+            if pod.node != "gateway" && name != "gateway" {
+                assert_ne!(
+                    peer,
+                    IpAddr::V4(egress),
+                    "{p} to {name} went via the gateway"
+                );
+            }
+        }
+    }
+
+    // A link-local service on the pod's node (instance metadata): reached directly, with the
+    // pod's own address.
+    for p in SELECTED {
+        let pod = lab.pod(p);
+        let ns = &lab.node(&pod.node).ns;
+        exec(
+            ns,
+            &["ip", "addr", "add", &format!("{METADATA}/32"), "dev", "lo"],
+        )
+        .expect("metadata address");
+        let s = TcpEcho::start(ns, METADATA, 80);
+        let r = tcp_roundtrip(&pod.ns, SocketAddrV4::new(METADATA, 80), b"meta");
+        assert_eq!(r.as_deref().ok(), Some(&b"meta"[..]), "{p}: {r:?}");
+        assert_eq!(s.next_peer().ip(), IpAddr::V4(pod.ip), "{p}");
+        drop(s);
+        exec(
+            ns,
+            &["ip", "addr", "del", &format!("{METADATA}/32"), "dev", "lo"],
+        )
+        .expect("metadata address");
+    }
+    assert_eq!(
+        tx_packets(&agents),
+        before,
+        "node and link-local traffic went through the gateway"
+    );
+}
+
+/// Packets of every policy sent towards the gateway or translated, over all nodes.
+fn tx_packets(agents: &BTreeMap<String, Agent>) -> u64 {
+    agents
+        .values()
+        .map(|a| {
+            let c = a.inspect("counters").expect("inspect counters");
+            c["policies"]
+                .as_object()
+                .map(|ps| {
+                    ps.values()
+                        .filter_map(|p| p["tx_packets"].as_u64())
+                        .sum::<u64>()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn probes_node_addresses_and_link_local_keep_the_normal_path_shared() {
+    probes_and_node_traffic_keep_the_normal_path(Underlay::Shared);
+}
+
+#[test]
+fn probes_node_addresses_and_link_local_keep_the_normal_path_private() {
+    probes_and_node_traffic_keep_the_normal_path(Underlay::Private);
+}
