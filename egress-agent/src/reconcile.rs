@@ -81,9 +81,9 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
 pub fn local_endpoints(
     pods: &[LocalPod],
     routes: &HashMap<Ipv4Addr, (u32, String)>,
-) -> (BTreeMap<u32, Endpoint>, HashMap<String, u32>) {
+) -> (BTreeMap<u32, Endpoint>, BTreeMap<String, u32>) {
     let mut endpoints = BTreeMap::new();
-    let mut links = HashMap::new();
+    let mut links = BTreeMap::new();
     for pod in pods {
         let Some((ifindex, ifname)) = routes.get(&pod.ip) else {
             continue;
@@ -106,6 +106,34 @@ pub fn local_endpoints(
     (endpoints, links)
 }
 
+/// Attaches `program` to exactly the interfaces in `want` (name -> ifindex), `have` being
+/// what is attached: an interface whose index changed (re-created) is attached again, one no
+/// longer wanted is detached. Returns the number of changes.
+fn sync_links(
+    dp: &mut Datapath,
+    program: &'static str,
+    have: &mut BTreeMap<String, u32>,
+    want: &BTreeMap<String, u32>,
+    attached: &'static str,
+) -> Result<usize> {
+    let diff = Diff::new(want, have.clone());
+    diff.apply(
+        &mut (dp, have),
+        |(dp, have), name, ifindex| {
+            dp.attach(program, &name)?;
+            info!(interface = %name, "{attached}");
+            have.insert(name, ifindex);
+            Ok(())
+        },
+        |(dp, have), name| {
+            dp.detach(program, &name);
+            have.remove(&name);
+            info!(interface = %name, "detached from interface");
+            Ok(())
+        },
+    )
+}
+
 /// The reconciler of one node: the datapath, the netlink handle, and what the last pass left
 /// (attachments, the status, the warnings).
 pub struct Reconciler {
@@ -118,7 +146,7 @@ pub struct Reconciler {
     /// Where the policy status file goes.
     state_dir: PathBuf,
     /// Interfaces with `egw_from_pod` attached: name -> ifindex.
-    pod_links: HashMap<String, u32>,
+    pod_links: BTreeMap<String, u32>,
     /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
     /// ifindex.
     wire_links: BTreeMap<String, u32>,
@@ -154,7 +182,7 @@ impl Reconciler {
             node,
             default_uplink,
             state_dir,
-            pod_links: HashMap::new(),
+            pod_links: BTreeMap::new(),
             wire_links: BTreeMap::new(),
             tunnel_link: None,
             neighbours: Default::default(),
@@ -347,26 +375,13 @@ impl Reconciler {
         if is_gateway {
             want_wire.insert(uplink_name, uplink_if);
         }
-        for (name, idx) in &want_wire {
-            if self.wire_links.get(name) != Some(idx) {
-                self.dp.attach(FROM_WIRE, name)?;
-                info!(interface = %name, "underlay gate / reverse NAT attached");
-                self.wire_links.insert(name.clone(), *idx);
-                changes += 1;
-            }
-        }
-        let gone: Vec<String> = self
-            .wire_links
-            .keys()
-            .filter(|n| !want_wire.contains_key(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.dp.detach(FROM_WIRE, &n);
-            self.wire_links.remove(&n);
-            info!(interface = %n, "detached from interface");
-            changes += 1;
-        }
+        changes += sync_links(
+            &mut self.dp,
+            FROM_WIRE,
+            &mut self.wire_links,
+            &want_wire,
+            "underlay gate / reverse NAT attached",
+        )?;
         Ok(changes)
     }
 
@@ -421,29 +436,14 @@ impl Reconciler {
 
     /// `egw_from_pod` on exactly the interfaces in `want` (name -> ifindex); an interface whose
     /// index changed (re-created) is attached again.
-    fn sync_attachments(&mut self, want: &HashMap<String, u32>) -> Result<usize> {
-        let mut changes = 0;
-        for (ifname, ifindex) in want {
-            if self.pod_links.get(ifname) != Some(ifindex) {
-                self.dp.attach(FROM_POD, ifname)?;
-                info!(interface = %ifname, "attached to pod interface");
-                self.pod_links.insert(ifname.clone(), *ifindex);
-                changes += 1;
-            }
-        }
-        let gone: Vec<String> = self
-            .pod_links
-            .keys()
-            .filter(|n| !want.contains_key(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.dp.detach(FROM_POD, &n);
-            self.pod_links.remove(&n);
-            info!(interface = %n, "detached from interface");
-            changes += 1;
-        }
-        Ok(changes)
+    fn sync_attachments(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
+        sync_links(
+            &mut self.dp,
+            FROM_POD,
+            &mut self.pod_links,
+            want,
+            "attached to pod interface",
+        )
     }
 
     /// The endpoints, nodes, remote endpoints and policies maps.
