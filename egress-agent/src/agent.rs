@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
     config::AgentConfig, datapath::Datapath, kube_source::KubeSource, metrics, model, nat_gc,
@@ -171,8 +171,9 @@ async fn start_feed(
 pub async fn run(opts: RunOptions) -> Result<()> {
     let mut cfg = load_config(&opts.source)?;
     let health = Arc::new(metrics::Health::default());
+    let meters = metrics::Metrics::default();
     if let Some(addr) = opts.metrics_addr {
-        let reg = metrics::registry(opts.pin_root.clone(), health.clone());
+        let reg = meters.registry(opts.pin_root.clone(), health.clone());
         metrics::serve(addr, metrics::router(reg, health.clone()))
             .await
             .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
@@ -219,9 +220,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             let cluster = feed.snapshot(&cfg);
-            match rec.reconcile(&cfg, &cluster).await {
+            let pass = rec
+                .reconcile(&cfg, &cluster)
+                .instrument(info_span!("reconcile", trigger = ?why));
+            match pass.await {
                 Ok(changes) => {
-                    metrics::observe_reconcile(started.elapsed(), true);
+                    meters.observe_reconcile(started.elapsed(), true);
                     health.ready.store(true, Ordering::Relaxed);
                     health.tunnel_protected.store(
                         rec.tunnel_protected().map_or(-1, i64::from),
@@ -246,7 +250,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    metrics::observe_reconcile(started.elapsed(), false);
+                    meters.observe_reconcile(started.elapsed(), false);
                     warn!("reconcile failed (retrying in a second): {e:#}");
                     let tx = tx.clone();
                     tokio::spawn(async move {

@@ -6,8 +6,8 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::LpmTrie, HashMap, Map, MapData};
+use anyhow::Result;
+use aya::maps::{lpm_trie::LpmTrie, HashMap, MapData};
 use egress_common::{
     counters::PolicyStats,
     endpoint::Endpoint,
@@ -18,29 +18,13 @@ use egress_common::{
 use serde::Serialize;
 
 use crate::{
-    datapath::{ip4_from, read_drops, read_nat_stats, read_policy_stats},
+    datapath::{ip4_from, open_pinned_map, read_drops, read_nat_stats, read_policy_stats},
     model::PolicyStatus,
     table::{self, left, right, Col},
 };
 
-fn open(pin_root: &Path, name: &str) -> Result<Map> {
-    let path = pin_root.join("maps").join(name);
-    let md = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is the agent running with this --pin-root?)",
-            path.display()
-        )
-    })?;
-    Ok(Map::from_map_data(md)?)
-}
-
-const PROTOS: [(u8, &str); 3] = [(1, "icmp"), (6, "tcp"), (17, "udp")];
-
 fn proto(p: u8) -> String {
-    PROTOS
-        .iter()
-        .find(|(n, _)| *n == p)
-        .map_or_else(|| p.to_string(), |(_, s)| (*s).to_owned())
+    egress_common::proto::name(p).map_or_else(|| p.to_string(), str::to_owned)
 }
 
 /// `--json`: the rows as pretty JSON; otherwise the text table.
@@ -90,7 +74,7 @@ impl NatRow {
 }
 
 pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
-    let map = open(pin_root, map_names::NAT4)?;
+    let map = open_pinned_map(pin_root, map_names::NAT4)?;
     let m: HashMap<&MapData, NatKey4, NatEntry4> = (&map).try_into()?;
     let mut rows = Vec::new();
     for kv in m.iter() {
@@ -142,7 +126,7 @@ impl EndpointRow {
 }
 
 pub fn endpoints(pin_root: &Path, as_json: bool) -> Result<String> {
-    let map = open(pin_root, map_names::ENDPOINTS4)?;
+    let map = open_pinned_map(pin_root, map_names::ENDPOINTS4)?;
     let m: HashMap<&MapData, u32, Endpoint> = (&map).try_into()?;
     let mut rows = Vec::new();
     for kv in m.iter() {
@@ -232,9 +216,9 @@ impl Counters {
 }
 
 pub fn counters(pin_root: &Path, as_json: bool) -> Result<String> {
-    let drops = read_drops(&open(pin_root, map_names::DROPS)?)?;
-    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
-    let nat = read_nat_stats(&open(pin_root, map_names::NAT_STATS)?)?;
+    let drops = read_drops(&open_pinned_map(pin_root, map_names::DROPS)?)?.by_name();
+    let stats = read_policy_stats(&open_pinned_map(pin_root, map_names::POLICY_STATS)?)?;
+    let nat = read_nat_stats(&open_pinned_map(pin_root, map_names::NAT_STATS)?)?;
     let c = Counters {
         drops,
         policies: stats.into_iter().map(|(id, s)| (id, s.into())).collect(),
@@ -364,9 +348,9 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
         .iter()
         .filter_map(|(n, s)| Some((s.datapath_id?, n.as_str())))
         .collect();
-    let map = open(pin_root, map_names::POLICY4)?;
+    let map = open_pinned_map(pin_root, map_names::POLICY4)?;
     let trie: LpmTrie<&MapData, PolicyKey4, PolicyValue> = (&map).try_into()?;
-    let stats = read_policy_stats(&open(pin_root, map_names::POLICY_STATS)?)?;
+    let stats = read_policy_stats(&open_pinned_map(pin_root, map_names::POLICY_STATS)?)?;
     let mut rows = Vec::new();
     for kv in trie.iter() {
         let (k, v) = kv?;

@@ -9,7 +9,10 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     runtime::{
         reflector::{self, Store},
@@ -43,8 +46,14 @@ pub struct KubeSource {
     cluster_cidrs: Vec<Ipv4Net>,
 }
 
-/// Runs one reflector; every event (and every error, logged) wakes `tx`.
-fn reflect<K>(api: Api<K>, what: &'static str, tx: mpsc::UnboundedSender<()>) -> Store<K>
+/// Runs one reflector; every event (and every error, logged) wakes `tx`. `trim` drops what
+/// the model never reads before an object enters the cache.
+fn reflect<K>(
+    api: Api<K>,
+    what: &'static str,
+    trim: fn(&mut K),
+    tx: mpsc::UnboundedSender<()>,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -52,7 +61,9 @@ where
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(trim),
     );
     tokio::spawn(drive(stream, what, tx));
     store
@@ -90,10 +101,15 @@ impl KubeSource {
         tx: mpsc::UnboundedSender<()>,
     ) -> KubeSource {
         KubeSource {
-            pods: reflect(Api::all(client.clone()), "pod", tx.clone()),
-            namespaces: reflect(Api::all(client.clone()), "namespace", tx.clone()),
-            nodes: reflect(Api::all(client.clone()), "node", tx.clone()),
-            policies: reflect(Api::all(client), "policy", tx),
+            pods: reflect(Api::all(client.clone()), "pod", trim_pod, tx.clone()),
+            namespaces: reflect(
+                Api::all(client.clone()),
+                "namespace",
+                trim_namespace,
+                tx.clone(),
+            ),
+            nodes: reflect(Api::all(client.clone()), "node", trim_node, tx.clone()),
+            policies: reflect(Api::all(client), "policy", trim_policy, tx),
             cluster_cidrs,
         }
     }
@@ -143,6 +159,52 @@ where
         Ok(Ok(())) => Ok(()),
         _ => Err(KubeSourceError::NotSynced(what)),
     }
+}
+
+/// What no object in the caches needs: server-side apply bookkeeping (often the largest part
+/// of an object), annotations (`kubectl.kubernetes.io/last-applied-configuration`), owners.
+fn trim_meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+}
+
+/// A pod as `pod` reads it: name, namespace, labels, node, host network, phase, addresses.
+pub fn trim_pod(p: &mut Pod) {
+    trim_meta(&mut p.metadata);
+    p.spec = p.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        host_network: s.host_network,
+        ..Default::default()
+    });
+    p.status = p.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..Default::default()
+    });
+}
+
+/// A node as `node` reads it: name, labels, addresses (not its images or conditions).
+pub fn trim_node(n: &mut Node) {
+    trim_meta(&mut n.metadata);
+    n.spec = None;
+    n.status = n.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..Default::default()
+    });
+}
+
+/// A namespace as `namespace` reads it: name and labels.
+pub fn trim_namespace(n: &mut Namespace) {
+    trim_meta(&mut n.metadata);
+    n.spec = None;
+    n.status = None;
+}
+
+/// A policy keeps its spec and status (the status writer compares with it).
+pub fn trim_policy(p: &mut EgressGatewayPolicy) {
+    trim_meta(&mut p.metadata);
 }
 
 fn ipv4(s: &str) -> Option<Ipv4Addr> {
@@ -222,8 +284,10 @@ pub fn policy(p: &EgressGatewayPolicy) -> model::Policy {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, PodIP, PodSpec, PodStatus};
-    use kube::api::ObjectMeta;
+    use k8s_openapi::{
+        api::core::v1::{Container, NodeAddress, NodeSystemInfo, PodIP},
+        apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+    };
 
     use super::*;
 
@@ -306,5 +370,73 @@ mod tests {
             "2024-01-01T00:00:00Z".parse().unwrap(),
         ));
         assert_eq!(policy(&p).created, Some(1_704_067_200));
+    }
+
+    #[test]
+    fn trimmed_objects_convert_alike_and_keep_no_managed_fields() {
+        let mut m = meta("postfix-0", Some("mailu"));
+        m.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        m.annotations = Some([("big".to_owned(), "x".repeat(4096))].into());
+        let mut p = Pod {
+            metadata: m.clone(),
+            spec: Some(PodSpec {
+                node_name: Some("w1".into()),
+                host_network: Some(true),
+                containers: vec![Container {
+                    name: "postfix".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("10.244.1.5".into()),
+                ..Default::default()
+            }),
+        };
+        let before = pod(&p);
+        trim_pod(&mut p);
+        assert_eq!(pod(&p), before);
+        assert_eq!(p.metadata.managed_fields, None);
+        assert_eq!(p.metadata.annotations, None);
+        assert!(p.spec.as_ref().is_some_and(|s| s.containers.is_empty()));
+
+        let mut n = Node {
+            metadata: m.clone(),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "10.0.0.10".into(),
+                }]),
+                node_info: Some(NodeSystemInfo::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let before = node(&n);
+        trim_node(&mut n);
+        assert_eq!(node(&n), before);
+        assert_eq!(n.metadata.managed_fields, None);
+        assert!(n.status.as_ref().is_some_and(|s| s.node_info.is_none()));
+
+        let mut ns = Namespace {
+            metadata: m.clone(),
+            ..Default::default()
+        };
+        let before = namespace(&ns);
+        trim_namespace(&mut ns);
+        assert_eq!(namespace(&ns), before);
+
+        let mut pol = EgressGatewayPolicy::new("mail", Default::default());
+        pol.metadata.managed_fields = m.managed_fields.clone();
+        pol.status = Some(Default::default());
+        let before = policy(&pol);
+        trim_policy(&mut pol);
+        assert_eq!(policy(&pol), before);
+        assert!(pol.status.is_some(), "the status writer compares with it");
+        assert_eq!(pol.metadata.managed_fields, None);
     }
 }

@@ -2,25 +2,29 @@
 //!
 //! Datapath numbers are read from the pinned maps at scrape time (per-policy packets and bytes,
 //! drops by reason, NAT entries), so a scrape always shows the kernel's current counts and the
-//! reconciler never waits on a scrape. Reconcile latency is a histogram fed by the reconciler.
+//! reconciler never waits on a scrape. Reconcile latency is a histogram fed by the reconciler
+//! (`Metrics`). Every name has the prefix `egress_`; every label set is a typed struct.
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
-        Arc, LazyLock, RwLock,
+        Arc, RwLock,
     },
     time::Duration,
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use aya::maps::{Map, MapData};
-use egress_common::map_names;
+use egress_common::{counters::DropReason, map_names};
 use prometheus_client::{
     collector::Collector,
-    encoding::{text::encode, DescriptorEncoder, EncodeMetric},
+    encoding::{
+        text::encode, DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+        LabelValueEncoder,
+    },
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -31,24 +35,123 @@ use prometheus_client::{
 };
 use tracing::info;
 
-use crate::datapath::{read_drops, read_nat_stats, read_policy_stats};
+use crate::datapath::{open_pinned_map, read_drops, read_nat_stats, read_policy_stats};
 
-type Labels = Vec<(String, String)>;
+/// The prefix of every metric name.
+pub const PREFIX: &str = "egress";
 
-static RECONCILE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    ])
-});
-static RECONCILES: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+/// The outcome of a reconcile pass.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Ok,
+    Error,
+}
 
-/// Records one reconcile pass.
-pub fn observe_reconcile(took: Duration, ok: bool) {
-    RECONCILE_SECONDS.observe(took.as_secs_f64());
-    let result = if ok { "ok" } else { "error" };
-    RECONCILES
-        .get_or_create(&vec![("result".into(), result.into())])
-        .inc();
+impl EncodeLabelValue for ReconcileResult {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(match self {
+            ReconcileResult::Ok => "ok",
+            ReconcileResult::Error => "error",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub result: ReconcileResult,
+}
+
+/// Traffic direction of a policy's counters.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards the internet.
+    Tx,
+    /// Replies.
+    Rx,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(match self {
+            Direction::Tx => "tx",
+            Direction::Rx => "rx",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy_id: u32,
+    /// The policy's name (empty when the agent does not know it).
+    pub policy: String,
+    pub direction: Direction,
+}
+
+/// A drop reason as a label value (its name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reason(pub DropReason);
+
+impl EncodeLabelValue for Reason {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(self.0.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: Reason,
+}
+
+/// The reconciler's metrics; the datapath's are read from the pinned maps at scrape time
+/// (`DatapathCollector`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    reconcile_duration: Histogram,
+    reconciles: Family<ReconcileLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconcile_duration: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            reconciles: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile pass.
+    pub fn observe_reconcile(&self, took: Duration, ok: bool) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+        let result = if ok {
+            ReconcileResult::Ok
+        } else {
+            ReconcileResult::Error
+        };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { result })
+            .inc();
+    }
+
+    /// The registry (prefix `egress`): these metrics and the datapath collector for
+    /// `pin_root`.
+    pub fn registry(&self, pin_root: PathBuf, health: Arc<Health>) -> Registry {
+        let mut r = Registry::with_prefix(PREFIX);
+        r.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile pass took",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Reconcile passes, by result",
+            self.reconciles.clone(),
+        );
+        r.register_collector(Box::new(DatapathCollector { pin_root, health }));
+        r
+    }
 }
 
 /// Shared between the reconciler and the HTTP server.
@@ -84,16 +187,12 @@ struct DatapathCollector {
     health: Arc<Health>,
 }
 
-fn open(pin_root: &std::path::Path, name: &str) -> Option<Map> {
-    let md = MapData::from_pin(pin_root.join("maps").join(name)).ok()?;
-    Map::from_map_data(md).ok()
-}
-
-fn counter(
+/// A counter family with one row per label set.
+fn counter<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Labels, u64)],
+    rows: &[(L, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
     for (labels, v) in rows {
@@ -102,18 +201,33 @@ fn counter(
     Ok(())
 }
 
+/// A counter without labels.
+fn single_counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats =
-            open(&self.pin_root, map_names::POLICY_STATS).and_then(|m| read_policy_stats(&m).ok());
-        let drops = open(&self.pin_root, map_names::DROPS).and_then(|m| read_drops(&m).ok());
+        let stats = open_pinned_map(&self.pin_root, map_names::POLICY_STATS)
+            .ok()
+            .and_then(|m| read_policy_stats(&m).ok());
+        let drops = open_pinned_map(&self.pin_root, map_names::DROPS)
+            .ok()
+            .and_then(|m| read_drops(&m).ok());
         let nat = Some(self.health.nat_flows.load(Ordering::Relaxed)).filter(|n| *n >= 0);
-        let nat_stats =
-            open(&self.pin_root, map_names::NAT_STATS).and_then(|m| read_nat_stats(&m).ok());
+        let nat_stats = open_pinned_map(&self.pin_root, map_names::NAT_STATS)
+            .ok()
+            .and_then(|m| read_nat_stats(&m).ok());
         let up = i64::from(stats.is_some() && drops.is_some() && nat_stats.is_some());
         let g = ConstGauge::new(up);
         g.encode(enc.encode_descriptor(
-            "egress_datapath_up",
+            "datapath_up",
             "1 when the pinned maps could be read",
             None,
             g.metric_type(),
@@ -129,63 +243,65 @@ impl Collector for DatapathCollector {
             let mut bytes = Vec::new();
             for (id, s) in &stats {
                 let name = names.get(id).cloned().unwrap_or_default();
-                for (dir, p, b) in [
-                    ("tx", s.tx_packets, s.tx_bytes),
-                    ("rx", s.rx_packets, s.rx_bytes),
+                for (direction, p, b) in [
+                    (Direction::Tx, s.tx_packets, s.tx_bytes),
+                    (Direction::Rx, s.rx_packets, s.rx_bytes),
                 ] {
-                    let l: Labels = vec![
-                        ("policy_id".into(), id.to_string()),
-                        ("policy".into(), name.clone()),
-                        ("direction".into(), dir.into()),
-                    ];
+                    let l = PolicyLabels {
+                        policy_id: *id,
+                        policy: name.clone(),
+                        direction,
+                    };
                     packets.push((l.clone(), p));
                     bytes.push((l, b));
                 }
             }
             counter(
                 &mut enc,
-                "egress_policy_packets",
+                "policy_packets",
                 "Packets of a policy on this node (tx: towards the internet, rx: replies)",
                 &packets,
             )?;
             counter(
                 &mut enc,
-                "egress_policy_bytes",
+                "policy_bytes",
                 "Bytes of a policy on this node",
                 &bytes,
             )?;
         }
         if let Some(drops) = drops {
-            let rows: Vec<_> = drops
+            // By name, as before the counts were typed.
+            let mut rows: Vec<_> = drops
                 .iter()
-                .map(|(r, n)| (vec![("reason".to_owned(), (*r).to_owned())], *n))
+                .map(|(r, n)| (DropLabels { reason: Reason(r) }, n))
                 .collect();
+            rows.sort_by_key(|(l, _)| l.reason.0.name());
             counter(
                 &mut enc,
-                "egress_drops",
+                "drops",
                 "Packets dropped by the datapath, by reason",
                 &rows,
             )?;
         }
         if let Some(s) = nat_stats {
-            counter(
+            single_counter(
                 &mut enc,
-                "egress_nat_port_retries",
+                "nat_port_retries",
                 "Candidate SNAT ports found taken (by a flow or a host socket), each followed by another try",
-                &[(vec![], s.port_retries)],
+                s.port_retries,
             )?;
-            counter(
+            single_counter(
                 &mut enc,
-                "egress_nat_allocations",
+                "nat_allocations",
                 "SNAT mappings created",
-                &[(vec![], s.allocations)],
+                s.allocations,
             )?;
         }
         let protected = self.health.tunnel_protected.load(Ordering::Relaxed);
         if protected >= 0 {
             let g = ConstGauge::new(protected);
             g.encode(enc.encode_descriptor(
-                "egress_tunnel_protected",
+                "tunnel_protected",
                 "1 when tunnel packets are accepted only from a private underlay or with on-link peers' MACs, 0 when peers' addresses can be spoofed from the internet (see the TunnelProtected condition)",
                 None,
                 g.metric_type(),
@@ -194,7 +310,7 @@ impl Collector for DatapathCollector {
         if let Some(n) = nat {
             let g = ConstGauge::new(n);
             g.encode(enc.encode_descriptor(
-                "egress_nat_entries",
+                "nat_entries",
                 "Translated flows in the NAT table at the last collection (--gc-interval-s)",
                 None,
                 g.metric_type(),
@@ -202,23 +318,6 @@ impl Collector for DatapathCollector {
         }
         Ok(())
     }
-}
-
-/// The registry: reconcile metrics and the datapath collector for `pin_root`.
-pub fn registry(pin_root: PathBuf, health: Arc<Health>) -> Registry {
-    let mut r = Registry::default();
-    r.register(
-        "egress_reconcile_duration_seconds",
-        "Time one reconcile pass took",
-        RECONCILE_SECONDS.clone(),
-    );
-    r.register(
-        "egress_reconciles",
-        "Reconcile passes, by result",
-        RECONCILES.clone(),
-    );
-    r.register_collector(Box::new(DatapathCollector { pin_root, health }));
-    r
 }
 
 struct App {
@@ -299,7 +398,8 @@ mod tests {
     #[tokio::test]
     async fn endpoints_answer_and_metrics_are_openmetrics() {
         let health = Arc::new(Health::default());
-        let reg = registry("/nonexistent/pin/root".into(), health.clone());
+        let metrics = Metrics::default();
+        let reg = metrics.registry("/nonexistent/pin/root".into(), health.clone());
         let addr = serve("127.0.0.1:0".parse().unwrap(), router(reg, health.clone()))
             .await
             .expect("bind");
@@ -309,7 +409,7 @@ mod tests {
             503,
             "not ready before a reconcile"
         );
-        observe_reconcile(Duration::from_millis(3), true);
+        metrics.observe_reconcile(Duration::from_millis(3), true);
         health.ready.store(true, Ordering::Relaxed);
         assert_eq!(get(addr, "/readyz").await.0, 200);
         let (code, body) = get(addr, "/metrics").await;

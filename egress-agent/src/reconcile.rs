@@ -12,8 +12,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use egress_common::{
+    addr::{ip4, ip4_from},
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
+    policy::{decode_policy_key, policy_key},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
 };
 use ipnet::Ipv4Net;
@@ -21,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::{ip4, ip4_from, policy_key, Datapath},
+    datapath::Datapath,
     model::{self, Desired, LocalPod, PolicyStatus},
     netdev, status,
 };
@@ -79,9 +81,9 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
 pub fn local_endpoints(
     pods: &[LocalPod],
     routes: &HashMap<Ipv4Addr, (u32, String)>,
-) -> (BTreeMap<u32, Endpoint>, HashMap<String, u32>) {
+) -> (BTreeMap<u32, Endpoint>, BTreeMap<String, u32>) {
     let mut endpoints = BTreeMap::new();
-    let mut links = HashMap::new();
+    let mut links = BTreeMap::new();
     for pod in pods {
         let Some((ifindex, ifname)) = routes.get(&pod.ip) else {
             continue;
@@ -104,6 +106,34 @@ pub fn local_endpoints(
     (endpoints, links)
 }
 
+/// Attaches `program` to exactly the interfaces in `want` (name -> ifindex), `have` being
+/// what is attached: an interface whose index changed (re-created) is attached again, one no
+/// longer wanted is detached. Returns the number of changes.
+fn sync_links(
+    dp: &mut Datapath,
+    program: &'static str,
+    have: &mut BTreeMap<String, u32>,
+    want: &BTreeMap<String, u32>,
+    attached: &'static str,
+) -> Result<usize> {
+    let diff = Diff::new(want, have.clone());
+    diff.apply(
+        &mut (dp, have),
+        |(dp, have), name, ifindex| {
+            dp.attach(program, &name)?;
+            info!(interface = %name, "{attached}");
+            have.insert(name, ifindex);
+            Ok(())
+        },
+        |(dp, have), name| {
+            dp.detach(program, &name);
+            have.remove(&name);
+            info!(interface = %name, "detached from interface");
+            Ok(())
+        },
+    )
+}
+
 /// The reconciler of one node: the datapath, the netlink handle, and what the last pass left
 /// (attachments, the status, the warnings).
 pub struct Reconciler {
@@ -116,7 +146,7 @@ pub struct Reconciler {
     /// Where the policy status file goes.
     state_dir: PathBuf,
     /// Interfaces with `egw_from_pod` attached: name -> ifindex.
-    pod_links: HashMap<String, u32>,
+    pod_links: BTreeMap<String, u32>,
     /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
     /// ifindex.
     wire_links: BTreeMap<String, u32>,
@@ -152,7 +182,7 @@ impl Reconciler {
             node,
             default_uplink,
             state_dir,
-            pod_links: HashMap::new(),
+            pod_links: BTreeMap::new(),
             wire_links: BTreeMap::new(),
             tunnel_link: None,
             neighbours: Default::default(),
@@ -345,26 +375,13 @@ impl Reconciler {
         if is_gateway {
             want_wire.insert(uplink_name, uplink_if);
         }
-        for (name, idx) in &want_wire {
-            if self.wire_links.get(name) != Some(idx) {
-                self.dp.attach(FROM_WIRE, name)?;
-                info!(interface = %name, "underlay gate / reverse NAT attached");
-                self.wire_links.insert(name.clone(), *idx);
-                changes += 1;
-            }
-        }
-        let gone: Vec<String> = self
-            .wire_links
-            .keys()
-            .filter(|n| !want_wire.contains_key(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.dp.detach(FROM_WIRE, &n);
-            self.wire_links.remove(&n);
-            info!(interface = %n, "detached from interface");
-            changes += 1;
-        }
+        changes += sync_links(
+            &mut self.dp,
+            FROM_WIRE,
+            &mut self.wire_links,
+            &want_wire,
+            "underlay gate / reverse NAT attached",
+        )?;
         Ok(changes)
     }
 
@@ -419,29 +436,14 @@ impl Reconciler {
 
     /// `egw_from_pod` on exactly the interfaces in `want` (name -> ifindex); an interface whose
     /// index changed (re-created) is attached again.
-    fn sync_attachments(&mut self, want: &HashMap<String, u32>) -> Result<usize> {
-        let mut changes = 0;
-        for (ifname, ifindex) in want {
-            if self.pod_links.get(ifname) != Some(ifindex) {
-                self.dp.attach(FROM_POD, ifname)?;
-                info!(interface = %ifname, "attached to pod interface");
-                self.pod_links.insert(ifname.clone(), *ifindex);
-                changes += 1;
-            }
-        }
-        let gone: Vec<String> = self
-            .pod_links
-            .keys()
-            .filter(|n| !want.contains_key(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            self.dp.detach(FROM_POD, &n);
-            self.pod_links.remove(&n);
-            info!(interface = %n, "detached from interface");
-            changes += 1;
-        }
-        Ok(changes)
+    fn sync_attachments(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
+        sync_links(
+            &mut self.dp,
+            FROM_POD,
+            &mut self.pod_links,
+            want,
+            "attached to pod interface",
+        )
     }
 
     /// The endpoints, nodes, remote endpoints and policies maps.
@@ -481,10 +483,8 @@ impl Reconciler {
             |m, k| m.del_remote_endpoint(k),
         )?;
         let have = maps.policies()?.into_iter().filter_map(|(k, v)| {
-            let prefix = u8::try_from(k.prefix_len().checked_sub(32)?).ok()?;
-            let data = k.data();
-            let net = Ipv4Net::new(ip4_from(data.dst), prefix).ok()?;
-            Some(((u32::from_be(data.policy_id_be), net), v))
+            let (id, dst, prefix) = decode_policy_key(&k)?;
+            Some(((id, Ipv4Net::new(dst, prefix).ok()?), v))
         });
         changes += Diff::new(&d.policies, have).apply(
             &mut maps,

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     kube_source::{KubeSource, KubeSourceError},
-    model::{self, EgressGatewayPolicy, PolicyStatus},
+    model::{self, ConditionType, EgressGatewayPolicy, PolicyStatus, Status},
 };
 
 /// The policy status file in the state directory.
@@ -50,11 +50,11 @@ pub fn log_status(old: &BTreeMap<String, PolicyStatus>, new: &BTreeMap<String, P
         if old.get(name) == Some(s) {
             continue;
         }
-        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        let ready = s.conditions.iter().find(|c| c.is(ConditionType::Ready));
         info!(
             policy = %name,
             id = s.datapath_id.unwrap_or(0),
-            ready = ready.map_or("Unknown", |c| c.status.as_str()),
+            ready = ready.map_or(Status::Unknown.as_str(), |c| c.status.as_str()),
             reason = ready.map_or("", |c| c.reason.as_str()),
             gateway = s.gateway_node.as_deref().unwrap_or("-"),
             egress_ip = s.egress_ip.as_deref().unwrap_or("-"),

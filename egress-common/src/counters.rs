@@ -1,5 +1,8 @@
 //! Per-policy traffic counters and per-reason drop counters (both per-CPU arrays).
 
+#[cfg(feature = "user")]
+mod user;
+
 /// Packets and bytes of one policy on this node, per CPU; index: policy id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,34 +123,6 @@ impl DropReason {
     #[inline(always)]
     pub const fn index(self) -> u32 {
         self as u32 - DROP_REASON_BASE
-    }
-
-    /// Stable snake_case name, used as metric label and in `inspect` output.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::Spoofed => "spoofed",
-            DropReason::UnknownNode => "unknown_node",
-            DropReason::UnknownTunnelEndpoint => "unknown_tunnel_endpoint",
-            DropReason::NatExhausted => "nat_exhausted",
-            DropReason::NatInsertFailed => "nat_insert_failed",
-            DropReason::TunnelKey => "tunnel_key",
-            DropReason::Redirect => "redirect",
-            DropReason::FragNeeded => "frag_needed",
-            DropReason::Fragment => "fragment",
-            DropReason::UnsupportedProtocol => "unsupported_protocol",
-            DropReason::Rewrite => "rewrite",
-            DropReason::NoGatewayConfig => "no_gateway_config",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::TunnelFromPod => "tunnel_from_pod",
-            DropReason::TunnelUntrusted => "tunnel_untrusted",
-            DropReason::TunnelMacMismatch => "tunnel_mac_mismatch",
-            DropReason::TunnelNotIpv4 => "tunnel_not_ipv4",
-            DropReason::TunnelUnselectedPod => "tunnel_unselected_pod",
-            DropReason::TunnelWrongVni => "tunnel_wrong_vni",
-            DropReason::TunnelWrongGateway => "tunnel_wrong_gateway",
-            DropReason::TunnelUnsolicited => "tunnel_unsolicited",
-        }
     }
 }
 

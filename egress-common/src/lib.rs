@@ -6,12 +6,18 @@
 //! the packet), so that the datapath never swaps bytes.
 //!
 //! IPv4 maps carry a `4` suffix; their IPv6 twins will sit beside them with 16-byte addresses.
-#![no_std]
+//!
+//! A concern is `x.rs` with the shared types; what only the agent needs (names, key
+//! encoding, address conversion, serde) sits in `x/user.rs` behind the `user` feature.
+#![cfg_attr(not(test), no_std)]
 
+#[cfg(feature = "user")]
+pub mod addr;
 pub mod config;
 pub mod counters;
 pub mod endpoint;
 pub mod flow;
+pub mod map_sizes;
 pub mod nat;
 pub mod policy;
 pub mod proto;

@@ -1,5 +1,10 @@
 //! Egress policies: which destinations of which selected pods leave through which gateway.
 
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::{decode_policy_key, policy_key};
+
 /// `PolicyValue::action`: send through the gateway and SNAT to the egress IP.
 pub const ACTION_VIA_GATEWAY: u32 = 1;
 /// `PolicyValue::action`: leave by the normal path (excluded CIDRs, cluster CIDRs).

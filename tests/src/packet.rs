@@ -122,7 +122,11 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
 
 /// The drop counter of `reason` (as `inspect` names it).
 pub fn drops(dp: &Datapath, reason: &str) -> u64 {
-    *dp.drops().expect("drops").get(reason).expect("reason")
+    *dp.drops()
+        .expect("drops")
+        .by_name()
+        .get(reason)
+        .unwrap_or_else(|| panic!("no drop reason {reason}"))
 }
 
 /// The NAT entry of `key`, if the map holds one.

@@ -5,14 +5,12 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
+use egress_common::map_sizes::MapSizes;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{
-    datapath::MapSizes,
-    model::{self, EgressGatewayPolicySpec, Labels},
-};
+use crate::model::{self, EgressGatewayPolicySpec, Labels};
 
 mod unknown;
 
@@ -439,8 +437,10 @@ impl AgentConfig {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use egress_common::addr::ip4;
+
     use super::*;
-    use crate::{datapath::ip4, model};
+    use crate::model;
 
     const EXAMPLE: &str = include_str!("../../../deploy/example-config.yaml");
 

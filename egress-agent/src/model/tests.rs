@@ -1,8 +1,17 @@
 //! The model, one behaviour per test.
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use egress_common::{
+    addr::ip4,
+    policy::{ACTION_EXCLUDED, ACTION_VIA_GATEWAY, MAX_POLICIES},
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
-use super::*;
+use super::{ids::fnv1a, *};
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter()

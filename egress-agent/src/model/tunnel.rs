@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::Reason;
+
 /// What this node knows of its underlay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnderlayFacts {
@@ -31,7 +33,7 @@ impl UnderlayFacts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
     pub protected: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -40,7 +42,7 @@ pub fn protection(u: &UnderlayFacts, peers: &[Ipv4Addr]) -> Protection {
     if !u.default_route {
         return Protection {
             protected: true,
-            reason: "PrivateUnderlay",
+            reason: Reason::PrivateUnderlay,
             message: format!(
                 "tunnel packets are accepted only on {}, which is not the internet-facing interface",
                 u.interface
@@ -55,7 +57,7 @@ pub fn protection(u: &UnderlayFacts, peers: &[Ipv4Addr]) -> Protection {
     if routed.is_empty() {
         return Protection {
             protected: true,
-            reason: "OnLinkPeers",
+            reason: Reason::OnLinkPeers,
             message: format!(
                 "every peer is on {}'s segment: tunnel packets must carry the peer's MAC (hosts on the same segment are trusted)",
                 u.interface
@@ -64,7 +66,7 @@ pub fn protection(u: &UnderlayFacts, peers: &[Ipv4Addr]) -> Protection {
     }
     Protection {
         protected: false,
-        reason: "RoutedPublicUnderlay",
+        reason: Reason::RoutedPublicUnderlay,
         message: format!(
             "the tunnel runs over {}, the internet-facing interface, and {} peer(s) are reached through a router ({}): their address can be spoofed from the internet. Run the tunnel on a private network or an encrypted node mesh (tunnel.interface)",
             u.interface,
@@ -90,14 +92,14 @@ mod tests {
     fn a_private_underlay_is_protected_whatever_the_peers() {
         let p = protection(&facts(false), &[Ipv4Addr::new(198, 51, 100, 1)]);
         assert!(p.protected);
-        assert_eq!(p.reason, "PrivateUnderlay");
+        assert_eq!(p.reason, Reason::PrivateUnderlay);
     }
 
     #[test]
     fn on_link_peers_on_the_public_interface_are_protected_by_their_mac() {
         let p = protection(&facts(true), &[Ipv4Addr::new(192, 0, 2, 11)]);
         assert!(p.protected);
-        assert_eq!(p.reason, "OnLinkPeers");
+        assert_eq!(p.reason, Reason::OnLinkPeers);
     }
 
     #[test]
@@ -107,7 +109,7 @@ mod tests {
             &[Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(198, 51, 100, 7)],
         );
         assert!(!p.protected);
-        assert_eq!(p.reason, "RoutedPublicUnderlay");
+        assert_eq!(p.reason, Reason::RoutedPublicUnderlay);
         assert!(p.message.contains("198.51.100.7"), "{}", p.message);
         assert!(!p.message.contains("192.0.2.11"), "{}", p.message);
     }

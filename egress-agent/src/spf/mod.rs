@@ -32,7 +32,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{lpm_trie::LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::LpmTrie, MapData};
 use egress_common::{
     map_names,
     policy::{PolicyKey4, PolicyValue, ACTION_VIA_GATEWAY},
@@ -45,7 +45,7 @@ pub use self::{
     record::{references, suggest_record, validate, Published},
     report::{IpCheck, Report},
 };
-use crate::datapath::ip4_from;
+use crate::datapath::{ip4_from, open_pinned_map};
 
 #[derive(Debug, Error)]
 pub enum SpfError {
@@ -138,8 +138,8 @@ pub fn live_egress_ips(pin_root: &Path) -> Result<BTreeSet<Ipv4Addr>, SpfError> 
         path: path.display().to_string(),
         reason,
     };
-    let md = MapData::from_pin(&path).map_err(|e| err(e.to_string()))?;
-    let map = Map::from_map_data(md).map_err(|e| err(e.to_string()))?;
+    let map =
+        open_pinned_map(pin_root, map_names::POLICY4).map_err(|e| err(e.source.to_string()))?;
     let trie: LpmTrie<&MapData, PolicyKey4, PolicyValue> = (&map)
         .try_into()
         .map_err(|e: aya::maps::MapError| err(e.to_string()))?;

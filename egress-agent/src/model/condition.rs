@@ -1,0 +1,163 @@
+//! Status conditions: their types and reasons as enums, written into the custom resource's
+//! string fields by `cond`.
+
+use super::PolicyCondition;
+
+/// A condition's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConditionType {
+    /// The policy is programmed (or why not).
+    Ready,
+    /// Some of the policy's pods are claimed by an older policy.
+    PodConflict,
+    /// IPv6 CIDRs were ignored.
+    IPv6Ignored,
+    /// Whether the egress IP is on the gateway node.
+    EgressIPOnGateway,
+    /// Whether tunnel packets can be trusted on the gateway's underlay.
+    TunnelProtected,
+}
+
+impl ConditionType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::PodConflict => "PodConflict",
+            ConditionType::IPv6Ignored => "IPv6Ignored",
+            ConditionType::EgressIPOnGateway => "EgressIPOnGateway",
+            ConditionType::TunnelProtected => "TunnelProtected",
+        }
+    }
+}
+
+/// Why a condition has its status (the `reason` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// `Ready=True`.
+    Active,
+    InvalidCIDR,
+    InvalidSelector,
+    InvalidGateway,
+    NoSelectors,
+    NoDestinations,
+    GatewayNotFound,
+    InterfaceNotFound,
+    TooManyPolicies,
+    /// `IPv6Ignored=True`.
+    IPv6NotSupported,
+    /// `EgressIPOnGateway=True`.
+    Assigned,
+    /// `EgressIPOnGateway=Unknown`: only the gateway's agent can tell.
+    CheckedOnGateway,
+    /// `EgressIPOnGateway=False`.
+    EgressIPNotOnGateway,
+    /// `PodConflict=True`.
+    SelectedByOlderPolicy,
+    /// `TunnelProtected=True`: the underlay is not the internet-facing interface.
+    PrivateUnderlay,
+    /// `TunnelProtected=True`: every peer is on-link (checked by MAC).
+    OnLinkPeers,
+    /// `TunnelProtected=False`: peers reached through a router on the internet-facing
+    /// interface can be spoofed.
+    RoutedPublicUnderlay,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Active => "Active",
+            Reason::InvalidCIDR => "InvalidCIDR",
+            Reason::InvalidSelector => "InvalidSelector",
+            Reason::InvalidGateway => "InvalidGateway",
+            Reason::NoSelectors => "NoSelectors",
+            Reason::NoDestinations => "NoDestinations",
+            Reason::GatewayNotFound => "GatewayNotFound",
+            Reason::InterfaceNotFound => "InterfaceNotFound",
+            Reason::TooManyPolicies => "TooManyPolicies",
+            Reason::IPv6NotSupported => "IPv6NotSupported",
+            Reason::Assigned => "Assigned",
+            Reason::CheckedOnGateway => "CheckedOnGateway",
+            Reason::EgressIPNotOnGateway => "EgressIPNotOnGateway",
+            Reason::SelectedByOlderPolicy => "SelectedByOlderPolicy",
+            Reason::PrivateUnderlay => "PrivateUnderlay",
+            Reason::OnLinkPeers => "OnLinkPeers",
+            Reason::RoutedPublicUnderlay => "RoutedPublicUnderlay",
+        }
+    }
+}
+
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for Status {
+    fn from(b: bool) -> Status {
+        if b {
+            Status::True
+        } else {
+            Status::False
+        }
+    }
+}
+
+/// A condition (no transition time: the status writer sets it).
+pub fn cond(
+    type_: ConditionType,
+    status: impl Into<Status>,
+    reason: Reason,
+    message: impl Into<String>,
+) -> PolicyCondition {
+    PolicyCondition {
+        type_: type_.as_str().into(),
+        status: status.into().as_str().into(),
+        reason: reason.as_str().into(),
+        message: message.into(),
+        last_transition_time: None,
+    }
+}
+
+impl PolicyCondition {
+    /// True when this condition is of type `t`.
+    pub fn is(&self, t: ConditionType) -> bool {
+        self.type_ == t.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_carries_the_names_of_its_enums() {
+        let c = cond(ConditionType::Ready, false, Reason::GatewayNotFound, "gone");
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Ready", "False", "GatewayNotFound")
+        );
+        assert!(c.is(ConditionType::Ready));
+        assert_eq!(
+            cond(
+                ConditionType::EgressIPOnGateway,
+                Status::Unknown,
+                Reason::CheckedOnGateway,
+                ""
+            )
+            .status,
+            "Unknown"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Resolving a checked policy against the nodes: its gateway node, gateway address and egress
+//! IP, and the conditions that say how.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use egress_common::policy::MAX_POLICIES;
+use ipnet::Ipv4Net;
+
+use super::{
+    condition::{cond, ConditionType, Reason, Status},
+    spec::check_spec,
+    LocalFacts, Node, Policy, PolicyCondition, PolicyStatus, Selector,
+};
+
+/// A valid, resolved policy.
+#[derive(Clone, Debug)]
+pub(super) struct Active {
+    pub id: u32,
+    pub gateway: String,
+    pub gateway_ip: Ipv4Addr,
+    /// `None`: taken from an interface this node cannot see.
+    pub egress_ip: Option<Ipv4Addr>,
+    pub destinations: Vec<Ipv4Net>,
+    pub excluded: Vec<Ipv4Net>,
+    pub selectors: Vec<(Option<Selector>, Option<Selector>)>,
+}
+
+/// Resolves one policy against the nodes: `Ok` with its extra conditions (a `Ready=True` one
+/// first), or the conditions saying why it is not active.
+pub(super) fn resolve(
+    p: &Policy,
+    st: &PolicyStatus,
+    node_by_name: &BTreeMap<&str, &Node>,
+    nodes: &[&Node],
+    this_node: &str,
+    local: &LocalFacts,
+) -> Result<(Active, Vec<PolicyCondition>), Vec<PolicyCondition>> {
+    let not_ready =
+        |reason: Reason, msg: String| vec![cond(ConditionType::Ready, false, reason, msg)];
+    let c = check_spec(&p.spec).map_err(|(r, m)| not_ready(r, m))?;
+    let mut conds = Vec::new();
+    if c.ipv6 > 0 {
+        conds.push(cond(
+            ConditionType::IPv6Ignored,
+            true,
+            Reason::IPv6NotSupported,
+            format!("{} IPv6 CIDR(s) ignored: the datapath is IPv4 only", c.ipv6),
+        ));
+    }
+    let Some(id) = st.datapath_id else {
+        return Err(not_ready(
+            Reason::TooManyPolicies,
+            format!("no datapath id left: at most {} policies", MAX_POLICIES - 1),
+        ));
+    };
+    let g = &p.spec.gateway;
+    let mut ready_msg = String::new();
+    let gw: &Node = if let Some(name) = &g.node_name {
+        match node_by_name.get(name.as_str()) {
+            Some(n) if n.ip.is_some() => n,
+            Some(_) => {
+                return Err(not_ready(
+                    Reason::GatewayNotFound,
+                    format!("gateway node {name} has no InternalIP"),
+                ))
+            }
+            None => {
+                return Err(not_ready(
+                    Reason::GatewayNotFound,
+                    format!("gateway node {name} does not exist; its pods keep their normal path"),
+                ))
+            }
+        }
+    } else {
+        let sel = Selector::new(g.node_selector.as_ref().expect("checked: one of the two"))
+            .map_err(|e| not_ready(Reason::InvalidGateway, e.to_string()))?;
+        let matching: Vec<&Node> = nodes
+            .iter()
+            .copied()
+            .filter(|n| n.ip.is_some() && sel.matches(&n.labels))
+            .collect();
+        match matching.as_slice() {
+            [] => {
+                return Err(not_ready(
+                    Reason::GatewayNotFound,
+                    "gateway.nodeSelector matches no node with an InternalIP; its pods keep their normal path".into(),
+                ))
+            }
+            [one] => one,
+            [first, rest @ ..] => {
+                ready_msg = format!(
+                    "nodeSelector matches {} nodes; the first by name ({}) is the gateway, not {}",
+                    rest.len() + 1,
+                    first.name,
+                    rest.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                first
+            }
+        }
+    };
+    let gateway_ip = gw.ip.expect("filtered on ip");
+    let on_gateway = gw.name == this_node;
+    let egress_ip = if let Some(ifname) = &g.interface {
+        if on_gateway {
+            match local.interfaces.get(ifname).and_then(|a| a.first()) {
+                Some(ip) => Some(*ip),
+                None => {
+                    return Err(not_ready(
+                        Reason::InterfaceNotFound,
+                        format!(
+                            "gateway {}: interface {ifname} is missing or has no IPv4 address",
+                            gw.name
+                        ),
+                    ))
+                }
+            }
+        } else {
+            None
+        }
+    } else {
+        let ip = c.egress_ip.unwrap_or(gateway_ip);
+        if c.egress_ip.is_some() {
+            let mut known: BTreeSet<Ipv4Addr> = gw.addresses.iter().copied().collect();
+            known.insert(gateway_ip);
+            if on_gateway {
+                known.extend(local.interfaces.values().flatten().copied());
+            }
+            if known.contains(&ip) {
+                conds.push(cond(
+                    ConditionType::EgressIPOnGateway,
+                    true,
+                    Reason::Assigned,
+                    format!("{ip} is on {}", gw.name),
+                ));
+            } else if !on_gateway {
+                // Only the gateway's agent sees its interface addresses; it writes the status.
+                conds.push(cond(
+                    ConditionType::EgressIPOnGateway,
+                    Status::Unknown,
+                    Reason::CheckedOnGateway,
+                    format!(
+                        "{ip} is not among {}'s node addresses; its agent checks its interfaces",
+                        gw.name
+                    ),
+                ));
+            } else {
+                conds.push(cond(
+                    ConditionType::EgressIPOnGateway,
+                    false,
+                    Reason::EgressIPNotOnGateway,
+                    format!(
+                        "{ip} is not among the known addresses of gateway {}; replies reach it only if the address is routed to that node",
+                        gw.name
+                    ),
+                ));
+            }
+        }
+        Some(ip)
+    };
+    if ready_msg.is_empty() {
+        ready_msg = format!("gateway {} ({gateway_ip})", gw.name);
+    }
+    conds.insert(
+        0,
+        cond(ConditionType::Ready, true, Reason::Active, ready_msg),
+    );
+    Ok((
+        Active {
+            id,
+            gateway: gw.name.clone(),
+            gateway_ip,
+            egress_ip,
+            destinations: c.destinations,
+            excluded: c.excluded,
+            selectors: c.selectors,
+        },
+        conds,
+    ))
+}

@@ -1,0 +1,120 @@
+//! The model's input (what the sources know) and output (what one node's maps must hold, and
+//! every policy's status): plain data.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use egress_common::{endpoint::RemoteEndpoint, policy::PolicyValue};
+use ipnet::Ipv4Net;
+
+use super::{
+    EgressGatewayPolicySpec, EgressGatewayPolicyStatus, Labels, Protection, UnderlayFacts,
+};
+
+/// The namespace label the API server sets on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A node, as the model needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    /// The underlay (InternalIP) address; a node without one takes no part.
+    pub ip: Option<Ipv4Addr>,
+    /// Other addresses known to be on the node (ExternalIPs, extra addresses).
+    pub addresses: Vec<Ipv4Addr>,
+    /// Uplink interface (towards the internet) when the source knows it.
+    pub uplink: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub host_network: bool,
+}
+
+impl Pod {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    /// Creation time (Unix seconds); `None` sorts first (the file source has none).
+    pub created: Option<i64>,
+    pub spec: EgressGatewayPolicySpec,
+}
+
+/// Everything the sources know.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    /// Pod and service CIDRs: never sent through a gateway.
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<Policy>,
+}
+
+/// What the node the model runs for knows about itself: its interfaces' IPv4 addresses, and
+/// its underlay (when the agent has found it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalFacts {
+    pub interfaces: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub underlay: Option<UnderlayFacts>,
+}
+
+/// A local pod: its address, and its policy if an active one selects it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// `namespace/name`.
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub policy_id: Option<u32>,
+}
+
+/// What one node's maps must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub node_ip: Option<Ipv4Addr>,
+    pub uplink: Option<String>,
+    pub pods: Vec<LocalPod>,
+    /// `{policy id, prefix}` -> value.
+    pub policies: BTreeMap<(u32, Ipv4Net), PolicyValue>,
+    /// Other cluster nodes' underlay addresses (tunnel peers).
+    pub nodes: Vec<Ipv4Addr>,
+    /// Every address of every node, every address on this node's interfaces and every
+    /// egress IP: pods never reach the tunnel port there.
+    pub node_addresses: BTreeSet<Ipv4Addr>,
+    /// Whether the tunnel on this node's underlay is protected against spoofed peers.
+    pub tunnel: Option<Protection>,
+    /// Pods of other nodes that egress through this node.
+    pub remote_endpoints: BTreeMap<Ipv4Addr, RemoteEndpoint>,
+    /// Problems worth a log line (the same facts as the status conditions).
+    pub warnings: Vec<String>,
+}
+
+/// A policy's status as the model sees it.
+pub type PolicyStatus = EgressGatewayPolicyStatus;
+
+/// The model's answer for one node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    pub desired: Desired,
+    /// By policy name.
+    pub status: BTreeMap<String, PolicyStatus>,
+}
