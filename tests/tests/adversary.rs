@@ -4,16 +4,24 @@
 //! a test of the behaviour we want, `#[ignore = "hole: ..."]`, so that it documents the hole
 //! (run it with `--ignored` to see it fail) without failing CI.
 //!
-//! - pods reach the tunnel port of another node through a Service-like DNAT in their node
+//! Holes (ignored):
+//! - pods reach another node's tunnel port through a Service-like DNAT in their node
 //!   (`egw_from_pod` sees the Service address, the node masquerades the datagram to its own
-//!   InternalIP, and the peer's gate trusts it);
-//! - a pod sends with the egress IP as its source address, on the normal path;
-//! - a selected pod fills its node's flow table (`EGW_FLOWS4`) and evicts its neighbours'
-//!   flows;
-//! - fragmented spoofed VXLAN from the internet (only later fragments; a trusted first
-//!   fragment completed by a spoofed one; a spoofed first fragment completed by a trusted one);
-//! - pods with `SO_MARK` set to the trust mark, to broadcast addresses and the pods' gateway
-//!   address.
+//!   InternalIP, out of its underlay with its own MAC, and the peer's gate trusts it): an
+//!   unselected pod makes the gateway send as the egress IP; a pod on the gateway node injects
+//!   answers into a worker's selected pod's open flows;
+//! - a pod (CAP_NET_RAW) sends with the egress IP as its source address, on the normal path;
+//! - with the egress IP on the gateway's own address (the default), the gateway node's
+//!   unselected pods leave as the egress IP through the CNI's masquerade;
+//! - a selected pod evicts its neighbours' flows from `EGW_FLOWS4`, and other pods' mappings
+//!   from `EGW_NAT4` (both LRU, shared);
+//! - (minor) a pod's forged ARP for a peer's address wakes the agent's reconciler each time.
+//!
+//! Stopped: fragmented spoofed VXLAN from the internet (only a later fragment; a trusted first
+//! fragment completed by a spoofed one; a spoofed first fragment completed by a trusted one);
+//! pods with `SO_MARK` set to the trust mark sending VXLAN to broadcast addresses and the pods'
+//! gateway address; a pod spoofing the egress IP on the gateway node; a pod's forged ARP does
+//! not change the MAC the gate checks. And the captures the attacks rely on are checked too.
 
 use std::{
     collections::BTreeMap,
