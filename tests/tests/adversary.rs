@@ -9,7 +9,8 @@
 //!   (`egw_from_pod` sees the Service address, the node masquerades the datagram to its own
 //!   InternalIP, out of its underlay with its own MAC, and the peer's gate trusts it): an
 //!   unselected pod makes the gateway send as the egress IP; a pod on the gateway node injects
-//!   answers into a worker's selected pod's open flows;
+//!   answers into a worker's selected pod's open flows; the same through another node's
+//!   NodePort (DNAT and masquerade there);
 //! - a pod (CAP_NET_RAW) sends with the egress IP as its source address, on the normal path;
 //! - with the egress IP on the gateway's own address (the default), the gateway node's
 //!   unselected pods leave as the egress IP through the CNI's masquerade;
@@ -171,6 +172,13 @@ fn nft(ns: &str, rules: &str) {
 /// targetPort 4789), plus the masquerade of pod traffic to any address outside the pod
 /// network whatever the interface (Calico's natOutgoing, flannel's `! -d 10.244.0.0/16`).
 fn service_to(ns: &str, to: SocketAddrV4) {
+    dnat(ns, SERVICE, to);
+}
+
+/// DNAT of UDP to `from` into `to` in node `ns`, and the masquerade of everything it forwards
+/// (kube-proxy masquerades NodePort traffic with `externalTrafficPolicy: Cluster`; Calico and
+/// flannel masquerade pod traffic to any address outside the pod network).
+fn dnat(ns: &str, from: SocketAddrV4, to: SocketAddrV4) {
     nft(
         ns,
         &format!(
@@ -181,11 +189,12 @@ fn service_to(ns: &str, to: SocketAddrV4) {
                }}\n\
                chain postrouting {{\n\
                  type nat hook postrouting priority srcnat; policy accept;\n\
+                 ct status dnat masquerade\n\
                  ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade\n\
                }}\n\
              }}\n",
-            SERVICE.ip(),
-            SERVICE.port()
+            from.ip(),
+            from.port()
         ),
     );
 }
@@ -267,6 +276,56 @@ fn pods_reach_the_tunnel_through_a_service_shared() {
             the egress IP"]
 fn pods_reach_the_tunnel_through_a_service_private() {
     pod_through_service_to_gateway(Underlay::Private);
+}
+
+/// The same through another node: an unselected pod of worker1 sends to a NodePort of
+/// worker2 (not the tunnel port, so neither `egw_from_pod` nor worker2's gate looks at it),
+/// worker2 DNATs it to the gateway's tunnel port and masquerades it to its own InternalIP: the
+/// gateway trusts it as worker2's, and translates an inner packet of worker2's selected pod.
+fn pod_through_nodeport_to_gateway(underlay: Underlay) {
+    let b = bed(underlay, &["pod-worker2-0"]);
+    let gw = b.lab.gateway();
+    let w2 = b.lab.node("worker2");
+    let attacker = b.lab.pod("pod-worker1-1");
+    let victim = SocketAddrV4::new(b.lab.pod("pod-worker2-0").ip, POD_PORT);
+    let frame = vxlan_ipv4(
+        b.vni,
+        b.egw0_mac("gateway"),
+        Inner::Udp,
+        victim,
+        b.echo.addr,
+    );
+    let nodeport = SocketAddrV4::new(w2.underlay_ip, 30053);
+    dnat(
+        &w2.ns,
+        nodeport,
+        SocketAddrV4::new(gw.underlay_ip, VXLAN_PORT),
+    );
+    let w = b.egress_capture();
+    send_udp(&attacker.ns, nodeport, &frame);
+    let out = w.stop(SETTLE);
+    let got = b.echo.peer_within(Duration::ZERO);
+    assert!(
+        out.is_empty() && got.is_none(),
+        "an unselected pod of worker1 made the egress IP send in the name of worker2's \
+         selected pod, through a NodePort of worker2: {out:?} (the internet host got one \
+         from {got:?})"
+    );
+    b.control("pod-worker2-0");
+}
+
+#[test]
+#[ignore = "hole: a pod reaches the gateway's tunnel port through another node's NodePort \
+            (DNAT and masquerade there); the gateway trusts it as that node's"]
+fn pods_reach_the_tunnel_through_another_nodes_nodeport_shared() {
+    pod_through_nodeport_to_gateway(Underlay::Shared);
+}
+
+#[test]
+#[ignore = "hole: a pod reaches the gateway's tunnel port through another node's NodePort \
+            (DNAT and masquerade there); the gateway trusts it as that node's"]
+fn pods_reach_the_tunnel_through_another_nodes_nodeport_private() {
+    pod_through_nodeport_to_gateway(Underlay::Private);
 }
 
 /// A pod on the gateway node injects, through a Service whose endpoint is worker1's tunnel
