@@ -125,7 +125,10 @@ impl Capture {
         ));
         let mut child = command_in(ns, "tcpdump")
             .expect("namespace")
-            .args(["-n", "-U", "-i", dev, "-w"])
+            // Immediate mode: without it libpcap (TPACKET_V3) hands packets over a block at
+            // a time, after up to a second, and whatever is still in the ring when tcpdump
+            // is stopped is lost: a capture stopped soon after the packets saw nothing.
+            .args(["-n", "-U", "--immediate-mode", "-i", dev, "-w"])
             .arg(&file)
             .arg(filter)
             .stdin(Stdio::null())
