@@ -16,7 +16,7 @@ use egress_common::{
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
     policy::{decode_policy_key, policy_key},
-    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_WIRE},
 };
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
@@ -150,6 +150,8 @@ pub struct Reconciler {
     /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
     /// ifindex.
     wire_links: BTreeMap<String, u32>,
+    /// Interfaces with `egw_to_wire` attached (the underlay's egress): name -> ifindex.
+    wire_out_links: BTreeMap<String, u32>,
     /// The tunnel device `egw_from_tunnel` was attached to by this process (every start
     /// attaches it again: an upgrade brings a new program).
     tunnel_link: Option<u32>,
@@ -184,6 +186,7 @@ impl Reconciler {
             state_dir,
             pod_links: BTreeMap::new(),
             wire_links: BTreeMap::new(),
+            wire_out_links: BTreeMap::new(),
             tunnel_link: None,
             neighbours: Default::default(),
             tunnel_protected: None,
@@ -381,6 +384,15 @@ impl Reconciler {
             &mut self.wire_links,
             &want_wire,
             "underlay gate / reverse NAT attached",
+        )?;
+        // Only our own tunnel packets leave the underlay for a tunnel port.
+        let want_out = BTreeMap::from([(underlay.facts.interface.clone(), underlay.ifindex)]);
+        changes += sync_links(
+            &mut self.dp,
+            TO_WIRE,
+            &mut self.wire_out_links,
+            &want_out,
+            "underlay egress check attached",
         )?;
         Ok(changes)
     }

@@ -74,6 +74,10 @@ pub enum DropReason {
     /// A tunnel packet for a local pod that answers no flow the pod opened through the
     /// gateway (nor is an ICMP error about one).
     TunnelUnsolicited = 149,
+    /// A datagram to a cluster node's tunnel port forwarded out of the underlay that is not
+    /// one of ours (a pod's, through a Service or NodePort DNAT and the node's masquerade):
+    /// its peer would take it for this node's.
+    TunnelNotOurs = 150,
 }
 
 /// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
@@ -87,7 +91,7 @@ pub const NAT_STAT_COUNT: u32 = 2;
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons.
-pub const DROP_REASON_COUNT: u32 = 22;
+pub const DROP_REASON_COUNT: u32 = 23;
 /// Size of the drop counter array: room for reasons to come, so that a pinned counter map
 /// keeps its shape when an upgrade adds one.
 pub const DROP_SLOTS: u32 = 64;
@@ -117,6 +121,7 @@ impl DropReason {
         DropReason::TunnelWrongVni,
         DropReason::TunnelWrongGateway,
         DropReason::TunnelUnsolicited,
+        DropReason::TunnelNotOurs,
     ];
 
     /// Index into the drop counter array.

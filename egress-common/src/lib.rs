@@ -65,8 +65,10 @@ pub mod program_names {
     pub const FROM_TUNNEL: &str = "egw_from_tunnel";
     /// tc ingress on the node's uplink (replies from the internet).
     pub const FROM_WIRE: &str = "egw_from_wire";
+    /// tc egress on the node's underlay (only our own tunnel packets leave for a tunnel port).
+    pub const TO_WIRE: &str = "egw_to_wire";
 
-    pub const ALL: [&str; 3] = [FROM_POD, FROM_TUNNEL, FROM_WIRE];
+    pub const ALL: [&str; 4] = [FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_WIRE];
 }
 
 /// Asserts at compile time that a shared type has exactly the expected size (no hidden padding

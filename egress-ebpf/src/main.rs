@@ -2,7 +2,10 @@
 //!
 //! - `egw_from_pod`    tc ingress on each pod's host-side veth (source node).
 //! - `egw_from_tunnel` tc ingress on the VXLAN device (gateway: SNAT; source node: replies).
-//! - `egw_from_wire`   tc ingress on the uplink (gateway: reverse NAT of replies).
+//! - `egw_from_wire`   tc ingress on the underlay (the tunnel's gate) and the uplink
+//!                     (gateway: reverse NAT of replies).
+//! - `egw_to_wire`     tc egress on the underlay (only our tunnel packets leave for a tunnel
+//!                     port).
 #![no_std]
 #![no_main]
 
@@ -23,6 +26,7 @@ mod parse;
 mod policy;
 mod quote;
 mod tcp;
+mod to_wire;
 mod trust;
 mod tunnel;
 
@@ -66,6 +70,11 @@ pub fn egw_from_tunnel(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn egw_from_wire(ctx: TcContext) -> i32 {
     verdict(from_wire::try_from_wire(&ctx))
+}
+
+#[classifier]
+pub fn egw_to_wire(ctx: TcContext) -> i32 {
+    verdict(to_wire::try_to_wire(&ctx))
 }
 
 #[cfg(not(test))]

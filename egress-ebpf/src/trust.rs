@@ -138,6 +138,36 @@ pub fn take_mark(ctx: &TcContext, cfg: &Config) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// On the underlay's egress: a datagram to the tunnel port of a cluster node's address leaves
+/// only if it is one of ours (marked when redirected into the tunnel device: the mark
+/// survives the encapsulation, which happens in this namespace) or comes from a socket of
+/// this node. A pod's datagram that reached the port through a Service or a NodePort (DNAT,
+/// then the node's masquerade) is forwarded, not ours: its peer would take it for this
+/// node's, so it is dropped (`tunnel_not_ours`). The mark is cleared on the way out.
+#[inline(always)]
+pub fn check_outgoing(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<(), DropReason> {
+    if p.proto != IPPROTO_UDP || p.dport != cfg.tunnel_port {
+        return Ok(());
+    }
+    match EGW_NODES4.lookup_copy(p.daddr) {
+        Some(n) if n.flags & NODE_F_ADDRESS != 0 => {}
+        _ => return Ok(()),
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: reading and writing fields of our own context.
+    unsafe {
+        if (*skb).mark & cfg.trust_mark != 0 {
+            (*skb).mark &= !cfg.trust_mark;
+            return Ok(());
+        }
+        if !(*skb).__bindgen_anon_2.sk.is_null() {
+            // A local socket: the node's own process (a host-network pod is the node here).
+            return Ok(());
+        }
+    }
+    Err(DropReason::TunnelNotOurs)
+}
+
 /// Whether `addr` is the underlay address of a peer node.
 #[inline(always)]
 pub fn is_peer(addr: u32) -> bool {

@@ -60,6 +60,10 @@ pub fn redirect_to_tunnel(
     if ret < 0 {
         return Err(DropReason::TunnelKey);
     }
+    // Ours: the underlay's egress lets the encapsulated packet out on this mark (and clears
+    // it), see `trust::check_outgoing`.
+    // SAFETY: tc programs may write the mark of their own skb.
+    unsafe { (*ctx.skb.skb).mark |= cfg.trust_mark };
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) };
     if ret != i64::from(TC_ACT_REDIRECT) {

@@ -247,8 +247,9 @@ fn pod_through_service_to_gateway(underlay: Underlay) {
     assert!(out.is_empty(), "straight to the tunnel port: {out:?}");
     assert_eq!(b.drops(&["tunnel_from_pod"]), before + 1);
 
-    // The attack: through the Service.
+    // The attack: through the Service. Dropped where it leaves worker1's underlay.
     service_to(&w1.ns, SocketAddrV4::new(gw.underlay_ip, VXLAN_PORT));
+    let not_ours = b.agents["worker1"].drops("tunnel_not_ours");
     let w = b.egress_capture();
     send_udp(&attacker.ns, SERVICE, &frame);
     let out = w.stop(SETTLE);
@@ -259,21 +260,16 @@ fn pod_through_service_to_gateway(underlay: Underlay) {
          a Service to the gateway's tunnel port: {out:?} (the internet host got one from \
          {got:?})"
     );
+    assert_eq!(b.agents["worker1"].drops("tunnel_not_ours"), not_ours + 1);
     b.control("pod-worker1-0");
 }
 
 #[test]
-#[ignore = "hole: a pod reaches the gateway's tunnel port through a Service (DNAT) in its node; \
-            the node's masquerade makes it a trusted peer datagram, the inner packet leaves as \
-            the egress IP"]
 fn pods_reach_the_tunnel_through_a_service_shared() {
     pod_through_service_to_gateway(Underlay::Shared);
 }
 
 #[test]
-#[ignore = "hole: a pod reaches the gateway's tunnel port through a Service (DNAT) in its node; \
-            the node's masquerade makes it a trusted peer datagram, the inner packet leaves as \
-            the egress IP"]
 fn pods_reach_the_tunnel_through_a_service_private() {
     pod_through_service_to_gateway(Underlay::Private);
 }
@@ -301,6 +297,7 @@ fn pod_through_nodeport_to_gateway(underlay: Underlay) {
         nodeport,
         SocketAddrV4::new(gw.underlay_ip, VXLAN_PORT),
     );
+    let not_ours = b.agents["worker2"].drops("tunnel_not_ours");
     let w = b.egress_capture();
     send_udp(&attacker.ns, nodeport, &frame);
     let out = w.stop(SETTLE);
@@ -311,19 +308,16 @@ fn pod_through_nodeport_to_gateway(underlay: Underlay) {
          selected pod, through a NodePort of worker2: {out:?} (the internet host got one \
          from {got:?})"
     );
+    assert_eq!(b.agents["worker2"].drops("tunnel_not_ours"), not_ours + 1);
     b.control("pod-worker2-0");
 }
 
 #[test]
-#[ignore = "hole: a pod reaches the gateway's tunnel port through another node's NodePort \
-            (DNAT and masquerade there); the gateway trusts it as that node's"]
 fn pods_reach_the_tunnel_through_another_nodes_nodeport_shared() {
     pod_through_nodeport_to_gateway(Underlay::Shared);
 }
 
 #[test]
-#[ignore = "hole: a pod reaches the gateway's tunnel port through another node's NodePort \
-            (DNAT and masquerade there); the gateway trusts it as that node's"]
 fn pods_reach_the_tunnel_through_another_nodes_nodeport_private() {
     pod_through_nodeport_to_gateway(Underlay::Private);
 }
@@ -347,8 +341,8 @@ fn pod_on_gateway_injects_through_service(underlay: Underlay) {
     b.echo.next_peer();
 
     service_to(&gw.ns, SocketAddrV4::new(w1.underlay_ip, VXLAN_PORT));
-    // Unsolicited: stopped by the flow check.
-    let before = b.agents["worker1"].drops("tunnel_unsolicited");
+    // Both leave the gateway's underlay as its own datagrams would, and are dropped there.
+    let before = b.agents["gateway"].drops("tunnel_not_ours");
     let c = b.pod_capture("pod-worker1-0");
     send_udp(
         &attacker.ns,
@@ -357,11 +351,7 @@ fn pod_on_gateway_injects_through_service(underlay: Underlay) {
     );
     let got = c.stop(SETTLE);
     assert!(got.is_empty(), "unsolicited: {got:?}");
-    assert_eq!(
-        b.agents["worker1"].drops("tunnel_unsolicited"),
-        before + 1,
-        "it went through the gate, and the flow check stopped it"
-    );
+    assert_eq!(b.agents["gateway"].drops("tunnel_not_ours"), before + 1);
     assert_eq!(recv_any(&sock), None);
 
     // The forged answer to the open flow.
@@ -377,18 +367,15 @@ fn pod_on_gateway_injects_through_service(underlay: Underlay) {
         "a pod on the gateway node injected an answer into another node's pod through the \
          tunnel: {got:?}"
     );
+    assert_eq!(b.agents["gateway"].drops("tunnel_not_ours"), before + 2);
 }
 
 #[test]
-#[ignore = "hole: a pod on the gateway node reaches a worker's tunnel port through a Service \
-            (DNAT) and injects answers into the open flows of that worker's selected pods"]
 fn pod_on_gateway_injects_through_a_service_shared() {
     pod_on_gateway_injects_through_service(Underlay::Shared);
 }
 
 #[test]
-#[ignore = "hole: a pod on the gateway node reaches a worker's tunnel port through a Service \
-            (DNAT) and injects answers into the open flows of that worker's selected pods"]
 fn pod_on_gateway_injects_through_a_service_private() {
     pod_on_gateway_injects_through_service(Underlay::Private);
 }

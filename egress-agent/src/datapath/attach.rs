@@ -8,6 +8,7 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
     LinkOrder, ProgramError, SchedClassifier, TcAttachType,
 };
+use egress_common::program_names;
 
 use super::{Datapath, DatapathError};
 
@@ -18,10 +19,16 @@ impl Datapath {
             .map(|r| r.join("links").join(format!("{program}@{ifname}")))
     }
 
-    /// Attaches `program` to tc ingress of `ifname` with a TCX link. With a pin root the link
-    /// is pinned; an existing pinned link is reused, its program atomically replaced.
+    /// Attaches `program` to tc ingress of `ifname` (`egw_to_wire`: egress) with a TCX link.
+    /// With a pin root the link is pinned; an existing pinned link is reused, its program
+    /// atomically replaced.
     pub fn attach(&mut self, program: &'static str, ifname: &str) -> Result<(), DatapathError> {
         let path = self.link_path(program, ifname);
+        let direction = if program == program_names::TO_WIRE {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(program)
@@ -67,7 +74,7 @@ impl Datapath {
                         }
                         prog.attach_with_options(
                             ifname,
-                            TcAttachType::Ingress,
+                            direction,
                             TcAttachOptions::TcxOrder(LinkOrder::default()),
                         )
                         .map_err(perr)?
@@ -77,7 +84,7 @@ impl Datapath {
             None => prog
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Ingress,
+                    direction,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(perr)?,

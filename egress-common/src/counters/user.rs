@@ -28,6 +28,7 @@ impl DropReason {
             DropReason::TunnelWrongVni => "tunnel_wrong_vni",
             DropReason::TunnelWrongGateway => "tunnel_wrong_gateway",
             DropReason::TunnelUnsolicited => "tunnel_unsolicited",
+            DropReason::TunnelNotOurs => "tunnel_not_ours",
         }
     }
 
