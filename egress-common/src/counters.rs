@@ -26,7 +26,8 @@ crate::assert_size!(PolicyStats, 32);
 pub enum DropReason {
     /// Truncated or inconsistent headers.
     Malformed = 128,
-    /// A known pod's source address arrived on another interface.
+    /// A pod's veth carried a source address that is not that pod's (another pod's, or any
+    /// address at all: the egress IP from a raw socket, say).
     Spoofed = 129,
     /// A tunnelled packet from a host that is not a cluster node.
     UnknownNode = 130,

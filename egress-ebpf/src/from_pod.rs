@@ -28,8 +28,11 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(NEXT);
     };
     trust::check_pod_packet(cfg, &p)?;
+    // Only the pod behind this veth may send from it, with its own address: any other source
+    // (another pod's, the egress IP from a raw socket, ...) is spoofed. The programs run only
+    // on the veths of pods the agent knows, and every local pod is in the endpoint map.
     let Some(ep) = EGW_ENDPOINTS4.lookup_copy(p.saddr) else {
-        return Ok(NEXT);
+        return Err(DropReason::Spoofed);
     };
     // SAFETY: reading a field of our own context.
     if ep.ifindex != unsafe { (*ctx.skb.skb).ingress_ifindex } {

@@ -398,6 +398,7 @@ fn pod_spoofs_the_egress_ip(underlay: Underlay) {
     assert!(out.is_empty(), "from the gateway node's pod: {out:?}");
     assert_eq!(b.echo.peer_within(Duration::ZERO), None);
 
+    let spoofed = b.agents["worker1"].drops("spoofed");
     let w = b.egress_capture();
     for pod in ["pod-worker1-1", "pod-worker1-0"] {
         send_spoofed_udp(&b.lab.pod(pod).ns, src, dst, b"spoofed");
@@ -407,19 +408,20 @@ fn pod_spoofs_the_egress_ip(underlay: Underlay) {
         out.is_empty(),
         "pods sent as the egress IP without the gateway: {out:?}"
     );
+    assert_eq!(
+        b.agents["worker1"].drops("spoofed"),
+        spoofed + 2,
+        "dropped at the pods' veths"
+    );
     b.control("pod-worker1-0");
 }
 
 #[test]
-#[ignore = "hole: any pod with CAP_NET_RAW sends with the egress IP as source on the normal path; \
-            egw_from_pod drops only a known pod's address on another veth"]
 fn pods_spoofing_the_egress_ip_never_leave_shared() {
     pod_spoofs_the_egress_ip(Underlay::Shared);
 }
 
 #[test]
-#[ignore = "hole: any pod with CAP_NET_RAW sends with the egress IP as source on the normal path; \
-            egw_from_pod drops only a known pod's address on another veth"]
 fn pods_spoofing_the_egress_ip_never_leave_private() {
     pod_spoofs_the_egress_ip(Underlay::Private);
 }

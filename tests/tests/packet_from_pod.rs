@@ -67,3 +67,24 @@ fn truncated_tcp_header_is_a_counted_drop() {
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(drops(&dp, "malformed"), 1);
 }
+
+/// Only the pod behind a veth may send from it, with its own address: an address no pod has
+/// (the egress IP from a raw socket, say) is as spoofed as another pod's.
+#[test]
+fn from_pod_an_unknown_source_address_is_dropped_as_spoofed() {
+    let dp = datapath(WORKER);
+    let before = drops(&dp, "spoofed");
+    for src in [EGRESS, std::net::Ipv4Addr::new(10, 244, 1, 200)] {
+        let (rc, _) = run(
+            &dp,
+            FROM_POD,
+            &udp(src, INTERNET, 25, 25, b"spoof"),
+            POD_B_IF,
+        );
+        assert_eq!(rc, TC_ACT_SHOT, "from {src}");
+    }
+    assert_eq!(drops(&dp, "spoofed"), before + 2);
+    // Control: the pod's own address.
+    let pkt = udp(POD_B, INTERNET, 25, 25, b"mine");
+    assert_eq!(run(&dp, FROM_POD, &pkt, POD_B_IF), (TCX_NEXT, pkt.clone()));
+}
