@@ -85,7 +85,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Which kernels to run.
 pub struct Opts {
-    /// Only kernels whose label or package name contains this (`host`, `6.1`, `6.12`).
+    /// Only the kernel with this label (`host`, `6.1`, `6.12`) or package name.
     pub only: Option<String>,
 }
 
@@ -117,7 +117,7 @@ impl Outcome {
 pub fn run(opts: &Opts) -> Result<()> {
     setup::install_debian(setup::KERNEL_MATRIX_PACKAGES)?;
     let bins = binaries()?;
-    let wanted = |label: &str| opts.only.as_deref().is_none_or(|o| label.contains(o));
+    let wanted = |label: &str| opts.only.as_deref().is_none_or(|o| label == o);
     let mut outcomes = Vec::new();
     if wanted("host") {
         outcomes.push(on_host(&bins)?);

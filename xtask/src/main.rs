@@ -47,7 +47,7 @@ enum Cmd {
     /// The kernel matrix alone: the packet tests and a lab smoke test on Debian's 6.1 and
     /// 6.12 kernels under QEMU (downloaded once into target/kernels/) and on the host's.
     Kernels {
-        /// Only the kernels whose label or package contains this (`host`, `6.1`, `6.12`).
+        /// Only the kernel with this label (`host`, `6.1`, `6.12`) or package name.
         #[arg(long)]
         only: Option<String>,
     },
