@@ -448,14 +448,15 @@ struct Section {
     failures: Vec<String>,
 }
 
-/// The number before `what` in a libtest result line.
+/// The number before `what` in a libtest result line (`ok. 28 passed; 0 failed; ...`).
 fn count(result: &str, what: &str) -> u32 {
     result
         .split(';')
         .find_map(|part| {
             part.trim()
                 .strip_suffix(what.trim_start())?
-                .trim()
+                .split_whitespace()
+                .last()?
                 .parse()
                 .ok()
         })
@@ -805,5 +806,39 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[]);
         self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_of_a_libtest_result_line() {
+        let r = "FAILED. 27 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!((count(r, " passed"), count(r, " failed")), (27, 1));
+    }
+
+    #[test]
+    fn outcome_reads_sections_and_the_smoke_test() {
+        let log = "@@km kernel 6.12.1\r\n@@km begin packet\r\ntest a ... ok\r\n\
+                   test b ... FAILED\r\ntest result: FAILED. 1 passed; 1 failed; 0 ignored\r\n\
+                   @@km end packet 101\r\n@@km begin smoke\r\n\
+                   test result: ok. 1 passed; 0 failed; 0 ignored; 7 filtered out\r\n\
+                   @@km end smoke 0\r\n@@km done\r\n";
+        let o = outcome("6.12.1".into(), log, true, 1.0);
+        assert_eq!((o.passed, o.failed, o.verifier), (1, 1, "ok"));
+        assert_eq!(o.smoke, "ok");
+        assert_eq!(o.notes, ["packet: failed: b"]);
+        assert!(!o.ok());
+        let o = outcome("6.1.0".into(), "@@km done\n", false, 1.0);
+        assert!(o.smoke.starts_with("not run") && o.smoke_ok);
+    }
+
+    #[test]
+    fn tcx_from_6_6() {
+        assert!(!has_tcx("6.1.0-57-cloud-amd64"));
+        assert!(has_tcx("6.12.117+deb12-cloud-amd64"));
+        assert!(has_tcx("6.18.44-fc-v1147"));
     }
 }
