@@ -50,6 +50,9 @@ enum Cmd {
         /// Only the kernel with this label (`host`, `6.1`, `6.12`) or package name.
         #[arg(long)]
         only: Option<String>,
+        /// Only the lab smoke test, not the packet tests.
+        #[arg(long)]
+        smoke_only: bool,
     },
     /// The main job: a lab where mail pods on every node send real mail; SPF soft-fails
     /// for the workers' pods until the egress agent runs, then passes for all.
@@ -114,14 +117,17 @@ fn run(cli: Cli) -> Result<()> {
             let matrix = kernels || (filter.is_none() && !no_kernels);
             test(filter)?;
             if matrix {
-                kernels::run(&kernels::Opts { only: None })?;
+                kernels::run(&kernels::Opts {
+                    only: None,
+                    smoke_only: false,
+                })?;
             }
             Ok(())
         }
-        Cmd::Kernels { only } => {
+        Cmd::Kernels { only, smoke_only } => {
             setup::all()?;
             build_ebpf()?;
-            kernels::run(&kernels::Opts { only })
+            kernels::run(&kernels::Opts { only, smoke_only })
         }
         Cmd::Demo { keep } => demo::run(keep),
         Cmd::Bench {
