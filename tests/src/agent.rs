@@ -25,6 +25,17 @@ pub fn agent_binary() -> PathBuf {
     dir.join("egress-agent")
 }
 
+/// `EGRESS_TEST_TIME_SCALE` (default 1): waits for the agent are this many times longer. The
+/// kernel matrix sets it in its QEMU guests, where software emulation makes loading the
+/// datapath through the verifier some ten times slower.
+pub fn time_scale() -> u32 {
+    std::env::var("EGRESS_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// An agent process on one lab node; killed on drop.
 pub struct Agent {
     pub node: String,
@@ -165,6 +176,7 @@ impl Agent {
 
     /// Waits until the agent has programmed `n` local endpoints.
     pub fn wait_endpoints(&self, n: usize, timeout: Duration) -> Result<()> {
+        let timeout = timeout * time_scale();
         let start = Instant::now();
         loop {
             if let Ok(v) = self.inspect("endpoints") {

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod kernels;
 mod setup;
 
 #[derive(Parser)]
@@ -30,10 +31,28 @@ enum Cmd {
     Setup,
     /// Build the eBPF object that the agent embeds.
     BuildEbpf,
-    /// The one test command: fmt, clippy (userspace and bpf), unit, packet and lab tests.
+    /// The one test command: fmt, clippy (userspace and bpf), unit, packet and lab tests,
+    /// then the kernel matrix (see `kernels`).
     Test {
-        /// Only run tests whose name contains this string (fmt and clippy still run).
+        /// Only run tests whose name contains this string (fmt and clippy still run; the
+        /// kernel matrix does not).
         filter: Option<String>,
+        /// Skip the kernel matrix.
+        #[arg(long, conflicts_with = "kernels")]
+        no_kernels: bool,
+        /// Run the kernel matrix even with a filter (it runs by default otherwise).
+        #[arg(long)]
+        kernels: bool,
+    },
+    /// The kernel matrix alone: the packet tests and a lab smoke test on Debian's 6.1 and
+    /// 6.12 kernels under QEMU (downloaded once into target/kernels/) and on the host's.
+    Kernels {
+        /// Only the kernel with this label (`host`, `6.1`, `6.12`) or package name.
+        #[arg(long)]
+        only: Option<String>,
+        /// Only the lab smoke test, not the packet tests.
+        #[arg(long)]
+        smoke_only: bool,
     },
     /// The main job: a lab where mail pods on every node send real mail; SPF soft-fails
     /// for the workers' pods until the egress agent runs, then passes for all.
@@ -91,7 +110,26 @@ fn run(cli: Cli) -> Result<()> {
             setup::ebpf_toolchain()?;
             build_ebpf()
         }
-        Cmd::Test { filter } => test(filter),
+        Cmd::Test {
+            filter,
+            no_kernels,
+            kernels,
+        } => {
+            let matrix = kernels || (filter.is_none() && !no_kernels);
+            test(filter)?;
+            if matrix {
+                kernels::run(&kernels::Opts {
+                    only: None,
+                    smoke_only: false,
+                })?;
+            }
+            Ok(())
+        }
+        Cmd::Kernels { only, smoke_only } => {
+            setup::all()?;
+            build_ebpf()?;
+            kernels::run(&kernels::Opts { only, smoke_only })
+        }
         Cmd::Demo { keep } => demo::run(keep),
         Cmd::Bench {
             rounds,
@@ -124,7 +162,7 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // Child cargos must not inherit the toolchain choice of `cargo xtask`'s own cargo.
     c.env_remove("RUSTUP_TOOLCHAIN");

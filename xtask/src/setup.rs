@@ -44,7 +44,7 @@ fn quiet(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -118,9 +118,26 @@ pub fn ebpf_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// Debian packages of the kernel matrix (`cargo xtask kernels`): QEMU, a static busybox for
+/// the guest's init, depmod (the kernel packages ship no modules.dep) and xz for their
+/// modules, objcopy to strip the test binaries.
+pub const KERNEL_MATRIX_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "binutils",
+];
+
 /// Installs the Debian packages that are missing.
 pub fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install_debian(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (apt-get update first).
+pub fn install_debian(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -136,21 +153,29 @@ pub fn debian_packages() -> Result<()> {
         "xtask setup: installing Debian packages: {}",
         missing.join(" ")
     );
+    apt_update()?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter());
+    sh(&mut apt(&args))
+}
+
+/// `apt-get <args>`, through sudo when not root.
+pub fn apt(args: &[&str]) -> Command {
+    // SAFETY: geteuid has no preconditions.
     let sudo: &[&str] = if unsafe { libc::geteuid() } == 0 {
         &[]
     } else {
         &["sudo"]
     };
-    let apt = |args: &[&str]| {
-        let mut all: Vec<&str> = sudo.to_vec();
-        all.push("apt-get");
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
-    sh(&mut apt(&["update", "-q"]))?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(missing.iter());
-    sh(&mut apt(&args))
+    let mut all: Vec<&str> = sudo.to_vec();
+    all.push("apt-get");
+    all.extend_from_slice(args);
+    let mut c = Command::new(all[0]);
+    c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+/// Refreshes the package lists (apt-cache finds nothing, or an old list, without it).
+pub fn apt_update() -> Result<()> {
+    sh(&mut apt(&["update", "-q"]))
 }
