@@ -276,11 +276,18 @@ async fn link_names(handle: &Handle) -> Result<HashMap<u32, String>, NetdevError
     Ok(names)
 }
 
-/// On-link peers whose MAC the datapath checks, with the MAC it holds (zero: unknown). A
-/// neighbour event wakes the reconciler only when it brings one of them a new MAC: the
-/// neighbour table changes all the time (every entry's state ages), and those changes are
-/// nothing to act on.
-pub type WatchedNeighbours = std::sync::Arc<std::sync::Mutex<HashMap<Ipv4Addr, [u8; 6]>>>;
+/// On-link peers whose MAC the datapath checks, with the MAC it holds (zero: unknown), on the
+/// underlay interface. A neighbour event wakes the reconciler only when it brings one of them
+/// a new MAC on that interface: the neighbour table changes all the time (every entry's
+/// state ages), and an entry a pod forges on its own veth (an ARP request claiming a peer's
+/// address) is nothing to act on either.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    pub ifindex: u32,
+    pub macs: HashMap<Ipv4Addr, [u8; 6]>,
+}
+
+pub type WatchedNeighbours = std::sync::Arc<std::sync::Mutex<Watched>>;
 
 /// Wakes the receiver whenever a link, an IPv4 address or an IPv4 route changes (the CNI
 /// adding or removing a pod's veth and /32 route, an egress address moving), or a watched
@@ -306,7 +313,8 @@ pub fn watch_changes(
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
                     neighbour_mac(n).is_some_and(|(ip, mac)| {
                         let w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                        w.get(&ip).is_some_and(|known| *known != mac)
+                        n.header.ifindex == w.ifindex
+                            && w.macs.get(&ip).is_some_and(|known| *known != mac)
                     })
                 }
                 NetlinkPayload::InnerMessage(

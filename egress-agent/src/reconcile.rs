@@ -442,7 +442,10 @@ impl Reconciler {
             }
             watched.insert(*peer, e.mac);
         }
-        *self.neighbours.lock().unwrap_or_else(|e| e.into_inner()) = watched;
+        *self.neighbours.lock().unwrap_or_else(|e| e.into_inner()) = netdev::Watched {
+            ifindex: underlay.ifindex,
+            macs: watched,
+        };
         Ok(want)
     }
 

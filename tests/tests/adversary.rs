@@ -809,8 +809,6 @@ fn reconciles(lab: &Lab, node: &str) -> u64 {
 /// the MAC the gate checks is untouched: worker1's tunnel keeps working. And the agent, which
 /// watches the peers' MACs, is not made to reconcile once per forged ARP.
 #[test]
-#[ignore = "hole (minor): a pod's forged ARP claiming a peer's address wakes the agent's \
-            reconciler each time (the watched-neighbour filter ignores the interface)"]
 fn forged_arp_from_a_pod_neither_cuts_a_peer_off_nor_drives_the_agent() {
     let b = bed(Underlay::Shared, &["pod-worker1-0"]);
     let w1 = b.lab.node("worker1");
