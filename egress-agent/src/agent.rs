@@ -18,8 +18,8 @@ use tokio::{
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
-    config::AgentConfig, datapath::Datapath, kube_source::KubeSource, metrics, model, nat_gc,
-    netdev, reconcile::Reconciler, status,
+    config::AgentConfig, datapath::Datapath, kube_source::KubeSource, metrics, model, netdev,
+    reconcile::Reconciler, status,
 };
 pub use crate::{nat_gc::collect_nat, status::STATUS_FILE};
 
@@ -266,7 +266,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             t = rx.recv() => trigger = t,
             _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
-            _ = gc.tick() => match nat_gc::collect_nat(rec.datapath(), &cfg.nat.timeouts) {
+            _ = gc.tick() => match collect_nat(rec.datapath(), &cfg.nat.timeouts) {
                 Ok((expired, live)) => {
                     health.nat_flows.store(live as i64, Ordering::Relaxed);
                     if expired > 0 {

@@ -3,9 +3,9 @@
 //! - `egw_from_pod`    tc ingress on each pod's host-side veth (source node).
 //! - `egw_from_tunnel` tc ingress on the VXLAN device (gateway: SNAT; source node: replies).
 //! - `egw_from_wire`   tc ingress on the underlay (the tunnel's gate) and the uplink
-//!                     (gateway: reverse NAT of replies).
+//!   (gateway: reverse NAT of replies).
 //! - `egw_to_wire`     tc egress on the underlay (only our tunnel packets leave for a tunnel
-//!                     port).
+//!   port).
 #![no_std]
 #![no_main]
 

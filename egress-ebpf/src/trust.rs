@@ -113,7 +113,7 @@ fn neighbour_mac(ctx: &TcContext, cfg: &Config, peer: u32) -> Option<[u8; 6]> {
         bpf_fib_lookup(
             ctx.skb.skb.cast(),
             &mut f,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_OUTPUT,
         )
     };

@@ -17,12 +17,7 @@ pub fn tunnel_source(ctx: &TcContext) -> Result<(u32, u32), DropReason> {
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: the helper writes at most `size` bytes into `key`.
     let ret = unsafe {
-        bpf_skb_get_tunnel_key(
-            ctx.skb.skb,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if ret < 0 {
         return Err(DropReason::TunnelKey);
@@ -50,12 +45,7 @@ pub fn redirect_to_tunnel(
     key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: the helper reads `size` bytes from `key`.
     let ret = unsafe {
-        bpf_skb_set_tunnel_key(
-            ctx.skb.skb,
-            &mut key,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if ret < 0 {
         return Err(DropReason::TunnelKey);

@@ -237,7 +237,7 @@ mod floor {
         let mut info = [0u64; 64];
         let mut a = Attr::new();
         a.u32(0, fd as u32)
-            .u32(4, std::mem::size_of_val(&info) as u32)
+            .u32(4, size_of_val(&info) as u32)
             .u64(8, info.as_mut_ptr() as u64);
         a.bpf(BPF_OBJ_GET_INFO_BY_FD)
             .expect("BPF_OBJ_GET_INFO_BY_FD");

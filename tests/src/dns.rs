@@ -154,7 +154,7 @@ impl DnsServer {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "dnsmasq in {ns} exited ({status}); log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                    fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
             let sockets = exec(ns, &["ss", "-Hlun", "sport", "=", ":53"]).unwrap_or_default();
@@ -175,7 +175,7 @@ impl DnsServer {
 
     /// The server's log so far (one line per query).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The zone as a person reads it, for the demo's output.

@@ -782,7 +782,7 @@ fn arp_from_pod(ns: &str, sip: Ipv4Addr, n: u8) {
                     f.len(),
                     0,
                     (&raw const sa).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    size_of::<libc::sockaddr_ll>() as u32,
                 );
                 assert!(r >= 0, "send arp");
                 std::thread::sleep(Duration::from_millis(10));

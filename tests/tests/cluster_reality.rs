@@ -20,12 +20,7 @@ const EVERYWHERE: [&str; 1] = ["0.0.0.0/0"];
 /// A link-local service on the node, as clouds serve instance metadata.
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
-fn lab(
-    underlay: Underlay,
-) -> (
-    Lab,
-    std::collections::BTreeMap<String, egress_tests::agent::Agent>,
-) {
+fn lab(underlay: Underlay) -> (Lab, BTreeMap<String, Agent>) {
     require_root();
     let lab = Lab::up(&LabSpec {
         underlay,

@@ -240,7 +240,7 @@ fn send_df(ns: &str, to: SocketAddrV4, len: usize) -> UdpSocket {
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         assert_eq!(

@@ -74,7 +74,7 @@ fn truncated_tcp_header_is_a_counted_drop() {
 fn from_pod_an_unknown_source_address_is_dropped_as_spoofed() {
     let dp = datapath(WORKER);
     let before = drops(&dp, "spoofed");
-    for src in [EGRESS, std::net::Ipv4Addr::new(10, 244, 1, 200)] {
+    for src in [EGRESS, Ipv4Addr::new(10, 244, 1, 200)] {
         let (rc, _) = run(
             &dp,
             FROM_POD,
