@@ -89,10 +89,10 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             }
             Err(conds) => st.conditions = conds,
         }
-        if let Some(c) = st
+        for c in st
             .conditions
             .iter()
-            .find(|c| c.status == Status::False.as_str())
+            .filter(|c| c.status == Status::False.as_str())
         {
             d.warnings
                 .push(format!("policy {}: {} ({})", p.name, c.message, c.reason));

@@ -16,6 +16,8 @@ pub enum ConditionType {
     EgressIPOnGateway,
     /// Whether tunnel packets can be trusted on the gateway's underlay.
     TunnelProtected,
+    /// Set (False) when the egress IP is one of the gateway node's own addresses.
+    EgressIPDedicated,
 }
 
 impl ConditionType {
@@ -26,6 +28,7 @@ impl ConditionType {
             ConditionType::IPv6Ignored => "IPv6Ignored",
             ConditionType::EgressIPOnGateway => "EgressIPOnGateway",
             ConditionType::TunnelProtected => "TunnelProtected",
+            ConditionType::EgressIPDedicated => "EgressIPDedicated",
         }
     }
 }
@@ -60,6 +63,8 @@ pub enum Reason {
     /// `TunnelProtected=False`: peers reached through a router on the internet-facing
     /// interface can be spoofed.
     RoutedPublicUnderlay,
+    /// `EgressIPDedicated=False`: the egress IP is the gateway node's own address.
+    NodeAddress,
 }
 
 impl Reason {
@@ -82,6 +87,7 @@ impl Reason {
             Reason::PrivateUnderlay => "PrivateUnderlay",
             Reason::OnLinkPeers => "OnLinkPeers",
             Reason::RoutedPublicUnderlay => "RoutedPublicUnderlay",
+            Reason::NodeAddress => "NodeAddress",
         }
     }
 }

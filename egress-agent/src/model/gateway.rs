@@ -158,6 +158,17 @@ pub(super) fn resolve(
                 ));
             }
         }
+        if ip == gateway_ip || gw.addresses.contains(&ip) {
+            conds.push(cond(
+                ConditionType::EgressIPDedicated,
+                false,
+                Reason::NodeAddress,
+                format!(
+                    "{ip} is also gateway {}'s own address: the node's own traffic and its unselected pods (masqueraded by the CNI) leave from it too; a dedicated egress IP keeps the domain's reputation to the selected pods",
+                    gw.name
+                ),
+            ));
+        }
         Some(ip)
     };
     if ready_msg.is_empty() {

@@ -192,7 +192,12 @@ fn worker_gets_its_pods_the_policy_and_no_remote_endpoints() {
     assert_eq!(m.status["mail"].gateway_node.as_deref(), Some("gw"));
     assert_eq!(m.status["mail"].egress_ip.as_deref(), Some("192.0.2.10"));
     assert_eq!(m.status["mail"].selected_pods, 2);
-    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    // The only warning: the default egress IP is the gateway node's own address.
+    assert!(
+        d.warnings.iter().all(|w| w.contains("NodeAddress")),
+        "{:?}",
+        d.warnings
+    );
 }
 
 #[test]
@@ -1031,4 +1036,31 @@ fn every_node_address_and_egress_ip_is_kept_from_pods_tunnel_port() {
     // Peers are the other nodes' InternalIPs only.
     assert!(!d.nodes.contains(&W1));
     assert!(d.nodes.contains(&GW));
+}
+
+#[test]
+fn an_egress_ip_that_is_the_gateway_nodes_own_address_is_not_dedicated() {
+    // The default (the gateway's InternalIP) and one of its ExternalIPs: shared with the
+    // node's own traffic and its unselected pods' masquerade.
+    let mut c = cluster();
+    let m = run(&c, "gw");
+    let e = condition(&m.status["mail"], "EgressIPDedicated").expect("condition");
+    assert_eq!(
+        (e.status.as_str(), e.reason.as_str()),
+        ("False", "NodeAddress")
+    );
+    assert!(m.desired.warnings.iter().any(|w| w.contains("NodeAddress")));
+    c.nodes[1].addresses.push(Ipv4Addr::new(5, 75, 247, 168));
+    c.policies[0].spec.gateway.egress_ip = Some("5.75.247.168".into());
+    let m = run(&c, "gw");
+    assert!(condition(&m.status["mail"], "EgressIPDedicated").is_some());
+    // Control: a dedicated address (on the gateway's interface, no node address).
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    let local = LocalFacts {
+        interfaces: BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]),
+        ..Default::default()
+    };
+    let m = compute(&c, "gw", &local);
+    assert!(condition(&m.status["mail"], "EgressIPDedicated").is_none());
+    assert!(!m.desired.warnings.iter().any(|w| w.contains("NodeAddress")));
 }
