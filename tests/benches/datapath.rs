@@ -142,53 +142,10 @@ const PAYLOAD: &[u8] = &[0x42; 100];
 /// and run with raw `bpf(2)` calls (the eBPF object has no such program, and aya loads ELF
 /// objects only). What it costs per run is what each method adds to any program.
 mod floor {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
 
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    /// `struct bpf_prog_info`: `run_time_ns` and `run_cnt` offsets (UAPI, stable).
-    const INFO_RUN_TIME_NS: usize = 192;
-    const INFO_RUN_CNT: usize = 200;
-
-    /// `union bpf_attr`, as bytes (every command's fields start at offset 0).
-    #[repr(C, align(8))]
-    struct Attr([u8; 128]);
-
-    impl Attr {
-        fn new() -> Attr {
-            Attr([0; 128])
-        }
-        fn u32(&mut self, off: usize, v: u32) -> &mut Attr {
-            self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-            self
-        }
-        fn u64(&mut self, off: usize, v: u64) -> &mut Attr {
-            self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-            self
-        }
-        fn get_u32(&self, off: usize) -> u32 {
-            u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
-        }
-        fn bpf(&mut self, cmd: libc::c_long) -> std::io::Result<i64> {
-            // SAFETY: the attribute buffer is valid for its size; pointers in it point at
-            // live buffers of the caller for the duration of the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    cmd,
-                    self.0.as_mut_ptr(),
-                    self.0.len() as libc::c_uint,
-                )
-            };
-            if rc < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(rc)
-            }
-        }
-    }
+    pub use egress_tests::rawbpf::prog_stats;
+    use egress_tests::rawbpf::{load_sched_cls, Attr, BPF_PROG_TEST_RUN};
 
     pub struct Noop(OwnedFd);
 
@@ -196,18 +153,7 @@ mod floor {
         pub fn load() -> Noop {
             // r0 = 0 (BPF_ALU64 | BPF_MOV | BPF_K); exit.
             let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
-            let license = c"GPL";
-            let mut a = Attr::new();
-            a.u32(0, BPF_PROG_TYPE_SCHED_CLS)
-                .u32(4, 2)
-                .u64(8, insns.as_ptr() as u64)
-                .u64(16, license.as_ptr() as u64);
-            a.0[48..57].copy_from_slice(b"egw_noop\0");
-            let fd = a
-                .bpf(BPF_PROG_LOAD)
-                .expect("BPF_PROG_LOAD of the noop program");
-            // SAFETY: a new fd that nothing else owns.
-            Noop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+            Noop(load_sched_cls(&insns, "egw_noop").expect("BPF_PROG_LOAD of the noop program"))
         }
 
         /// `BPF_PROG_TEST_RUN`: (return value, average ns per repetition).
@@ -230,18 +176,6 @@ mod floor {
         pub fn stats(&self) -> (u64, u64) {
             prog_stats(self.0.as_raw_fd())
         }
-    }
-
-    /// (run_time_ns, run_cnt) of a program.
-    pub fn prog_stats(fd: RawFd) -> (u64, u64) {
-        let mut info = [0u64; 64];
-        let mut a = Attr::new();
-        a.u32(0, fd as u32)
-            .u32(4, size_of_val(&info) as u32)
-            .u64(8, info.as_mut_ptr() as u64);
-        a.bpf(BPF_OBJ_GET_INFO_BY_FD)
-            .expect("BPF_OBJ_GET_INFO_BY_FD");
-        (info[INFO_RUN_TIME_NS / 8], info[INFO_RUN_CNT / 8])
     }
 }
 

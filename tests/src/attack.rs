@@ -185,3 +185,31 @@ impl Drop for Capture {
         let _ = fs::remove_file(&self.file);
     }
 }
+
+/// The MAC address of `dev` in namespace `ns` (what a forged frame is addressed to).
+pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = crate::lab::exec(ns, &["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap_or_else(|e| panic!("MAC of {dev} in {ns}: {e}"));
+    let v: Vec<u8> = out
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("6 bytes")
+}
+
+/// A UDP socket in namespace `ns` (a pod, say) bound to `port`, whose reads give up after
+/// `wait`: the victim of an injection, or the control that receives the real answer.
+pub fn bound_udp(ns: &str, port: u16, wait: Duration) -> UdpSocket {
+    in_netns(ns, || {
+        let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind in namespace");
+        s.set_read_timeout(Some(wait)).expect("timeout");
+        s
+    })
+}
+
+/// The next datagram `s` receives within its read timeout, if any.
+pub fn recv_any(s: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}

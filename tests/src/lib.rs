@@ -12,3 +12,4 @@ pub mod microbench;
 pub mod neighbours;
 pub mod net;
 pub mod packet;
+pub mod rawbpf;

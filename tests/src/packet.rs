@@ -166,21 +166,9 @@ pub fn run_marked(
     let mut ctx = skb_ctx(ingress_ifindex);
     // struct __sk_buff: mark at 8.
     ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
-    let mut ctx_out = [0u8; 192];
-    let mut out = vec![0u8; pkt.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(pkt);
-    opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
-    opts.ctx_out = Some(&mut ctx_out);
-    let res = dp
-        .program(prog)
-        .expect("program")
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(res.data_size_out as usize);
+    let (r, ctx_out) = run_ctx(dp, prog, pkt, &ctx, 1);
     let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
-    (res.return_value, out, mark)
+    (r.verdict, r.out, mark)
 }
 
 /// The outcome of a `BPF_PROG_TEST_RUN`.
@@ -205,12 +193,25 @@ pub fn run_repeat(
     ingress_ifindex: u32,
     repeat: u32,
 ) -> Run {
-    let ctx = skb_ctx(ingress_ifindex);
+    run_ctx(dp, prog, pkt, &skb_ctx(ingress_ifindex), repeat).0
+}
+
+/// `BPF_PROG_TEST_RUN` of `prog` on `pkt` with the `struct __sk_buff` context `ctx`, repeated
+/// `repeat` times; returns the run and the context as the program left it.
+pub fn run_ctx(
+    dp: &Datapath,
+    prog: &'static str,
+    pkt: &[u8],
+    ctx: &[u8; 192],
+    repeat: u32,
+) -> (Run, [u8; 192]) {
+    let mut ctx_out = [0u8; 192];
     let mut out = vec![0u8; pkt.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(pkt);
     opts.data_out = Some(&mut out);
-    opts.ctx_in = Some(&ctx);
+    opts.ctx_in = Some(ctx);
+    opts.ctx_out = Some(&mut ctx_out);
     opts.repeat = repeat;
     let res = dp
         .program(prog)
@@ -218,11 +219,12 @@ pub fn run_repeat(
         .test_run(opts)
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(res.data_size_out as usize);
-    Run {
+    let run = Run {
         verdict: res.return_value,
         out,
         avg: res.duration,
-    }
+    };
+    (run, ctx_out)
 }
 
 pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, mss: u16) -> Vec<u8> {

@@ -32,7 +32,10 @@ use std::{
 
 use egress_tests::{
     agent::{start_all, Agent},
-    attack::{send_raw_ipv4, send_spoofed_udp, send_udp, vxlan_ipv4, Capture, Inner},
+    attack::{
+        bound_udp, mac_of, recv_any, send_raw_ipv4, send_spoofed_udp, send_udp, vxlan_ipv4,
+        Capture, Inner,
+    },
     config::{mail_policy_id, write_config, ConfigSpec},
     lab::{exec, in_netns, require_root, Lab, LabSpec, Underlay, INTERNET_HOST},
     net::{udp_roundtrip, UdpEcho},
@@ -123,14 +126,7 @@ impl Bed {
     }
 
     fn egw0_mac(&self, node: &str) -> [u8; 6] {
-        let ns = &self.lab.node(node).ns;
-        let out = exec(ns, &["cat", "/sys/class/net/egw0/address"]).expect("egw0 mac");
-        let v: Vec<u8> = out
-            .trim()
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-            .collect();
-        v.try_into().expect("6 bytes")
+        mac_of(&self.lab.node(node).ns, "egw0")
     }
 
     /// Everything that leaves as the egress IP (on the internet host), but the attacker's own
@@ -200,17 +196,7 @@ fn dnat(ns: &str, from: SocketAddrV4, to: SocketAddrV4) {
 }
 
 fn pod_socket(ns: &str) -> UdpSocket {
-    in_netns(ns, || {
-        let s = UdpSocket::bind(("0.0.0.0", POD_PORT)).expect("bind in pod");
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        s
-    })
-}
-
-fn recv_any(s: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 2048];
-    s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    bound_udp(ns, POD_PORT, Duration::from_millis(500))
 }
 
 // --- pods to the tunnel through a Service (DNAT) -------------------------------------------

@@ -13,6 +13,7 @@ use std::{
 
 use egress_tests::{
     agent::Agent,
+    attack::mac_of,
     config::{self, mail_policy_id, ConfigSpec},
     lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST, ISP_UNDERLAY},
     net::{
@@ -335,16 +336,6 @@ fn vxlan_frame(
     let payload = b"forged?";
     b.write(&mut out, payload).expect("build frame");
     out
-}
-
-fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    let out = exec(ns, &["cat", &format!("/sys/class/net/{dev}/address")]).expect("mac");
-    let v: Vec<u8> = out
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("6 bytes")
 }
 
 fn send_vxlan(ns: &str, frame: &[u8]) {

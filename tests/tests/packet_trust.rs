@@ -326,17 +326,9 @@ fn a_peer_the_agent_has_no_mac_for_yet_passes_when_the_kernel_knows_it() {
         egress_tests::lab::in_netns(&ns.0, || {
             let mut ctx = skb_ctx(ul0);
             ctx[40..44].copy_from_slice(&ul0.to_ne_bytes());
-            let mut ctx_out = [0u8; 192];
-            let mut out = vec![0u8; pkt.len() + 256];
-            let mut opts = aya::programs::TestRunOptions::new();
-            opts.data_in = Some(pkt);
-            opts.data_out = Some(&mut out);
-            opts.ctx_in = Some(&ctx);
-            opts.ctx_out = Some(&mut ctx_out);
-            let r = aya::programs::TestRun::test_run(dp.program(FROM_WIRE).expect("program"), opts)
-                .expect("BPF_PROG_TEST_RUN");
+            let (r, ctx_out) = run_ctx(&dp, FROM_WIRE, pkt, &ctx, 1);
             (
-                r.return_value,
+                r.verdict,
                 u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4")),
             )
         })

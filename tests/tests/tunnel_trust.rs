@@ -22,9 +22,12 @@ use std::{
 
 use egress_tests::{
     agent::{start_all, Agent},
-    attack::{send_spoofed_udp, send_udp, vxlan_ipv4, vxlan_payload, Capture, Inner},
+    attack::{
+        bound_udp, mac_of, recv_any, send_spoofed_udp, send_udp, vxlan_ipv4, vxlan_payload,
+        Capture, Inner,
+    },
     config::{mail_policy_id, write_config, ConfigSpec},
-    lab::{exec, in_netns, require_root, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST},
+    lab::{exec, require_root, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST},
     net::{udp_roundtrip, UdpEcho},
 };
 
@@ -147,14 +150,7 @@ impl Bed {
 
     /// The MAC of `node`'s tunnel device (what a forged inner frame is addressed to).
     fn egw0_mac(&self, node: &str) -> [u8; 6] {
-        let ns = &self.lab.node(node).ns;
-        let out = exec(ns, &["cat", "/sys/class/net/egw0/address"]).expect("egw0 mac");
-        let v: Vec<u8> = out
-            .trim()
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-            .collect();
-        v.try_into().expect("6 bytes")
+        mac_of(&self.lab.node(node).ns, "egw0")
     }
 
     /// Captures of everything that leaves as the egress IP (on the internet host) and of every
@@ -364,19 +360,8 @@ fn pods_never_reach_the_tunnel_selected_or_not_private() {
 
 // --- injection into pods from cluster nodes -----------------------------------------------
 
-/// A UDP socket in a pod, bound to `POD_PORT`.
 fn pod_socket(ns: &str) -> UdpSocket {
-    in_netns(ns, || {
-        let s = UdpSocket::bind(("0.0.0.0", POD_PORT)).expect("bind in pod");
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("timeout");
-        s
-    })
-}
-
-fn recv_any(s: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 2048];
-    s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    bound_udp(ns, POD_PORT, Duration::from_millis(300))
 }
 
 /// One injection attempt: `frame` sent by node namespace `from` to `to`, dropped on `node`

@@ -1,0 +1,97 @@
+//! Raw `bpf(2)` for the few programs the tests and the micro-benchmark need that are not in
+//! the eBPF object (aya loads ELF objects only): a program of a couple of instructions, its
+//! run statistics, a TCX link to it.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub const BPF_PROG_LOAD: libc::c_long = 5;
+pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+pub const BPF_LINK_CREATE: libc::c_long = 28;
+pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `struct bpf_prog_info`: `run_time_ns` and `run_cnt` offsets (UAPI, stable).
+const INFO_RUN_TIME_NS: usize = 192;
+const INFO_RUN_CNT: usize = 200;
+
+/// `union bpf_attr`, as bytes (every command's fields start at offset 0).
+#[repr(C, align(8))]
+pub struct Attr(pub [u8; 128]);
+
+impl Default for Attr {
+    fn default() -> Attr {
+        Attr::new()
+    }
+}
+
+impl Attr {
+    pub fn new() -> Attr {
+        Attr([0; 128])
+    }
+    pub fn u32(&mut self, off: usize, v: u32) -> &mut Attr {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    pub fn u64(&mut self, off: usize, v: u64) -> &mut Attr {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    pub fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+    /// Runs the `bpf(2)` command `cmd` with this attribute.
+    pub fn bpf(&mut self, cmd: libc::c_long) -> std::io::Result<i64> {
+        // SAFETY: the attribute buffer is valid for its size; pointers in it point at live
+        // buffers of the caller for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                self.0.as_mut_ptr(),
+                self.0.len() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+    /// Runs `cmd`, which returns a new file descriptor.
+    pub fn bpf_fd(&mut self, cmd: libc::c_long) -> std::io::Result<OwnedFd> {
+        let fd = self.bpf(cmd)?;
+        // SAFETY: a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Loads a tc (sched_cls) program of raw instructions `insns` named `name` (at most 15
+/// bytes), licensed GPL.
+pub fn load_sched_cls(insns: &[u8], name: &str) -> std::io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut a = Attr::new();
+    a.u32(0, BPF_PROG_TYPE_SCHED_CLS)
+        .u32(4, (insns.len() / 8) as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64);
+    let name = name.as_bytes();
+    let n = name.len().min(15);
+    a.0[48..48 + n].copy_from_slice(&name[..n]);
+    a.bpf_fd(BPF_PROG_LOAD)
+}
+
+/// (run_time_ns, run_cnt) of a program (counted while BPF statistics are enabled).
+pub fn prog_stats(fd: RawFd) -> (u64, u64) {
+    let mut info = [0u64; 64];
+    let mut a = Attr::new();
+    a.u32(0, fd as u32)
+        .u32(4, size_of_val(&info) as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    a.bpf(BPF_OBJ_GET_INFO_BY_FD)
+        .expect("BPF_OBJ_GET_INFO_BY_FD");
+    (info[INFO_RUN_TIME_NS / 8], info[INFO_RUN_CNT / 8])
+}
+
+/// `prog_stats` of an owned program fd.
+pub fn prog_run_count(fd: &OwnedFd) -> u64 {
+    prog_stats(fd.as_raw_fd()).1
+}
