@@ -16,7 +16,7 @@ use egress_common::{
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
     policy::{decode_policy_key, policy_key},
-    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_WIRE},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_POD, TO_WIRE},
 };
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
@@ -147,6 +147,8 @@ pub struct Reconciler {
     state_dir: PathBuf,
     /// Interfaces with `egw_from_pod` attached: name -> ifindex.
     pod_links: BTreeMap<String, u32>,
+    /// Interfaces with `egw_to_pod` attached (the same pod interfaces, tc egress).
+    pod_out_links: BTreeMap<String, u32>,
     /// Interfaces with `egw_from_wire` attached (the underlay; a gateway's uplink): name ->
     /// ifindex.
     wire_links: BTreeMap<String, u32>,
@@ -185,6 +187,7 @@ impl Reconciler {
             default_uplink,
             state_dir,
             pod_links: BTreeMap::new(),
+            pod_out_links: BTreeMap::new(),
             wire_links: BTreeMap::new(),
             wire_out_links: BTreeMap::new(),
             tunnel_link: None,
@@ -449,16 +452,23 @@ impl Reconciler {
         Ok(want)
     }
 
-    /// `egw_from_pod` on exactly the interfaces in `want` (name -> ifindex); an interface whose
-    /// index changed (re-created) is attached again.
+    /// `egw_from_pod` (tc ingress) and `egw_to_pod` (tc egress) on exactly the interfaces in
+    /// `want` (name -> ifindex); an interface whose index changed (re-created) is attached
+    /// again.
     fn sync_attachments(&mut self, want: &BTreeMap<String, u32>) -> Result<usize> {
-        sync_links(
+        Ok(sync_links(
             &mut self.dp,
             FROM_POD,
             &mut self.pod_links,
             want,
             "attached to pod interface",
-        )
+        )? + sync_links(
+            &mut self.dp,
+            TO_POD,
+            &mut self.pod_out_links,
+            want,
+            "attached to pod interface (egress)",
+        )?)
     }
 
     /// The endpoints, nodes, remote endpoints and policies maps.

@@ -37,8 +37,9 @@ pub mod map_names {
     /// Fragments of translated datagrams, both ways: the flow of a datagram whose first
     /// fragment passed.
     pub const FRAG4: &str = "EGW_FRAG4";
-    /// Flows local pods opened through a gateway (source node): what may come back to them
-    /// through the tunnel.
+    /// Flows of local selected pods to their policies' destinations: opened by the pod
+    /// through a gateway (what may come back through the tunnel) or by the peer (the pod's
+    /// answers keep the normal path).
     pub const FLOWS4: &str = "EGW_FLOWS4";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).
@@ -67,8 +68,15 @@ pub mod program_names {
     pub const FROM_WIRE: &str = "egw_from_wire";
     /// tc egress on the node's underlay (only our own tunnel packets leave for a tunnel port).
     pub const TO_WIRE: &str = "egw_to_wire";
+    /// tc egress on a pod's host-side veth (connections opened towards the pod).
+    pub const TO_POD: &str = "egw_to_pod";
 
-    pub const ALL: [&str; 4] = [FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_WIRE];
+    pub const ALL: [&str; 5] = [FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_WIRE, TO_POD];
+
+    /// Whether `program` runs on tc egress (the others run on tc ingress).
+    pub fn is_egress(program: &str) -> bool {
+        program == TO_WIRE || program == TO_POD
+    }
 }
 
 /// Asserts at compile time that a shared type has exactly the expected size (no hidden padding

@@ -77,6 +77,12 @@ pub struct FragKey4 {
 crate::assert_size!(FragKey4, 12);
 
 impl NatKey4 {
+    /// The key of the other direction of the same flow (TCP, UDP).
+    #[inline(always)]
+    pub const fn reversed(&self) -> NatKey4 {
+        self.forward_of(self.daddr, self.dport)
+    }
+
     /// For a reverse key, the forward key of the flow whose reverse entry maps it to
     /// `pod_addr`:`pod_port`.
     #[inline(always)]

@@ -1,13 +1,16 @@
 //! `egw_from_pod`, tc ingress on a pod's host-side veth (source node): a selected pod's packet
 //! to a destination of its policy goes to the gateway (through the tunnel, or translated here
-//! when this node is the gateway); everything else keeps the normal path.
+//! when this node is the gateway); everything else keeps the normal path, the pod's answers to
+//! flows a peer opened towards it included (see `flows`).
 
 use aya_ebpf::programs::TcContext;
-use egress_common::{config::Config, counters::DropReason, endpoint::EP_F_SELECTED};
+use egress_common::{
+    config::Config, counters::DropReason, endpoint::EP_F_SELECTED, flow::FlowEntry4,
+};
 
 use crate::{
     counters::{count_drop, count_tx},
-    flows,
+    flows::{self, Opened},
     gateway::snat_and_send,
     icmp, l3,
     maps::{config, LookupCopy, EGW_ENDPOINTS4},
@@ -44,6 +47,11 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(pol) = policy::via_gateway(ep.policy_id, p.daddr) else {
         return Ok(NEXT);
     };
+    // Only flows the pod opens go through the gateway: answers to a peer that connected to the
+    // pod leave from the address the peer connected to.
+    let Opened::ByPod(flow) = flows::classify(ctx, &p)? else {
+        return Ok(NEXT);
+    };
     policy::check_translatable(&p)?;
     // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here
     // (about the first fragment only, as routers do).
@@ -55,6 +63,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return icmp::send_time_exceeded(ctx, cfg, &p);
     }
     if pol.gateway_ip4 == cfg.node_ip4 {
+        flows::record(&p, flow, cfg.node_ip4, ep.policy_id);
         let t = SnatTarget {
             egress_ip: pol.egress_ip4,
             node_ip: cfg.node_ip4,
@@ -62,7 +71,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         };
         return snat_and_send(ctx, cfg, &p, &t);
     }
-    to_gateway(ctx, cfg, &p, pol.gateway_ip4, ep.policy_id)
+    to_gateway(ctx, cfg, &p, flow, pol.gateway_ip4, ep.policy_id)
 }
 
 /// Sends a selected pod's packet through the tunnel to its policy's gateway, one hop on: an
@@ -73,6 +82,7 @@ fn to_gateway(
     ctx: &TcContext,
     cfg: &Config,
     p: &Packet4,
+    flow: Option<FlowEntry4>,
     gateway: u32,
     policy_id: u32,
 ) -> Result<i32, DropReason> {
@@ -82,7 +92,7 @@ fn to_gateway(
     }
     l3::forward(ctx, p)?;
     tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
-    flows::record(p, gateway, policy_id);
+    flows::record(p, flow, gateway, policy_id);
     count_tx(policy_id, ctx.len());
     redirect_to_tunnel(ctx, cfg, gateway, policy_id)
 }

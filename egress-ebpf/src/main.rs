@@ -6,6 +6,7 @@
 //!   (gateway: reverse NAT of replies).
 //! - `egw_to_wire`     tc egress on the underlay (only our tunnel packets leave for a tunnel
 //!   port).
+//! - `egw_to_pod`      tc egress on each pod's host-side veth (flows opened towards the pod).
 #![no_std]
 #![no_main]
 
@@ -26,6 +27,7 @@ mod parse;
 mod policy;
 mod quote;
 mod tcp;
+mod to_pod;
 mod to_wire;
 mod trust;
 mod tunnel;
@@ -75,6 +77,11 @@ pub fn egw_from_wire(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn egw_to_wire(ctx: TcContext) -> i32 {
     verdict(to_wire::try_to_wire(&ctx))
+}
+
+#[classifier]
+pub fn egw_to_pod(ctx: TcContext) -> i32 {
+    to_pod::try_to_pod(&ctx)
 }
 
 #[cfg(not(test))]

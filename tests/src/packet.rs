@@ -351,6 +351,26 @@ pub fn key(s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16, proto: u8) -> NatKey4 {
     }
 }
 
+/// Splits an Ethernet + IPv4 (20-byte header) packet into two fragments of datagram `id` at
+/// payload offset `at` (a multiple of 8), with valid header checksums.
+pub fn fragment(pkt: &[u8], id: u16, at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (hdr, payload) = pkt.split_at(L3 + 20);
+    let part = |bytes: &[u8], off: usize, more: bool| {
+        let mut v = hdr.to_vec();
+        v.extend_from_slice(bytes);
+        v[L3 + 2..L3 + 4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
+        v[L3 + 4..L3 + 6].copy_from_slice(&id.to_be_bytes());
+        let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        v[L3 + 6..L3 + 8].copy_from_slice(&fo.to_be_bytes());
+        let ttl = v[L3 + 8];
+        with_ttl(v, ttl)
+    };
+    (
+        part(&payload[..at], 0, true),
+        part(&payload[at..], at, false),
+    )
+}
+
 /// Sets the TTL of `pkt` and fixes its header checksum.
 pub fn with_ttl(mut pkt: Vec<u8>, ttl: u8) -> Vec<u8> {
     pkt[L3 + 8] = ttl;

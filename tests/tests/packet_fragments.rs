@@ -7,26 +7,6 @@
 use egress_common::program_names::{FROM_POD, FROM_WIRE};
 use egress_tests::packet::*;
 
-/// Splits an Ethernet + IPv4 (20-byte header) packet into two fragments of datagram `id` at
-/// payload offset `at` (a multiple of 8), with valid header checksums.
-fn fragment(pkt: &[u8], id: u16, at: usize) -> (Vec<u8>, Vec<u8>) {
-    let (hdr, payload) = pkt.split_at(L3 + 20);
-    let part = |bytes: &[u8], off: usize, more: bool| {
-        let mut v = hdr.to_vec();
-        v.extend_from_slice(bytes);
-        v[L3 + 2..L3 + 4].copy_from_slice(&((20 + bytes.len()) as u16).to_be_bytes());
-        v[L3 + 4..L3 + 6].copy_from_slice(&id.to_be_bytes());
-        let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
-        v[L3 + 6..L3 + 8].copy_from_slice(&fo.to_be_bytes());
-        let ttl = v[L3 + 8];
-        with_ttl(v, ttl)
-    };
-    (
-        part(&payload[..at], 0, true),
-        part(&payload[at..], at, false),
-    )
-}
-
 /// The datagram of two fragments made by `fragment`, as the receiver reassembles it.
 fn reassemble(first: &[u8], second: &[u8]) -> Vec<u8> {
     let mut whole = first.to_vec();

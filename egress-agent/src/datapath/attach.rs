@@ -19,12 +19,12 @@ impl Datapath {
             .map(|r| r.join("links").join(format!("{program}@{ifname}")))
     }
 
-    /// Attaches `program` to tc ingress of `ifname` (`egw_to_wire`: egress) with a TCX link.
+    /// Attaches `program` to tc ingress of `ifname` (`egw_to_wire`, `egw_to_pod`: egress) with a TCX link.
     /// With a pin root the link is pinned; an existing pinned link is reused, its program
     /// atomically replaced.
     pub fn attach(&mut self, program: &'static str, ifname: &str) -> Result<(), DatapathError> {
         let path = self.link_path(program, ifname);
-        let direction = if program == program_names::TO_WIRE {
+        let direction = if program_names::is_egress(program) {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress
