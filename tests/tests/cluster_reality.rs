@@ -1,7 +1,8 @@
 //! A real cluster is less kind than the lab (issue 12), with the policy users ship,
 //! `destinationCIDRs: [0.0.0.0/0]`: kubelet probes from the node, node addresses and
 //! link-local services (a cloud's metadata address) keep the normal path; only the internet
-//! goes through the gateway.
+//! goes through the gateway. Connections opened towards a selected pod (a NodePort client from
+//! the internet) are answered from the address the client connected to.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +13,7 @@ use egress_tests::{
     agent::{start_all, Agent},
     config::{write_config, ConfigSpec},
     lab::{exec, require_root, Lab, LabSpec, Underlay, INTERNET_HOST},
-    net::{tcp_roundtrip, TcpEcho},
+    net::{tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
 };
 
 const SELECTED: [&str; 3] = ["pod-gateway-0", "pod-worker1-0", "pod-worker2-0"];
@@ -159,4 +160,83 @@ fn probes_node_addresses_and_link_local_keep_the_normal_path_shared() {
 #[test]
 fn probes_node_addresses_and_link_local_keep_the_normal_path_private() {
     probes_and_node_traffic_keep_the_normal_path(Underlay::Private);
+}
+
+/// A NodePort (externalTrafficPolicy Local: the client's address kept) on `node`: its
+/// ExternalIP's `port` DNATed to `pod`:`pod_port`, TCP and UDP, as kube-proxy does.
+fn node_port(lab: &Lab, node: &str, port: u16, pod: Ipv4Addr, pod_port: u16) {
+    let n = lab.node(node);
+    let rule = |proto: &str| {
+        format!(
+            "add rule ip nodeport prerouting ip daddr {} {proto} dport {port} dnat to {pod}:{pod_port}",
+            n.external_ip
+        )
+    };
+    for cmd in [
+        "add table ip nodeport".to_owned(),
+        "add chain ip nodeport prerouting { type nat hook prerouting priority dstnat; }".to_owned(),
+        rule("tcp"),
+        rule("udp"),
+    ] {
+        let args: Vec<&str> = std::iter::once("nft").chain(cmd.split(' ')).collect();
+        exec(&n.ns, &args).unwrap_or_else(|e| panic!("{node}: nft {cmd}: {e}"));
+    }
+}
+
+/// An internet client connects to a selected pod through a NodePort on a worker and on the
+/// gateway: the pod's answers keep the normal path (un-DNATed by the node), so the client
+/// hears back from the address it connected to; with the egress IP as their source it would
+/// hear nothing. The pod's own connections still leave as the egress IP.
+fn inbound_connections_are_answered_from_the_address_the_client_connected_to(underlay: Underlay) {
+    let (lab, agents) = lab(underlay);
+    let egress = lab.gateway().external_ip;
+    let inet = &lab.internet().ns;
+    let out = TcpEcho::start(inet, INTERNET_HOST, 8025);
+    for (node, pod) in [("worker1", "pod-worker1-0"), ("gateway", "pod-gateway-0")] {
+        let pod_ip = lab.pod(pod).ip;
+        let tcp = TcpEcho::start(&lab.pod(pod).ns, pod_ip, 2525);
+        let udp = UdpEcho::start(&lab.pod(pod).ns, pod_ip, 5353);
+        node_port(&lab, node, 30025, pod_ip, 2525);
+        node_port(&lab, node, 30053, pod_ip, 5353);
+        let external = lab.node(node).external_ip;
+        let before = tx_packets(&agents);
+        for i in 0..3 {
+            let r = tcp_roundtrip(inet, SocketAddrV4::new(external, 30025), b"EHLO client");
+            assert_eq!(
+                r.as_deref().ok(),
+                Some(&b"EHLO client"[..]),
+                "TCP {i} to {pod} through {node}'s NodePort: {r:?}"
+            );
+            assert_eq!(tcp.next_peer().ip(), IpAddr::V4(INTERNET_HOST), "{pod}");
+            let r = udp_roundtrip(inet, SocketAddrV4::new(external, 30053), b"query");
+            assert_eq!(
+                r.as_deref().ok(),
+                Some(&b"query"[..]),
+                "UDP {i} to {pod} through {node}'s NodePort: {r:?}"
+            );
+            assert_eq!(udp.next_peer().ip(), IpAddr::V4(INTERNET_HOST), "{pod}");
+        }
+        assert_eq!(
+            tx_packets(&agents),
+            before,
+            "{pod}'s answers went through the gateway"
+        );
+        // Control: the pod's own connection to the internet leaves as the egress IP.
+        tcp_roundtrip(&lab.pod(pod).ns, out.addr, b"mail").expect("the pod's own connection");
+        assert_eq!(out.next_peer().ip(), IpAddr::V4(egress), "{pod}");
+        assert!(
+            tx_packets(&agents) > before,
+            "{pod}: the control went through the gateway"
+        );
+    }
+}
+
+#[test]
+fn inbound_connections_are_answered_from_the_node_port_shared() {
+    inbound_connections_are_answered_from_the_address_the_client_connected_to(Underlay::Shared);
+}
+
+#[test]
+fn inbound_connections_are_answered_from_the_node_port_private() {
+    inbound_connections_are_answered_from_the_address_the_client_connected_to(Underlay::Private);
 }
