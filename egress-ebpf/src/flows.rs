@@ -5,7 +5,7 @@
 //!   `egw_from_tunnel` delivers a packet to a local pod only if it answers such a flow (or is
 //!   an ICMP error quoting one).
 //! - `egw_to_pod` records a flow a peer opens towards the pod ([`opened_by_peer`]), and the
-//!   pod's answers keep the normal path ([`classify`]): a NodePort, hostPort or LoadBalancer
+//!   pod's answers keep the normal path ([`known`], [`lookup`]): a NodePort, hostPort or LoadBalancer
 //!   client gets its replies from the address it connected to.
 //!
 //! Why our own table and not the kernel's conntrack (`bpf_skb_ct_lookup`): at tc ingress of
@@ -39,35 +39,44 @@ pub enum Opened {
     ByPeer,
 }
 
-/// Who opened the flow of `p`, a selected pod's packet to a destination of its policy. One
-/// lookup in the flow table; the record it finds is handed on to [`record`].
+/// Who opened the flow of `p`, a selected pod's packet to a destination of its policy, when
+/// that is known without the flow table (`None`: ask [`lookup`]).
 ///
-/// Without a lookup: a SYN-ACK accepts a connection and an echo reply answers a ping (the
-/// peer's, always). An ICMP error is about the flow of the packet it quotes (the pod received
-/// it). A later fragment goes where its datagram's first fragment went.
+/// A SYN-ACK accepts a connection and an echo reply answers a ping (the peer's, always). An
+/// ICMP error is about the flow of the packet it quotes (the pod received it). A later
+/// fragment goes where its datagram's first fragment went.
 #[inline(always)]
-pub fn classify(ctx: &TcContext, p: &Packet4) -> Result<Opened, DropReason> {
+pub fn known(ctx: &TcContext, p: &Packet4) -> Result<Option<Opened>, DropReason> {
     if p.is_later_fragment() {
-        return Ok(match frag::flow_of(p) {
+        return Ok(Some(match frag::flow_of(p) {
             Some(e) if e.node_ip4 == INBOUND => Opened::ByPeer,
             _ => Opened::ByPod(None),
-        });
+        }));
     }
-    let key = match p.proto {
+    match p.proto {
         IPPROTO_TCP if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
-            return Ok(Opened::ByPeer)
+            Ok(Some(Opened::ByPeer))
         }
-        IPPROTO_ICMP if p.icmp_type == ICMP_ECHOREPLY => return Ok(Opened::ByPeer),
+        IPPROTO_ICMP if p.icmp_type == ICMP_ECHOREPLY => Ok(Some(Opened::ByPeer)),
         IPPROTO_ICMP if p.is_icmp_error() => {
             let Some(q) = quoted(ctx, p)? else {
-                return Ok(Opened::ByPod(None));
+                return Ok(Some(Opened::ByPod(None)));
             };
             // The quoted packet came to the pod: its flow's key is the reverse.
-            q.key.reversed()
+            Ok(Some(match EGW_FLOWS4.lookup_copy(q.key.reversed()) {
+                Some(f) if f.is_inbound() => Opened::ByPeer,
+                f => Opened::ByPod(f),
+            }))
         }
-        _ => p.nat_key(),
-    };
-    match EGW_FLOWS4.lookup_copy(key) {
+        _ => Ok(None),
+    }
+}
+
+/// Who opened the flow of `p` (not a later fragment), by the flow table: one lookup, whose
+/// record is handed on to [`record`].
+#[inline(always)]
+pub fn lookup(p: &Packet4) -> Opened {
+    match EGW_FLOWS4.lookup_copy(p.nat_key()) {
         Some(f) if f.is_inbound() => {
             // The datagram's later fragments follow this one.
             let e = NatEntry4 {
@@ -75,14 +84,14 @@ pub fn classify(ctx: &TcContext, p: &Packet4) -> Result<Opened, DropReason> {
                 ..NatEntry4::default()
             };
             frag::remember(p, &e);
-            Ok(Opened::ByPeer)
+            Opened::ByPeer
         }
-        f => Ok(Opened::ByPod(f)),
+        f => Opened::ByPod(f),
     }
 }
 
 /// Records that the pod sent `p` to `gateway` (this node's address when it is the gateway)
-/// with `policy_id`; `known` is what [`classify`] found. A write only for a new flow or a
+/// with `policy_id`; `known` is what [`lookup`] found. A write only for a new flow or a
 /// changed gateway.
 #[inline(always)]
 pub fn record(p: &Packet4, known: Option<FlowEntry4>, gateway: u32, policy_id: u32) {
@@ -104,7 +113,7 @@ pub fn record(p: &Packet4, known: Option<FlowEntry4>, gateway: u32, policy_id: u
 /// flow the peer opens, a TCP SYN or a UDP datagram of no known flow, so that the pod's answers
 /// keep the normal path. Never over a flow the pod opened (the answers of the pod's own flows
 /// pass here too, and a peer must not turn a flow of the pod's into its own); a flow the peer
-/// opened stays as it is. An echo request needs no record (see [`classify`]).
+/// opened stays as it is. An echo request needs no record (see [`known`]).
 #[inline(always)]
 pub fn opened_by_peer(p: &Packet4, policy_id: u32) {
     if p.is_later_fragment() {

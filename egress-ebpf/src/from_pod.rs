@@ -49,9 +49,10 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Only flows the pod opens go through the gateway: answers to a peer that connected to the
     // pod leave from the address the peer connected to.
-    let Opened::ByPod(flow) = flows::classify(ctx, &p)? else {
+    let known = flows::known(ctx, &p)?;
+    if let Some(Opened::ByPeer) = known {
         return Ok(NEXT);
-    };
+    }
     policy::check_translatable(&p)?;
     // This node routes the packet (as the kernel would, one hop): time-exceeded comes from here
     // (about the first fragment only, as routers do).
@@ -63,14 +64,29 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return icmp::send_time_exceeded(ctx, cfg, &p);
     }
     if pol.gateway_ip4 == cfg.node_ip4 {
-        flows::record(&p, flow, cfg.node_ip4, ep.policy_id);
         let t = SnatTarget {
             egress_ip: pol.egress_ip4,
             node_ip: cfg.node_ip4,
             policy_id: ep.policy_id,
         };
-        return snat_and_send(ctx, cfg, &p, &t);
+        // A translated flow is one the pod opened: only a packet of no translated flow needs
+        // the flow table, and a flow the pod opens is recorded there (so that `egw_to_pod`
+        // never takes its answers for a peer's flow).
+        return snat_and_send(ctx, cfg, &p, &t, || match flows::lookup(&p) {
+            Opened::ByPeer => Ok(false),
+            Opened::ByPod(flow) => {
+                flows::record(&p, flow, cfg.node_ip4, ep.policy_id);
+                Ok(true)
+            }
+        });
     }
+    let flow = match known {
+        Some(Opened::ByPod(flow)) => flow,
+        _ => match flows::lookup(&p) {
+            Opened::ByPeer => return Ok(NEXT),
+            Opened::ByPod(flow) => flow,
+        },
+    };
     to_gateway(ctx, cfg, &p, flow, pol.gateway_ip4, ep.policy_id)
 }
 

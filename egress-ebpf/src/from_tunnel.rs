@@ -65,7 +65,8 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         node_ip: remote,
         policy_id: vni,
     };
-    snat_and_send(ctx, cfg, &p, &t)
+    // The source node decided that the pod opened this flow.
+    snat_and_send(ctx, cfg, &p, &t, || Ok(true))
 }
 
 /// A packet for local pod `ep` from gateway `remote` with `vni`: delivered only to a selected

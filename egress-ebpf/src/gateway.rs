@@ -13,16 +13,19 @@ use crate::{
     parse::Packet4,
     tcp::{self, TCPIP_HLEN},
     tunnel::{redirect_neigh, redirect_to_tunnel},
+    NEXT,
 };
 
 /// Translates the source of a pod's packet for `t` and sends it out of the uplink, one hop
-/// (TTL) on.
+/// (TTL) on. A packet of no translated flow is sent only if `opens()` says it may open one;
+/// else it is left to the stack (`NEXT`).
 #[inline(always)]
 pub fn snat_and_send(
     ctx: &TcContext,
     cfg: &Config,
     p: &Packet4,
     t: &SnatTarget,
+    opens: impl FnOnce() -> Result<bool, DropReason>,
 ) -> Result<i32, DropReason> {
     if p.ttl <= 1 {
         return Err(DropReason::TtlExceeded);
@@ -34,7 +37,9 @@ pub fn snat_and_send(
         };
         l3::forward_as(ctx, p, Side::Src, e.addr)?;
     } else {
-        let m = nat::snat_mapping(ctx, cfg, p, t)?;
+        let Some(m) = nat::snat_mapping(ctx, cfg, p, t, opens)? else {
+            return Ok(NEXT);
+        };
         let e = NatEntry4 {
             addr: m.addr,
             port: m.port,

@@ -43,19 +43,25 @@ pub struct SnatTarget {
     pub policy_id: u32,
 }
 
-/// The mapping of the forward flow of `p`: the existing one, or a newly allocated one.
+/// The mapping of the forward flow of `p`: the existing one, or a newly allocated one if
+/// `opens()` says the packet may open a flow (`Ok(None)` if not). A packet of a translated flow
+/// costs one lookup; only one of no translated flow asks `opens`.
 #[inline(always)]
 pub fn snat_mapping(
     ctx: &TcContext,
     cfg: &Config,
     p: &Packet4,
     t: &SnatTarget,
-) -> Result<Mapping, DropReason> {
+    opens: impl FnOnce() -> Result<bool, DropReason>,
+) -> Result<Option<Mapping>, DropReason> {
     let key = p.nat_key();
     if let Some(m) = find_existing(p, &key, t.egress_ip) {
-        return Ok(m);
+        return Ok(Some(m));
     }
-    alloc::allocate(ctx, cfg, p, &key, t)
+    if !opens()? {
+        return Ok(None);
+    }
+    alloc::allocate(ctx, cfg, p, &key, t).map(Some)
 }
 
 /// The flow's current mapping, refreshed, if it may go on serving this packet. A stale one
