@@ -10,7 +10,7 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 use futures::{Stream, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::{
-    api::core::v1::{Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus},
+    api::core::v1::{Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
@@ -185,10 +185,15 @@ pub fn trim_pod(p: &mut Pod) {
     });
 }
 
-/// A node as `node` reads it: name, labels, addresses (not its images or conditions).
+/// A node as `node` reads it: name, labels, pod CIDRs, addresses (not its images or
+/// conditions).
 pub fn trim_node(n: &mut Node) {
     trim_meta(&mut n.metadata);
-    n.spec = None;
+    n.spec = n.spec.take().map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..Default::default()
+    });
     n.status = n.status.take().map(|s| NodeStatus {
         addresses: s.addresses,
         ..Default::default()
@@ -211,8 +216,19 @@ fn ipv4(s: &str) -> Option<Ipv4Addr> {
     s.parse().ok()
 }
 
-/// A node: InternalIP (the first IPv4 one) and its other IPv4 addresses.
+/// A node: InternalIP (the first IPv4 one), its other IPv4 addresses and its IPv4 pod CIDRs
+/// (`spec.podCIDRs`, or the older single `spec.podCIDR`).
 pub fn node(n: &Node) -> model::Node {
+    let spec = n.spec.as_ref();
+    let pod_cidrs = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .map(|c| c.trunc())
+        .collect();
     let addrs = n
         .status
         .as_ref()
@@ -234,6 +250,7 @@ pub fn node(n: &Node) -> model::Node {
         ip,
         addresses,
         uplink: None,
+        pod_cidrs,
     }
 }
 
@@ -323,7 +340,43 @@ mod tests {
         assert_eq!(m.ip, Some(Ipv4Addr::new(10, 0, 0, 10)));
         assert_eq!(m.addresses, [Ipv4Addr::new(5, 75, 247, 168)]);
         assert_eq!(m.labels["app"], "mail");
+        assert!(m.pod_cidrs.is_empty());
         assert_eq!(node(&Node::default()).ip, None);
+    }
+
+    #[test]
+    fn node_pod_cidrs_come_from_the_spec_ipv4_only() {
+        let with = |pod_cidr: Option<&str>, pod_cidrs: Option<Vec<&str>>| {
+            let mut n = Node {
+                spec: Some(NodeSpec {
+                    pod_cidr: pod_cidr.map(Into::into),
+                    pod_cidrs: pod_cidrs.map(|v| v.into_iter().map(Into::into).collect()),
+                    unschedulable: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            trim_node(&mut n);
+            assert_eq!(
+                n.spec.as_ref().and_then(|s| s.unschedulable),
+                None,
+                "trimmed"
+            );
+            node(&n).pod_cidrs
+        };
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert_eq!(
+            with(
+                Some("10.42.1.0/24"),
+                Some(vec!["10.42.1.0/24", "fd00:42:1::/64"])
+            ),
+            [net("10.42.1.0/24")]
+        );
+        assert_eq!(with(Some("10.42.2.0/24"), None), [net("10.42.2.0/24")]);
+        assert_eq!(
+            with(None, Some(vec!["fd00::/64", "bogus"])),
+            Vec::<Ipv4Net>::new()
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ fn the_mailu_policy_sends_postfix_through_the_labelled_gateway_as_5_75_247_168()
             vec![]
         },
         uplink: None,
+        pod_cidrs: vec![],
     };
     let pod = |ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)]| model::Pod {
         namespace: ns.into(),

@@ -273,6 +273,7 @@ impl Cluster {
                     ip: Some(n.ip),
                     addresses: n.addresses.clone(),
                     uplink: Some(n.uplink.clone().unwrap_or_else(|| "eth0".into())),
+                    pod_cidrs: Vec::new(),
                 })
                 .collect(),
             namespaces: self

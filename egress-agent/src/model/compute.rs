@@ -58,6 +58,16 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         .chain(local.interfaces.values().flatten().copied())
         .collect();
     d.tunnel = local.underlay.as_ref().map(|u| protection(u, &d.nodes));
+    // The cluster's own addresses: the CIDRs the agent is given and every node's pod CIDRs. A
+    // pod outside them (k3s's 10.42/16 or Calico's 192.168/16 under the defaults) would be
+    // reached through the gateway: every policy says so.
+    let cluster_cidrs: Vec<Ipv4Net> = cluster
+        .cluster_cidrs
+        .iter()
+        .chain(nodes.iter().flat_map(|n| &n.pod_cidrs))
+        .copied()
+        .collect();
+    let outside = pods_outside(&cluster.pods, &cluster_cidrs);
 
     let policies = ordered(&cluster.policies);
     let ids = allocate_ids(policies.iter().map(|p| p.name.as_str()));
@@ -80,6 +90,9 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
                 // Only the gateway's agent knows its underlay (`check` and `inspect` do not).
                 if let Some(t) = d.tunnel.as_ref().filter(|_| a.gateway == node) {
                     conds.push(tunnel_condition(t));
+                }
+                if let Some(c) = &outside {
+                    conds.push(c.clone());
                 }
                 d.node_addresses.extend(a.egress_ip);
                 st.gateway_node = Some(a.gateway.clone());
@@ -112,7 +125,7 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             egress_ip4: a.egress_ip.map_or(0, ip4),
             _pad: 0,
         };
-        let never = never_via_gateway(a, &cluster.cluster_cidrs, &d.node_addresses);
+        let never = never_via_gateway(a, &cluster_cidrs, &d.node_addresses);
         // An exclusion wins over every destination inside it, however specific: the trie
         // would pick the longer prefix, so such a destination is programmed as excluded.
         for dst in &a.destinations {
@@ -268,6 +281,53 @@ fn never_via_gateway(
         .chain(fixed)
         .chain(hosts)
         .collect()
+}
+
+/// `ClusterCIDRs=False` naming the pods (up to five) whose address is in none of `cidrs`, if
+/// there are any.
+fn pods_outside(pods: &[Pod], cidrs: &[Ipv4Net]) -> Option<PolicyCondition> {
+    let outside: Vec<String> = pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .filter_map(|p| Some((p, p.ip?)))
+        .filter(|(_, ip)| !cidrs.iter().any(|c| c.contains(ip)))
+        .map(|(p, ip)| format!("{} ({ip})", p.key()))
+        .collect();
+    let first = outside
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = outside.len().saturating_sub(5);
+    (!outside.is_empty()).then(|| {
+        cond(
+            ConditionType::ClusterCIDRs,
+            false,
+            Reason::PodOutsideClusterCIDRs,
+            format!(
+                "{} pod(s) outside every pod CIDR the agent knows ({}): {first}{}; selected pods' \
+                 traffic to them would go through the gateway. Set the agent configuration's \
+                 clusterCIDRs to the cluster's pod and service CIDRs, or give the nodes \
+                 spec.podCIDRs",
+                outside.len(),
+                if cidrs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    cidrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+            ),
+        )
+    })
 }
 
 /// The `TunnelProtected` condition the gateway's agent writes: whether tunnel packets from

@@ -18,6 +18,9 @@ pub enum ConditionType {
     TunnelProtected,
     /// Set (False) when the egress IP is one of the gateway node's own addresses.
     EgressIPDedicated,
+    /// Set (False) when a pod's address is in no known pod CIDR (the agent's `clusterCIDRs`,
+    /// the nodes' `spec.podCIDRs`): traffic to it would go through the gateway.
+    ClusterCIDRs,
 }
 
 impl ConditionType {
@@ -29,6 +32,7 @@ impl ConditionType {
             ConditionType::EgressIPOnGateway => "EgressIPOnGateway",
             ConditionType::TunnelProtected => "TunnelProtected",
             ConditionType::EgressIPDedicated => "EgressIPDedicated",
+            ConditionType::ClusterCIDRs => "ClusterCIDRs",
         }
     }
 }
@@ -65,6 +69,8 @@ pub enum Reason {
     RoutedPublicUnderlay,
     /// `EgressIPDedicated=False`: the egress IP is the gateway node's own address.
     NodeAddress,
+    /// `ClusterCIDRs=False`: pods outside every known pod CIDR.
+    PodOutsideClusterCIDRs,
 }
 
 impl Reason {
@@ -88,6 +94,7 @@ impl Reason {
             Reason::OnLinkPeers => "OnLinkPeers",
             Reason::RoutedPublicUnderlay => "RoutedPublicUnderlay",
             Reason::NodeAddress => "NodeAddress",
+            Reason::PodOutsideClusterCIDRs => "PodOutsideClusterCIDRs",
         }
     }
 }

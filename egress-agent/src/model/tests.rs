@@ -9,6 +9,7 @@ use egress_common::{
     addr::ip4,
     policy::{ACTION_EXCLUDED, ACTION_VIA_GATEWAY, MAX_POLICIES},
 };
+use ipnet::Ipv4Net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 use super::{ids::fnv1a, *};
@@ -215,6 +216,67 @@ fn cluster_and_excluded_cidrs_are_always_excluded() {
     // The destination, the two cluster CIDRs, the policy's exclusion, link-local, multicast,
     // broadcast and the three nodes' addresses.
     assert_eq!(d.policies.len(), 10);
+}
+
+/// k3s: pods in 10.42/16, services in 10.43/16; the agent left at the defaults. The nodes'
+/// `spec.podCIDRs` keep pod-to-pod traffic off the gateway, and a pod in none of the known
+/// CIDRs is a condition and a warning, not silence.
+#[test]
+fn node_pod_cidrs_are_excluded_and_a_pod_outside_every_known_cidr_is_reported() {
+    let mut c = cluster();
+    for p in &mut c.pods {
+        let ip = p.ip.expect("ip").octets();
+        p.ip = Some(Ipv4Addr::new(10, 42, ip[2], ip[3]));
+    }
+    let pid = id(&c, "mail");
+    let m = run(&c, "w1");
+    let cond = condition(&m.status["mail"], "ClusterCIDRs").expect("condition");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "PodOutsideClusterCIDRs")
+    );
+    assert!(
+        cond.message.contains("4 pod(s)") && cond.message.contains("mailu/postfix-0 (10.42.1.2)"),
+        "{}",
+        cond.message
+    );
+    assert!(
+        m.desired
+            .warnings
+            .iter()
+            .any(|w| w.contains("PodOutsideClusterCIDRs")),
+        "{:?}",
+        m.desired.warnings
+    );
+    assert_eq!(ready(&m, "mail").0, "True", "the policy still works");
+    assert!(!m
+        .desired
+        .policies
+        .contains_key(&(pid, "10.42.1.0/24".parse().unwrap())));
+
+    // The nodes tell their pod CIDRs: excluded, and no condition.
+    for n in &mut c.nodes {
+        let third = match n.name.as_str() {
+            "gw" => 0,
+            "w1" => 1,
+            _ => 2,
+        };
+        n.pod_cidrs = vec![Ipv4Net::new(Ipv4Addr::new(10, 42, third, 0), 24).unwrap()];
+    }
+    let m = run(&c, "w1");
+    assert!(condition(&m.status["mail"], "ClusterCIDRs").is_none());
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .all(|w| !w.contains("ClusterCIDRs")));
+    for cidr in ["10.42.0.0/24", "10.42.1.0/24", "10.42.2.0/24"] {
+        assert_eq!(
+            m.desired.policies[&(pid, cidr.parse().unwrap())].action,
+            ACTION_EXCLUDED,
+            "{cidr}"
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct Node {
     pub addresses: Vec<Ipv4Addr>,
     /// Uplink interface (towards the internet) when the source knows it.
     pub uplink: Option<String>,
+    /// The node's pod CIDRs (`Node.spec.podCIDRs`, IPv4): never sent through a gateway.
+    pub pod_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +64,8 @@ pub struct Policy {
 /// Everything the sources know.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
-    /// Pod and service CIDRs: never sent through a gateway.
+    /// Pod and service CIDRs the agent is given (`clusterCIDRs`, `--cluster-cidr`), besides
+    /// the nodes' pod CIDRs: never sent through a gateway.
     pub cluster_cidrs: Vec<Ipv4Net>,
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
