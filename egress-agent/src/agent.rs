@@ -159,10 +159,10 @@ async fn start_feed(
                 "connecting to the Kubernetes API (in-cluster service account, or KUBECONFIG)",
             )?;
             let (ktx, krx) = mpsc::unbounded_channel();
-            let cache = KubeSource::start(client.clone(), cluster_cidrs, ktx);
+            let cache = KubeSource::start(client.clone(), cluster_cidrs, ktx).await;
             forward(krx, Trigger::Kubernetes, tx.clone());
             cache.wait_synced(Duration::from_secs(60)).await?;
-            info!("Kubernetes caches synced (pods, namespaces, nodes, policies)");
+            info!("Kubernetes caches synced (pods, namespaces, nodes, policies, service CIDRs)");
             Ok(Feed::Kubernetes { client, cache })
         }
     }

@@ -10,10 +10,14 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 use futures::{Stream, StreamExt};
 use ipnet::Ipv4Net;
 use k8s_openapi::{
-    api::core::v1::{Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus},
+    api::{
+        core::v1::{Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus},
+        networking::v1::ServiceCIDR,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
+    api::ListParams,
     runtime::{
         reflector::{self, Store},
         watcher, WatchStreamExt,
@@ -23,7 +27,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::{self, EgressGatewayPolicy};
 pub use crate::status::{apply_status, FIELD_MANAGER};
@@ -43,6 +47,8 @@ pub struct KubeSource {
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
     policies: Store<EgressGatewayPolicy>,
+    /// ServiceCIDR objects (networking.k8s.io/v1), where the cluster serves them.
+    service_cidrs: Option<Store<ServiceCIDR>>,
     cluster_cidrs: Vec<Ipv4Net>,
 }
 
@@ -94,13 +100,24 @@ async fn drive<K>(
 }
 
 impl KubeSource {
-    /// Starts the watches. `tx` is woken on every change.
-    pub fn start(
+    /// Starts the watches. `tx` is woken on every change. The cluster's service CIDRs come
+    /// from its ServiceCIDR objects where it serves them (Kubernetes 1.33 and later, or 1.31
+    /// with the beta enabled), else from `cluster_cidrs` alone.
+    pub async fn start(
         client: Client,
         cluster_cidrs: Vec<Ipv4Net>,
         tx: mpsc::UnboundedSender<()>,
     ) -> KubeSource {
+        let service_cidrs = service_cidrs_served(&client).await.then(|| {
+            reflect(
+                Api::all(client.clone()),
+                "servicecidr",
+                trim_meta_of,
+                tx.clone(),
+            )
+        });
         KubeSource {
+            service_cidrs,
             pods: reflect(Api::all(client.clone()), "pod", trim_pod, tx.clone()),
             namespaces: reflect(
                 Api::all(client.clone()),
@@ -121,13 +138,22 @@ impl KubeSource {
         synced(&self.namespaces, "namespace", timeout).await?;
         synced(&self.nodes, "node", timeout).await?;
         synced(&self.policies, "policy", timeout).await?;
+        if let Some(s) = &self.service_cidrs {
+            synced(s, "servicecidr", timeout).await?;
+        }
         Ok(())
     }
 
     /// The model's input, from the caches.
     pub fn snapshot(&self) -> model::Cluster {
+        let served = self.service_cidrs.iter().flat_map(|s| s.state());
         model::Cluster {
-            cluster_cidrs: self.cluster_cidrs.clone(),
+            cluster_cidrs: self
+                .cluster_cidrs
+                .iter()
+                .copied()
+                .chain(served.flat_map(|s| service_cidrs(&s)))
+                .collect(),
             nodes: self.nodes.state().iter().map(|n| node(n)).collect(),
             namespaces: self
                 .namespaces
@@ -198,6 +224,46 @@ pub fn trim_node(n: &mut Node) {
         addresses: s.addresses,
         ..Default::default()
     });
+}
+
+/// An object whose metadata the model never reads (ServiceCIDR: its spec is what counts).
+fn trim_meta_of<K: Resource>(o: &mut K) {
+    trim_meta(o.meta_mut());
+}
+
+/// Whether the API serves ServiceCIDR objects this agent may list. Any answer but a list
+/// leaves the service CIDRs to `clusterCIDRs`, and says why.
+async fn service_cidrs_served(client: &Client) -> bool {
+    let api: Api<ServiceCIDR> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => {
+            info!("service CIDRs from the cluster's ServiceCIDR objects, besides clusterCIDRs");
+            true
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            info!("the cluster serves no ServiceCIDR objects: service CIDRs from clusterCIDRs");
+            false
+        }
+        Err(e) => {
+            warn!(
+                "ServiceCIDR objects cannot be listed ({e}): service CIDRs from clusterCIDRs \
+                 only (grant list and watch on servicecidrs.networking.k8s.io)"
+            );
+            false
+        }
+    }
+}
+
+/// The IPv4 CIDRs of a ServiceCIDR object.
+pub fn service_cidrs(s: &ServiceCIDR) -> Vec<Ipv4Net> {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .map(|c| c.trunc())
+        .collect()
 }
 
 /// A namespace as `namespace` reads it: name and labels.

@@ -65,6 +65,9 @@ fn rbac_is_least_privilege() {
         "egress-gateway.io/egressgatewaypolicies:list",
         "egress-gateway.io/egressgatewaypolicies:watch",
         "egress-gateway.io/egressgatewaypolicies/status:patch",
+        "networking.k8s.io/servicecidrs:get",
+        "networking.k8s.io/servicecidrs:list",
+        "networking.k8s.io/servicecidrs:watch",
     ]
     .into_iter()
     .map(String::from)

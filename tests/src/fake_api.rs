@@ -12,7 +12,7 @@
 //! agents reach it with an ordinary kubeconfig).
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -33,6 +33,7 @@ use tokio::sync::broadcast;
 use crate::lab::in_netns;
 
 const POLICIES: &str = "/apis/egress-gateway.io/v1alpha1/egressgatewaypolicies";
+const SERVICE_CIDRS: &str = "/apis/networking.k8s.io/v1/servicecidrs";
 
 /// One request the server saw.
 #[derive(Clone, Debug)]
@@ -78,6 +79,8 @@ struct Objects {
     requests: Vec<Request>,
     /// Collection path -> scripted answers still to give.
     scripts: BTreeMap<String, VecDeque<Scripted>>,
+    /// Collection paths answered with 404 (a resource this cluster does not serve).
+    unserved: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,7 @@ fn collection_path(kind: &str) -> &'static str {
         "Pod" => "/api/v1/pods",
         "Namespace" => "/api/v1/namespaces",
         "Node" => "/api/v1/nodes",
+        "ServiceCIDR" => SERVICE_CIDRS,
         _ => POLICIES,
     }
 }
@@ -109,6 +113,7 @@ fn list_kind(path: &str) -> (&'static str, &'static str) {
         "/api/v1/pods" => ("v1", "PodList"),
         "/api/v1/namespaces" => ("v1", "NamespaceList"),
         "/api/v1/nodes" => ("v1", "NodeList"),
+        SERVICE_CIDRS => ("networking.k8s.io/v1", "ServiceCIDRList"),
         _ => ("egress-gateway.io/v1alpha1", "EgressGatewayPolicyList"),
     }
 }
@@ -156,6 +161,18 @@ async fn collection(s: Shared, path: String, q: BTreeMap<String, String>) -> Res
         content_type: String::new(),
         body: String::new(),
     });
+    if o.unserved.contains(&path) {
+        return Response::builder()
+            .status(404)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "message": "the server could not find the requested resource",
+                    "reason": "NotFound", "code": 404})
+                .to_string(),
+            ))
+            .expect("a response");
+    }
     let script = o.scripts.get_mut(&path);
     let scripted = match script.as_ref().and_then(|s| s.front()) {
         Some(Scripted::List { .. }) => !watching,
@@ -293,6 +310,13 @@ impl FakeApi {
             .send((path, json!({"type": kind, "object": obj})));
     }
 
+    /// Answers every request for objects of `kind` with 404, as a cluster that does not serve
+    /// them (ServiceCIDR before Kubernetes 1.31).
+    pub fn unserve(&self, kind: &str) {
+        let mut o = self.shared.objects.lock().expect("lock");
+        o.unserved.insert(collection_path(kind).to_owned());
+    }
+
     /// Deletes the object `kind`/`name` (pods: `namespace/name`), and tells every open watch.
     pub fn delete(&self, kind: &str, name: &str) {
         let path = collection_path(kind);
@@ -372,6 +396,14 @@ impl FakeApi {
                      UrlPath(what): UrlPath<String>,
                      Query(q): Query<BTreeMap<String, String>>| async move {
                         collection(s, format!("/api/v1/{what}"), q).await
+                    },
+                ),
+            )
+            .route(
+                SERVICE_CIDRS,
+                get(
+                    |State(s): State<Shared>, Query(q): Query<BTreeMap<String, String>>| async move {
+                        collection(s, SERVICE_CIDRS.to_owned(), q).await
                     },
                 ),
             )

@@ -14,8 +14,9 @@ use egress_agent::{
     model::{self, EgressGatewayPolicy, EgressGatewayPolicySpec},
 };
 use egress_tests::fake_api::{FakeApi, Scripted};
-use k8s_openapi::api::core::v1::{
-    Namespace, Node, NodeAddress, NodeStatus, Pod, PodSpec, PodStatus,
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, NodeAddress, NodeStatus, Pod, PodSpec, PodStatus},
+    networking::v1::{ServiceCIDR, ServiceCIDRSpec},
 };
 use kube::api::ObjectMeta;
 use serde_json::{json, Value};
@@ -151,7 +152,7 @@ async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> O
 async fn watches_survive_a_closed_watch_and_relist_after_410_gone() {
     let (url, fake) = fake_api_server();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let source = KubeSource::start(client(&url), vec!["10.244.0.0/16".parse().unwrap()], tx);
+    let source = KubeSource::start(client(&url), vec!["10.244.0.0/16".parse().unwrap()], tx).await;
     source
         .wait_synced(Duration::from_secs(10))
         .await
@@ -276,7 +277,7 @@ async fn an_unreachable_api_server_is_a_clear_error_not_a_hang() {
     let url = format!("http://{}", l.local_addr().unwrap());
     drop(l);
     let (tx, _rx) = mpsc::unbounded_channel();
-    let source = KubeSource::start(client(&url), vec![], tx);
+    let source = KubeSource::start(client(&url), vec![], tx).await;
     let e = source
         .wait_synced(Duration::from_millis(500))
         .await
@@ -285,4 +286,69 @@ async fn an_unreachable_api_server_is_a_clear_error_not_a_hang() {
         e.to_string().contains("never completed its first list"),
         "{e}"
     );
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    serde_json::to_value(ServiceCIDR {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(cidrs.iter().map(|c| (*c).to_owned()).collect()),
+        }),
+        ..Default::default()
+    })
+    .expect("a ServiceCIDR serializes")
+}
+
+/// k3s's service CIDR (10.43/16) comes from the cluster's ServiceCIDR objects, besides the
+/// configured CIDRs, and follows them; a cluster that does not serve them (404) leaves the
+/// configured CIDRs alone, and the caches still sync.
+#[tokio::test]
+async fn service_cidrs_come_from_servicecidr_objects_where_served() {
+    let configured: ipnet::Ipv4Net = "10.42.0.0/16".parse().unwrap();
+    let (url, fake) = fake_api_server();
+    fake.put(service_cidr(
+        "kubernetes",
+        &["10.43.0.0/16", "fd00:43::/112"],
+    ));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let source = KubeSource::start(client(&url), vec![configured], tx).await;
+    source
+        .wait_synced(Duration::from_secs(10))
+        .await
+        .expect("synced");
+    assert_eq!(
+        source.snapshot().cluster_cidrs,
+        [configured, "10.43.0.0/16".parse().unwrap()]
+    );
+    fake.put(service_cidr("extra", &["10.44.0.0/24"]));
+    let grown = eventually(Duration::from_secs(10), || {
+        let c = source.snapshot().cluster_cidrs;
+        (c.len() == 3).then_some(c)
+    })
+    .await
+    .expect("the new ServiceCIDR is seen");
+    assert!(
+        grown.contains(&"10.44.0.0/24".parse().unwrap()),
+        "{grown:?}"
+    );
+
+    // Not served: the configured CIDRs alone, and no watch of the missing resource.
+    let (url, fake) = fake_api_server();
+    fake.unserve("ServiceCIDR");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let source = KubeSource::start(client(&url), vec![configured], tx).await;
+    source
+        .wait_synced(Duration::from_secs(10))
+        .await
+        .expect("synced without ServiceCIDRs");
+    assert_eq!(source.snapshot().cluster_cidrs, [configured]);
+    let asked: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("servicecidrs"))
+        .collect();
+    assert_eq!(asked.len(), 1, "one probe, then nothing: {asked:?}");
 }
