@@ -232,21 +232,21 @@ fn trim_meta_of<K: Resource>(o: &mut K) {
 }
 
 /// Whether the API serves ServiceCIDR objects this agent may list. Any answer but a list
-/// leaves the service CIDRs to `clusterCIDRs`, and says why.
+/// leaves the service CIDRs to `clusterCidrs`, and says why.
 async fn service_cidrs_served(client: &Client) -> bool {
     let api: Api<ServiceCIDR> = Api::all(client.clone());
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => {
-            info!("service CIDRs from the cluster's ServiceCIDR objects, besides clusterCIDRs");
+            info!("service CIDRs from the cluster's ServiceCIDR objects, besides clusterCidrs");
             true
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            info!("the cluster serves no ServiceCIDR objects: service CIDRs from clusterCIDRs");
+            info!("the cluster serves no ServiceCIDR objects: service CIDRs from clusterCidrs");
             false
         }
         Err(e) => {
             warn!(
-                "ServiceCIDR objects cannot be listed ({e}): service CIDRs from clusterCIDRs \
+                "ServiceCIDR objects cannot be listed ({e}): service CIDRs from clusterCidrs \
                  only (grant list and watch on servicecidrs.networking.k8s.io)"
             );
             false

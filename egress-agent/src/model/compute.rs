@@ -308,7 +308,7 @@ fn pods_outside(pods: &[Pod], cidrs: &[Ipv4Net]) -> Option<PolicyCondition> {
             format!(
                 "{} pod(s) outside every pod CIDR the agent knows ({}): {first}{}; selected pods' \
                  traffic to them would go through the gateway. Set the agent configuration's \
-                 clusterCIDRs to the cluster's pod and service CIDRs, or give the nodes \
+                 clusterCidrs to the cluster's pod and service CIDRs, or give the nodes \
                  spec.podCIDRs",
                 outside.len(),
                 if cidrs.is_empty() {

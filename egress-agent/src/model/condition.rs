@@ -18,7 +18,7 @@ pub enum ConditionType {
     TunnelProtected,
     /// Set (False) when the egress IP is one of the gateway node's own addresses.
     EgressIPDedicated,
-    /// Set (False) when a pod's address is in no known pod CIDR (the agent's `clusterCIDRs`,
+    /// Set (False) when a pod's address is in no known pod CIDR (the agent's `clusterCidrs`,
     /// the nodes' `spec.podCIDRs`): traffic to it would go through the gateway.
     ClusterCIDRs,
 }

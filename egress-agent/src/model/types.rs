@@ -64,7 +64,7 @@ pub struct Policy {
 /// Everything the sources know.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
-    /// Pod and service CIDRs the agent is given (`clusterCIDRs`, `--cluster-cidr`), besides
+    /// Pod and service CIDRs the agent is given (`clusterCidrs`, `--cluster-cidr`), besides
     /// the nodes' pod CIDRs: never sent through a gateway.
     pub cluster_cidrs: Vec<Ipv4Net>,
     pub nodes: Vec<Node>,
