@@ -59,6 +59,16 @@ pub async fn ifindex(handle: &Handle, name: &str) -> Result<Option<u32>, NetdevE
     Ok(link_by_name(handle, name).await?.map(|l| l.header.index))
 }
 
+/// MTU of `name`, if it exists.
+pub async fn mtu(handle: &Handle, name: &str) -> Result<Option<u32>, NetdevError> {
+    Ok(link_by_name(handle, name).await?.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+    }))
+}
+
 /// The tunnel device the agent wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VxlanSpec {

@@ -345,6 +345,10 @@ impl Reconciler {
         let uplink_if = netdev::ifindex(&self.handle, &uplink_name)
             .await?
             .with_context(|| format!("uplink {uplink_name} not found"))?;
+        let uplink_mtu = netdev::mtu(&self.handle, &uplink_name)
+            .await?
+            .and_then(|m| u16::try_from(m).ok())
+            .unwrap_or(0);
         let want = Config {
             flags: CFG_F_READY | if is_gateway { CFG_F_GATEWAY } else { 0 },
             node_ip4: ip4(node_ip),
@@ -356,7 +360,8 @@ impl Reconciler {
             underlay_ifindex: underlay.ifindex,
             trust_mark: cfg.tunnel.trust_mark,
             tunnel_port: cfg.tunnel.port.to_be(),
-            _pad: [0; 6],
+            uplink_mtu,
+            _pad: [0; 4],
         };
         if self.dp.config()? != want {
             self.dp.set_config(&want)?;
@@ -366,6 +371,7 @@ impl Reconciler {
                 tunnel_if,
                 underlay = %underlay.facts.interface,
                 uplink = %uplink_name,
+                uplink_mtu,
                 gateway = is_gateway,
                 "node configuration written"
             );

@@ -46,6 +46,9 @@ pub struct Config {
     pub trust_mark: u32,
     /// UDP port of the tunnel, network byte order.
     pub tunnel_port: u16,
-    pub _pad: [u8; 6],
+    /// MTU of the uplink (gateway role): the largest IPv4 packet the gateway sends out of it
+    /// (0: unknown, unchecked).
+    pub uplink_mtu: u16,
+    pub _pad: [u8; 4],
 }
 crate::assert_size!(Config, 40);

@@ -79,6 +79,9 @@ pub enum DropReason {
     /// one of ours (a pod's, through a Service or NodePort DNAT and the node's masquerade):
     /// its peer would take it for this node's.
     TunnelNotOurs = 150,
+    /// A packet to translate that is larger than the gateway's uplink MTU and may be
+    /// fragmented (no DF, or a later fragment): a tc program cannot fragment it.
+    UplinkTooBig = 151,
 }
 
 /// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
@@ -92,7 +95,7 @@ pub const NAT_STAT_COUNT: u32 = 2;
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons.
-pub const DROP_REASON_COUNT: u32 = 23;
+pub const DROP_REASON_COUNT: u32 = 24;
 /// Size of the drop counter array: room for reasons to come, so that a pinned counter map
 /// keeps its shape when an upgrade adds one.
 pub const DROP_SLOTS: u32 = 64;
@@ -123,6 +126,7 @@ impl DropReason {
         DropReason::TunnelWrongGateway,
         DropReason::TunnelUnsolicited,
         DropReason::TunnelNotOurs,
+        DropReason::UplinkTooBig,
     ];
 
     /// Index into the drop counter array.

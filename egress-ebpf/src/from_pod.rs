@@ -11,11 +11,11 @@ use egress_common::{
 use crate::{
     counters::{count_drop, count_tx},
     flows::{self, Opened},
-    gateway::snat_and_send,
+    gateway::{self, snat_and_send},
     icmp, l3,
     maps::{config, LookupCopy, EGW_ENDPOINTS4},
     nat::SnatTarget,
-    parse::{parse4, Packet4, IP_DF, IP_OFF},
+    parse::{parse4, Packet4, IP_DF},
     policy,
     tcp::{self, TCPIP_HLEN},
     trust,
@@ -64,6 +64,11 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return icmp::send_time_exceeded(ctx, cfg, &p);
     }
     if pol.gateway_ip4 == cfg.node_ip4 {
+        // The uplink is this packet's next link: an oversize DF packet is answered here.
+        if !gateway::fits_uplink(ctx, cfg, &p)? {
+            count_drop(DropReason::FragNeeded);
+            return icmp::send_frag_needed(ctx, cfg, &p, cfg.uplink_mtu.into());
+        }
         let t = SnatTarget {
             egress_ip: pol.egress_ip4,
             node_ip: cfg.node_ip4,
@@ -102,7 +107,7 @@ fn to_gateway(
     gateway: u32,
     policy_id: u32,
 ) -> Result<i32, DropReason> {
-    if wire_l3_len(ctx, p) > cfg.tunnel_mtu && p.frag_off & IP_DF != 0 {
+    if l3::wire_l3_len(ctx, p) > cfg.tunnel_mtu && p.frag_off & IP_DF != 0 {
         count_drop(DropReason::FragNeeded);
         return icmp::send_frag_needed(ctx, cfg, p, cfg.tunnel_mtu);
     }
@@ -111,16 +116,4 @@ fn to_gateway(
     flows::record(p, flow, gateway, policy_id);
     count_tx(policy_id, ctx.len());
     redirect_to_tunnel(ctx, cfg, gateway, policy_id)
-}
-
-/// Size of the largest IPv4 packet this skb becomes on the wire (GSO: one segment).
-#[inline(always)]
-fn wire_l3_len(ctx: &TcContext, p: &Packet4) -> u32 {
-    // SAFETY: reading a field of our own context.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 {
-        return u32::from(p.tot_len);
-    }
-    let l4_hlen = if p.tcp_hlen > 0 { p.tcp_hlen } else { 8 };
-    gso_size + (p.l4_off - IP_OFF + l4_hlen) as u32
 }

@@ -13,7 +13,7 @@ use egress_common::{
 use crate::{
     counters::{count_drop, count_rx},
     flows,
-    gateway::snat_and_send,
+    gateway::{self, snat_and_send},
     icmp,
     maps::{config, LookupCopy, EGW_ENDPOINTS4, EGW_REMOTE_EP4},
     nat::SnatTarget,
@@ -58,6 +58,12 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     if p.ttl <= 1 {
         count_drop(DropReason::TtlExceeded);
         icmp::make_time_exceeded(ctx, cfg, &p)?;
+        return redirect_to_tunnel(ctx, cfg, remote, vni);
+    }
+    // An oversize DF packet for the uplink is answered through the tunnel, as the TTL is.
+    if !gateway::fits_uplink(ctx, cfg, &p)? {
+        count_drop(DropReason::FragNeeded);
+        icmp::make_frag_needed(ctx, cfg, &p, cfg.uplink_mtu.into())?;
         return redirect_to_tunnel(ctx, cfg, remote, vni);
     }
     let t = SnatTarget {

@@ -10,11 +10,26 @@ use crate::{
     l3::{self, Side},
     maps::{LookupCopy, EGW_ENDPOINTS4},
     nat::{self, rewrite::rewrite, SnatTarget},
-    parse::Packet4,
+    parse::{Packet4, IP_DF},
     tcp::{self, TCPIP_HLEN},
     tunnel::{redirect_neigh, redirect_to_tunnel},
     NEXT,
 };
+
+/// Whether `p` fits the uplink (its MTU unknown: yes). `Ok(false)`: too big with DF set, to be
+/// answered with fragmentation-needed; too big and fragmentable is a counted drop (a tc
+/// program cannot fragment).
+#[inline(always)]
+pub fn fits_uplink(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<bool, DropReason> {
+    let mtu = u32::from(cfg.uplink_mtu);
+    if mtu == 0 || l3::wire_l3_len(ctx, p) <= mtu {
+        return Ok(true);
+    }
+    if p.frag_off & IP_DF == 0 {
+        return Err(DropReason::UplinkTooBig);
+    }
+    Ok(false)
+}
 
 /// Translates the source of a pod's packet for `t` and sends it out of the uplink, one hop
 /// (TTL) on. A packet of no translated flow is sent only if `opens()` says it may open one;
@@ -40,6 +55,10 @@ pub fn snat_and_send(
         let Some(m) = nat::snat_mapping(ctx, cfg, p, t, opens)? else {
             return Ok(NEXT);
         };
+        // What the internet may send back must fit the uplink.
+        if cfg.uplink_mtu as u32 > TCPIP_HLEN {
+            tcp::clamp_mss(ctx, p, cfg.uplink_mtu - TCPIP_HLEN as u16)?;
+        }
         let e = NatEntry4 {
             addr: m.addr,
             port: m.port,
@@ -65,14 +84,23 @@ pub fn deliver(
     clamp: bool,
 ) -> Result<i32, DropReason> {
     count_rx(e.policy_id, ctx.len());
+    // The pod's segments leave through the uplink (and the tunnel, when it is elsewhere).
+    let uplink_mss = match cfg.uplink_mtu as u32 {
+        0 => u32::MAX,
+        mtu => mtu.saturating_sub(TCPIP_HLEN),
+    };
     if e.node_ip4 == cfg.node_ip4 {
         let Some(ep) = EGW_ENDPOINTS4.lookup_copy(e.addr) else {
             return Err(DropReason::UnknownTunnelEndpoint);
         };
+        if clamp && uplink_mss != u32::MAX {
+            tcp::clamp_mss(ctx, p, uplink_mss as u16)?;
+        }
         return redirect_neigh(ep.ifindex);
     }
     if clamp {
-        tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
+        let mss = uplink_mss.min(cfg.tunnel_mtu - TCPIP_HLEN);
+        tcp::clamp_mss(ctx, p, mss as u16)?;
     }
     redirect_to_tunnel(ctx, cfg, e.node_ip4, e.policy_id)
 }

@@ -31,14 +31,26 @@ pub fn send_frag_needed(
     p: &Packet4,
     mtu: u32,
 ) -> Result<i32, DropReason> {
+    make_frag_needed(ctx, cfg, p, mtu)?;
+    send_back(ctx)
+}
+
+/// Turns the packet into an ICMP "fragmentation needed" (next-hop MTU `mtu`) from this node to
+/// its sender; the caller sends it (the gateway: back through the tunnel).
+#[inline(always)]
+pub fn make_frag_needed(
+    ctx: &TcContext,
+    cfg: &Config,
+    p: &Packet4,
+    mtu: u32,
+) -> Result<(), DropReason> {
     let e = IcmpError {
         typ: ICMP_DEST_UNREACH,
         code: ICMP_FRAG_NEEDED,
         mtu: mtu as u16,
         reason: DropReason::FragNeeded,
     };
-    make_error(ctx, cfg, p, &e)?;
-    send_back(ctx)
+    make_error(ctx, cfg, p, &e)
 }
 
 /// As `send_frag_needed`, an ICMP "time exceeded in transit" for a packet whose TTL ran out

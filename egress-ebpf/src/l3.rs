@@ -69,3 +69,15 @@ pub fn forward_as(ctx: &TcContext, p: &Packet4, side: Side, addr: u32) -> Result
     h[10..12].copy_from_slice(&check.to_ne_bytes());
     Ok(())
 }
+
+/// Size of the largest IPv4 packet this skb becomes on the wire (GSO: one segment).
+#[inline(always)]
+pub fn wire_l3_len(ctx: &TcContext, p: &Packet4) -> u32 {
+    // SAFETY: reading a field of our own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return u32::from(p.tot_len);
+    }
+    let l4_hlen = if p.tcp_hlen > 0 { p.tcp_hlen } else { 8 };
+    gso_size + (p.l4_off - IP_OFF + l4_hlen) as u32
+}

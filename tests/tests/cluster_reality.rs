@@ -13,7 +13,7 @@ use egress_tests::{
     agent::{start_all, Agent},
     config::{write_config, ConfigSpec},
     lab::{exec, require_root, Lab, LabSpec, Underlay, INTERNET_HOST},
-    net::{tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
+    net::{bulk_download, bulk_upload, tcp_roundtrip, udp_roundtrip, BulkServer, TcpEcho, UdpEcho},
 };
 
 const SELECTED: [&str; 3] = ["pod-gateway-0", "pod-worker1-0", "pod-worker2-0"];
@@ -239,4 +239,108 @@ fn inbound_connections_are_answered_from_the_node_port_shared() {
 #[test]
 fn inbound_connections_are_answered_from_the_node_port_private() {
     inbound_connections_are_answered_from_the_address_the_client_connected_to(Underlay::Private);
+}
+
+/// The path MTU a pod's connected UDP socket has learned for `to`, after sending one
+/// `len`-byte datagram with DF (IP_PMTUDISC_DO) and giving the ICMP answer time to come back.
+fn learned_path_mtu(ns: &str, to: SocketAddrV4, len: usize) -> i32 {
+    use std::os::fd::AsRawFd;
+    egress_tests::lab::in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let fd = s.as_raw_fd();
+        let set = libc::IP_PMTUDISC_DO;
+        // SAFETY: a valid socket and an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const set).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IP_MTU_DISCOVER");
+        s.connect(to).expect("connect");
+        let _ = s.send(&vec![0x5a; len]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = s.send(&vec![0x5a; len]);
+        let mut mtu: libc::c_int = 0;
+        let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, an int buffer and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&raw mut mtu).cast(),
+                &raw mut l,
+            )
+        };
+        assert_eq!(rc, 0, "IP_MTU");
+        mtu
+    })
+}
+
+/// A narrow uplink past the gateway (MTU 1400 on both ends of the link, as behind PPPoE or a
+/// cloud's overlay): a pod's datagram with DF that does not fit is answered with
+/// fragmentation-needed naming 1400, from the gateway, to a gateway-local pod directly and
+/// to a worker's pod through the tunnel; the pods learn the path MTU. Bulk TCP both ways
+/// still arrives intact (the SYN and SYN-ACK clamped at the gateway). Without the check the
+/// datagram would die silently at the narrow link and the pods would keep their 1500.
+#[test]
+fn a_narrow_uplink_past_the_gateway_is_learned_by_the_pods() {
+    require_root();
+    // The tunnel on its own segment: only the internet side is narrow.
+    let lab = Lab::up(&LabSpec {
+        underlay: Underlay::Private,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    let gw = lab.gateway();
+    exec(&gw.ns, &["ip", "link", "set", &gw.uplink, "mtu", "1400"]).expect("narrow uplink");
+    // The isp's end of the gateway's link: find the interface that reaches the gateway.
+    let route = exec(
+        &lab.isp().ns,
+        &["ip", "-o", "route", "get", &gw.external_ip.to_string()],
+    )
+    .expect("route");
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .expect("dev")
+        .to_owned();
+    exec(&lab.isp().ns, &["ip", "link", "set", &dev, "mtu", "1400"]).expect("narrow isp side");
+    let cfg = write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &SELECTED,
+            destinations: Some(&EVERYWHERE),
+            ..ConfigSpec::default()
+        },
+    );
+    let _agents = start_all(&lab, &cfg);
+    let to = SocketAddrV4::new(INTERNET_HOST, 9999);
+    for p in ["pod-gateway-0", "pod-worker1-0"] {
+        // Control: a datagram that fits teaches nothing.
+        assert!(
+            learned_path_mtu(&lab.pod(p).ns, to, 1300) > 1400,
+            "{p}: control"
+        );
+        assert_eq!(learned_path_mtu(&lab.pod(p).ns, to, 1420), 1400, "{p}");
+    }
+    let server = BulkServer::start(&lab.internet().ns, INTERNET_HOST, 9100);
+    for p in ["pod-gateway-0", "pod-worker1-0"] {
+        let ns = &lab.pod(p).ns;
+        let up = bulk_upload(ns, server.addr, 2 << 20, None);
+        assert!(
+            matches!(up, Ok(true)),
+            "{p}: upload through a 1400-byte uplink: {up:?}"
+        );
+        let down = bulk_download(ns, server.addr, 2 << 20);
+        assert!(
+            matches!(down, Ok(None)),
+            "{p}: download through a 1400-byte uplink: {down:?}"
+        );
+    }
 }

@@ -1,11 +1,25 @@
 //! Packets too big for the tunnel: with DF, egw_from_pod answers ICMP fragmentation-needed
-//! to the pod; without DF, it tunnels them (the kernel fragments).
+//! to the pod; without DF, it tunnels them (the kernel fragments). Packets too big for a
+//! narrow uplink past the gateway (issue 12): with DF, answered the same way; without, a
+//! counted drop; a gateway-local pod's SYN, and the SYN-ACK back to it, clamped to the uplink.
 //!
 //! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
 //! without it.
 
-use egress_common::program_names::FROM_POD;
+use egress_agent::datapath::Datapath;
+use egress_common::{
+    config::Config,
+    program_names::{FROM_POD, FROM_WIRE},
+};
 use egress_tests::packet::*;
+use etherparse::{PacketBuilder, TcpOptionElement};
+
+/// The IPv4 header of `pkt` without DF, its checksum fixed.
+fn without_df(mut pkt: Vec<u8>) -> Vec<u8> {
+    pkt[L3 + 6] &= !0x40;
+    let ttl = pkt[L3 + 8];
+    with_ttl(pkt, ttl)
+}
 
 #[test]
 fn from_pod_oversize_df_packet_is_answered_with_frag_needed() {
@@ -33,20 +47,94 @@ fn from_pod_oversize_df_packet_is_answered_with_frag_needed() {
 #[test]
 fn from_pod_oversize_without_df_is_tunnelled() {
     let dp = datapath(WORKER);
-    let mut pkt = udp(POD_A, INTERNET, 40000, 9000, &[0x5a; 1472]);
-    // Clear DF and fix the header checksum.
-    pkt[L3 + 6] &= !0x40;
-    pkt[L3 + 10] = 0;
-    pkt[L3 + 11] = 0;
-    let c = !{
-        let mut s = sum(&pkt[L3..L3 + 20]);
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    };
-    pkt[L3 + 10..L3 + 12].copy_from_slice(&c.to_be_bytes());
+    let pkt = without_df(udp(POD_A, INTERNET, 40000, 9000, &[0x5a; 1472]));
     let (rc, _) = run(&dp, FROM_POD, &pkt, POD_A_IF);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(drops(&dp, "frag_needed"), 0);
+}
+
+const NARROW_UPLINK: u16 = 1400;
+
+/// The gateway with a 1400-byte uplink.
+fn narrow_gateway() -> Datapath {
+    let mut dp = datapath(GATEWAY);
+    let cfg = dp.config().expect("config");
+    dp.set_config(&Config {
+        uplink_mtu: NARROW_UPLINK,
+        ..cfg
+    })
+    .expect("config");
+    dp
+}
+
+#[test]
+fn a_gateway_local_pods_oversize_df_packet_is_answered_with_the_uplink_mtu() {
+    let dp = narrow_gateway();
+    let pkt = udp(POD_A, INTERNET, 40000, 9000, &[0x5a; 1400]);
+    let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!((src_ip(&out), dst_ip(&out)), (GATEWAY, POD_A));
+    assert_eq!((out[34], out[35]), (3, 4), "dest unreachable / frag needed");
+    assert_eq!(be16(&out, 34 + 6), NARROW_UPLINK);
+    assert_checksums(&out);
+    assert_eq!(drops(&dp, "frag_needed"), 1);
+
+    // Without DF: a tc program cannot fragment it, a counted drop.
+    let (rc, _) = run(&dp, FROM_POD, &without_df(pkt), POD_A_IF);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, "uplink_too_big"), 1);
+
+    // Control: a packet the uplink takes is translated.
+    let fits = udp(POD_A, INTERNET, 40000, 9000, &[0x5a; 1372]);
+    assert_eq!(be16(&fits, L3 + 2), NARROW_UPLINK);
+    let (rc, out) = run(&dp, FROM_POD, &fits, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(src_ip(&out), EGRESS);
+    assert_eq!(drops(&dp, "frag_needed"), 1);
+}
+
+#[test]
+fn a_gateway_local_pods_syn_and_its_syn_ack_are_clamped_to_the_uplink() {
+    let mut dp = narrow_gateway();
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_syn(POD_A, INTERNET, 40000, 25, 1460),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(tcp_mss(&out), Some(NARROW_UPLINK - 40));
+    assert_checksums(&out);
+
+    // The server's SYN-ACK to the egress port, back to the pod.
+    let port = sport(&out);
+    let b = PacketBuilder::ethernet2(HOST_MAC, POD_MAC)
+        .ipv4(INTERNET.octets(), EGRESS.octets(), 64)
+        .tcp(25, port, 9000, 64240)
+        .syn()
+        .ack(1001)
+        .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+        .expect("options");
+    let mut syn_ack = Vec::new();
+    b.write(&mut syn_ack, &[]).expect("build");
+    let (rc, back) = run(&dp, FROM_WIRE, &syn_ack, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "to the local pod");
+    assert_eq!(dst_ip(&back), POD_A);
+    assert_eq!(tcp_mss(&back), Some(NARROW_UPLINK - 40));
+    assert_checksums(&back);
+
+    // Control: with the uplink's MTU unknown (0), nothing is clamped on this node.
+    let cfg = dp.config().expect("config");
+    dp.set_config(&Config {
+        uplink_mtu: 0,
+        ..cfg
+    })
+    .expect("config");
+    let (_, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_syn(POD_A, INTERNET, 40001, 25, 1460),
+        POD_A_IF,
+    );
+    assert_eq!(tcp_mss(&out), Some(1460));
 }

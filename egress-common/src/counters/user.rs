@@ -29,6 +29,7 @@ impl DropReason {
             DropReason::TunnelWrongGateway => "tunnel_wrong_gateway",
             DropReason::TunnelUnsolicited => "tunnel_unsolicited",
             DropReason::TunnelNotOurs => "tunnel_not_ours",
+            DropReason::UplinkTooBig => "uplink_too_big",
         }
     }
 
