@@ -256,7 +256,7 @@ fn learned_path_mtu(ns: &str, to: SocketAddrV4, len: usize) -> i32 {
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 (&raw const set).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         assert_eq!(rc, 0, "IP_MTU_DISCOVER");
@@ -265,7 +265,7 @@ fn learned_path_mtu(ns: &str, to: SocketAddrV4, len: usize) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let _ = s.send(&vec![0x5a; len]);
         let mut mtu: libc::c_int = 0;
-        let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let mut l = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a valid socket, an int buffer and its length.
         let rc = unsafe {
             libc::getsockopt(
