@@ -15,9 +15,9 @@ use std::{
 };
 
 use egress_tests::{
-    agent::{start_all_with_env, time_scale, Agent},
+    agent::{agent_binary, start_all_with_env, time_scale, Agent},
     config::{write_config, ConfigSpec},
-    lab::{exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
+    lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
     neighbours::LegacyFilter,
     net::{eventually, tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
 };
@@ -378,6 +378,42 @@ fn legacy_filters_carry_the_egress_path_once_each_and_leave_others_running() {
         a.log()
     );
     check_egress(&lab, &tcp, &udp);
+
+    // `egress-agent cleanup` takes our filters off every interface of the node (they are not
+    // pinned), and only ours.
+    let g = agents.get_mut("gateway").expect("agent");
+    g.kill();
+    let out = command_in(&gw.ns, agent_binary())
+        .expect("gateway namespace")
+        .arg("cleanup")
+        .arg("--pin-root")
+        .arg(&g.pin_root)
+        .output()
+        .expect("egress-agent cleanup");
+    assert!(out.status.success(), "cleanup: {out:?}");
+    let mut hooks = vec![gw.underlay_dev.clone()];
+    hooks.extend(
+        lab.pods()
+            .iter()
+            .filter(|p| p.node == "gateway")
+            .map(|p| p.host_veth.clone()),
+    );
+    for dev in &hooks {
+        for dir in ["ingress", "egress"] {
+            let left = ours(&gw.ns, dev, dir);
+            assert!(left.is_empty(), "cleanup left {left:#?} on {dev} {dir}");
+        }
+    }
+    let f = filters(&gw.ns, &gw.uplink, "ingress");
+    assert!(
+        f.iter().any(|f| f.pref == FOREIGN_PREF),
+        "cleanup removed the foreign filter: {f:#?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed the egw_from_wire filter"),
+        "cleanup says what it removed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// `GET path` from the agent's metrics server inside `ns`: status code and body.

@@ -368,6 +368,46 @@ pub fn remove_legacy_filter(program: &str, ifname: &str) -> bool {
     link.detach().is_ok()
 }
 
+/// The names of this network namespace's interfaces.
+fn interface_names() -> Vec<String> {
+    // SAFETY: if_nameindex returns a heap array ending with a zero entry, or null.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    let mut i = 0;
+    loop {
+        // SAFETY: within the array, up to and including its zero entry.
+        let e = unsafe { &*list.add(i) };
+        if e.if_index == 0 || e.if_name.is_null() {
+            break;
+        }
+        // SAFETY: a NUL-terminated name owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(e.if_name) };
+        names.push(name.to_string_lossy().into_owned());
+        i += 1;
+    }
+    // SAFETY: the array if_nameindex returned, freed once.
+    unsafe { libc::if_freenameindex(list) };
+    names
+}
+
+/// Deletes every legacy filter of ours (our priority and a program's handle) on every
+/// interface of this network namespace (`egress-agent cleanup`: pinned TCX links go with the
+/// pin root, filters do not). Returns `(interface, program)` of each one removed.
+pub fn remove_all_legacy_filters() -> Vec<(String, &'static str)> {
+    let mut removed = Vec::new();
+    for ifname in interface_names() {
+        for program in program_names::ALL {
+            if remove_legacy_filter(program, &ifname) {
+                removed.push((ifname.clone(), program));
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,6 +165,8 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        // What the verifier does not check: the tunnel key's size is accepted at run time.
+        super::probe::tunnel_key().map_err(DatapathError::Kernel)?;
         let probe = {
             let name = program_names::ALL[0];
             let prog: &SchedClassifier = ebpf

@@ -14,6 +14,7 @@
 mod attach;
 mod load;
 mod maps;
+mod probe;
 mod stats;
 
 use std::{io, path::PathBuf};
@@ -34,8 +35,8 @@ use thiserror::Error;
 
 pub use self::{
     attach::{
-        direction, legacy_handle, remove_legacy_filter, TcMode, TcProbe, FORCE_LEGACY_ENV,
-        LEGACY_PRIORITY,
+        direction, legacy_handle, remove_all_legacy_filters, remove_legacy_filter, TcMode, TcProbe,
+        FORCE_LEGACY_ENV, LEGACY_PRIORITY,
     },
     load::{
         ensure_bpffs, kernel_release, open_pinned_map, OpenPinnedError, DEFAULT_PIN_ROOT,
@@ -73,6 +74,8 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("this kernel lacks what the programs need: {0}")]
+    Kernel(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
