@@ -95,6 +95,17 @@ impl Agent {
         config: &Path,
         kubeconfig: &Path,
     ) -> Result<Agent> {
+        Agent::start_kubernetes_with_env(lab, node, config, kubeconfig, &[])
+    }
+
+    /// `start_kubernetes` with extra environment variables for the agent process.
+    pub fn start_kubernetes_with_env(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let n = lab.node(node);
         let mut a = Agent {
             node: node.to_owned(),
@@ -103,7 +114,10 @@ impl Agent {
             config: config.to_owned(),
             state_dir: lab.dir().join(format!("state-{node}")),
             kubeconfig: Some(kubeconfig.to_owned()),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
             log: lab.dir().join(format!("agent-{node}.log")),
         };

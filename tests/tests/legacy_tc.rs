@@ -17,6 +17,7 @@ use std::{
 use egress_tests::{
     agent::{agent_binary, start_all_with_env, time_scale, Agent},
     config::{write_config, ConfigSpec},
+    fake_api::{self, FakeApi},
     lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
     neighbours::LegacyFilter,
     net::{eventually, tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
@@ -587,4 +588,89 @@ fn a_foreign_filter_in_the_way_of_ours_is_datapath_unavailable_until_it_goes() {
     .expect("delete the foreign filter");
     check_ready(&agent);
     one_of_ours(&gw.ns, dev, "ingress", "egw_from_wire");
+}
+
+#[test]
+fn with_kubernetes_the_policy_status_in_the_api_says_datapath_unavailable() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let api = FakeApi::new().expect("fake API server");
+    for n in lab.nodes() {
+        let labels = if n.name == "gateway" {
+            serde_json::json!({"egress-gateway": "true"})
+        } else {
+            serde_json::json!({})
+        };
+        api.put(fake_api::node(&n.name, n.underlay_ip, labels));
+    }
+    api.put(fake_api::namespace(
+        "mailu",
+        serde_json::json!({"team": "mail"}),
+    ));
+    for p in lab.pods() {
+        api.put(fake_api::pod("mailu", &p.name, p.ip, &p.node, "mail"));
+    }
+    api.put(fake_api::policy(
+        "mail",
+        serde_json::json!({
+            "selectors": [{
+                "podSelector": {"matchLabels": {"app": "mail"}},
+                "namespaceSelector": {"matchLabels": {"team": "mail"}},
+            }],
+            "destinationCIDRs": ["198.51.100.0/24"],
+            "gateway": {"nodeSelector": {"matchLabels": {"egress-gateway": "true"}}},
+        }),
+    ));
+    let settings = lab.dir().join("settings.yaml");
+    std::fs::write(&settings, "nat: { portRange: [61000, 65535] }\n").expect("settings");
+    let bogus = lab.dir().join("bogus.bpf.o");
+    std::fs::write(&bogus, b"not an ELF object").expect("write the bogus object");
+    let bogus = bogus.to_string_lossy().into_owned();
+    let gw = lab.gateway().clone();
+    let kubeconfig = api.serve_in(&gw.ns, &lab.dir()).expect("serve in the node");
+    let agent = Agent::start_kubernetes_with_env(
+        &lab,
+        "gateway",
+        &settings,
+        &kubeconfig,
+        &[("EGRESS_EBPF_OBJECT_FILE", bogus.as_str())],
+    )
+    .expect("agent");
+    // The gateway's agent writes the policy's status: not Ready, and why.
+    let ready = |s: &serde_json::Value| {
+        s["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+    };
+    let cond = eventually(Duration::from_secs(20) * time_scale(), || {
+        api.status_patches()
+            .into_iter()
+            .rev()
+            .find(|(name, _)| name == "mail")
+            .and_then(|(_, p)| ready(&p["status"]))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no status written: {:?}; log:\n{}",
+            api.status_patches(),
+            agent.log()
+        )
+    });
+    assert_eq!(cond["status"], "False", "{cond:#}");
+    assert_eq!(cond["reason"], "DatapathUnavailable", "{cond:#}");
+    let message = cond["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&kernel_release()) && message.contains("loading the datapath"),
+        "{message}"
+    );
+    assert!(
+        api.status_patches()
+            .iter()
+            .all(|(_, p)| ready(&p["status"]).is_none_or(|c| c["status"] != "True")),
+        "never Ready over a datapath that is not there: {:?}",
+        api.status_patches()
+    );
+    let r = http_get(&gw.ns, "/readyz").expect("/readyz");
+    assert_eq!(r.0, 503, "{r:?}");
 }
