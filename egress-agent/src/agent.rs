@@ -4,6 +4,7 @@
 //! reconciler at once; a slow periodic resync is only a safety net.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
@@ -15,11 +16,17 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::{
-    config::AgentConfig, datapath::Datapath, kube_source::KubeSource, metrics, model, netdev,
-    reconcile::Reconciler, status,
+    config::AgentConfig,
+    datapath::{kernel_release, Datapath},
+    kube_source::KubeSource,
+    metrics,
+    model::{self, PolicyStatus},
+    netdev,
+    reconcile::Reconciler,
+    status,
 };
 pub use crate::{nat_gc::collect_nat, status::STATUS_FILE};
 
@@ -168,6 +175,71 @@ async fn start_feed(
     }
 }
 
+/// The datapath, or why it is not there.
+enum Node {
+    /// Loaded: the reconciler owns it.
+    Up(Box<Reconciler>),
+    /// Could not be loaded: the agent keeps running to say so (policy status, `/readyz`,
+    /// metrics) and tries again at every resync. `status` is the last status recorded.
+    Down {
+        fault: status::DatapathFault,
+        status: BTreeMap<String, PolicyStatus>,
+    },
+}
+
+/// Loads the datapath and starts what needs it (the netlink watch); a failure is a
+/// `DatapathFault`.
+fn bring_up(
+    opts: &RunOptions,
+    cfg: &AgentConfig,
+    handle: &rtnetlink::Handle,
+    tx: &mpsc::UnboundedSender<Trigger>,
+) -> Result<Reconciler, status::DatapathFault> {
+    let fault = |what: String| status::DatapathFault {
+        node: opts.node.clone(),
+        what,
+        kernel: kernel_release(),
+    };
+    let dp = Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).map_err(|e| {
+        fault(format!(
+            "loading the datapath: {:#}",
+            anyhow::Error::from(e)
+        ))
+    })?;
+    info!(
+        pin_root = %opts.pin_root.display(),
+        kernel = %kernel_release(),
+        tc = %dp.tc_mode().as_str(),
+        why = dp.tc_probe(),
+        "datapath loaded; maps pinned"
+    );
+    let rec = Reconciler::new(
+        dp,
+        handle.clone(),
+        opts.node.clone(),
+        opts.uplink.clone(),
+        opts.state_dir.clone(),
+    );
+    let links = netdev::watch_changes(rec.watched_neighbours())
+        .map_err(|e| fault(format!("subscribing to netlink events: {e:#}")))?;
+    forward(links, Trigger::Netlink, tx.clone());
+    Ok(rec)
+}
+
+/// Says, once per distinct fault, that the datapath is not there.
+fn report_fault(health: &metrics::Health, fault: &status::DatapathFault, retry: Duration) {
+    if health.fault().as_deref() != Some(fault.what.as_str()) {
+        error!(
+            node = %fault.node,
+            kernel = %fault.kernel,
+            "datapath unavailable: {}; every policy is Ready=False (DatapathUnavailable) and \
+             /readyz fails until it works (trying again every {retry:?})",
+            fault.what
+        );
+    }
+    health.set_fault(fault.what.clone());
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
     let mut cfg = load_config(&opts.source)?;
     let health = Arc::new(metrics::Health::default());
@@ -180,22 +252,22 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let feed = start_feed(&opts.source, cfg.cluster.cluster_cidrs.clone(), &tx).await?;
-    let dp =
-        Datapath::load(&cfg.map_sizes, Some(&opts.pin_root)).context("loading the datapath")?;
-    info!(pin_root = %opts.pin_root.display(), "datapath loaded; maps pinned");
-    let mut rec = Reconciler::new(
-        dp,
-        netdev::connect()?,
-        opts.node.clone(),
-        opts.uplink.clone(),
-        opts.state_dir.clone(),
-    );
+    let handle = netdev::connect()?;
+    // Never exits for a datapath that cannot load: it says so (status, /readyz, metrics, the
+    // log) and tries again at every resync.
+    let mut node = match bring_up(&opts, &cfg, &handle, &tx) {
+        Ok(rec) => Node::Up(Box::new(rec)),
+        Err(fault) => {
+            report_fault(&health, &fault, opts.resync);
+            Node::Down {
+                fault,
+                status: BTreeMap::new(),
+            }
+        }
+    };
     if let Some(path) = opts.source.config_file() {
         watch_file(path.to_owned(), opts.file_poll, tx.clone());
     }
-    let links = netdev::watch_changes(rec.watched_neighbours())
-        .context("subscribing to netlink link/route/neighbour events")?;
-    forward(links, Trigger::Netlink, tx.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut gc = tokio::time::interval(opts.gc_interval);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,60 +292,109 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             let cluster = feed.snapshot(&cfg);
-            let pass = rec
-                .reconcile(&cfg, &cluster)
-                .instrument(info_span!("reconcile", trigger = ?why));
-            match pass.await {
-                Ok(changes) => {
-                    meters.observe_reconcile(started.elapsed(), true);
-                    health.ready.store(true, Ordering::Relaxed);
-                    health.tunnel_protected.store(
-                        rec.tunnel_protected().map_or(-1, i64::from),
-                        Ordering::Relaxed,
-                    );
-                    if let Ok(mut names) = health.policy_names.write() {
-                        *names = rec
-                            .status()
-                            .iter()
-                            .filter_map(|(n, s)| Some((s.datapath_id?, n.clone())))
-                            .collect();
-                    }
-                    if changes > 0 || reload {
-                        info!(
-                            trigger = ?why,
-                            changes,
-                            elapsed = ?started.elapsed(),
-                            "reconciled"
-                        );
-                    } else {
-                        debug!(trigger = ?why, elapsed = ?started.elapsed(), "nothing to change");
+            if matches!(node, Node::Down { .. }) && why == Trigger::Resync {
+                match bring_up(&opts, &cfg, &handle, &tx) {
+                    Ok(rec) => node = Node::Up(Box::new(rec)),
+                    Err(fault) => {
+                        report_fault(&health, &fault, opts.resync);
+                        if let Node::Down { fault: f, .. } = &mut node {
+                            *f = fault;
+                        }
                     }
                 }
-                Err(e) => {
-                    meters.observe_reconcile(started.elapsed(), false);
-                    warn!("reconcile failed (retrying in a second): {e:#}");
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        let _ = tx.send(Trigger::Resync);
-                    });
+            }
+            match &mut node {
+                Node::Up(rec) => {
+                    let pass = rec
+                        .reconcile(&cfg, &cluster)
+                        .instrument(info_span!("reconcile", trigger = ?why));
+                    match pass.await {
+                        Ok(changes) => {
+                            meters.observe_reconcile(started.elapsed(), true);
+                            if health.fault().is_some() {
+                                info!("datapath available again");
+                            }
+                            health.clear_fault();
+                            health.ready.store(true, Ordering::Relaxed);
+                            health.tunnel_protected.store(
+                                rec.tunnel_protected().map_or(-1, i64::from),
+                                Ordering::Relaxed,
+                            );
+                            if let Ok(mut names) = health.policy_names.write() {
+                                *names = rec
+                                    .status()
+                                    .iter()
+                                    .filter_map(|(n, s)| Some((s.datapath_id?, n.clone())))
+                                    .collect();
+                            }
+                            if changes > 0 || reload {
+                                info!(
+                                    trigger = ?why,
+                                    changes,
+                                    elapsed = ?started.elapsed(),
+                                    "reconciled"
+                                );
+                            } else {
+                                debug!(
+                                    trigger = ?why,
+                                    elapsed = ?started.elapsed(),
+                                    "nothing to change"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            meters.observe_reconcile(started.elapsed(), false);
+                            match status::DatapathFault::of(&e, &opts.node) {
+                                // An attachment or a map write failed: not ready.
+                                Some(fault) => {
+                                    report_fault(&health, &fault, Duration::from_secs(1))
+                                }
+                                None => warn!("reconcile failed (retrying in a second): {e:#}"),
+                            }
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                let _ = tx.send(Trigger::Resync);
+                            });
+                        }
+                    }
+                }
+                Node::Down { fault, status } => {
+                    // The policies' status all the same: what the model makes of them, none
+                    // of them Ready here.
+                    let local = model::LocalFacts {
+                        interfaces: netdev::ipv4_addresses(&handle).await.unwrap_or_default(),
+                        underlay: None,
+                    };
+                    let mut new = model::compute(&cluster, &opts.node, &local).status;
+                    status::datapath_unavailable(&mut new, fault);
+                    if new != *status {
+                        status::record_local(&opts.state_dir, status, &new);
+                        *status = new;
+                    }
                 }
             }
             if let Feed::Kubernetes { client, cache } = &feed {
-                status::write_kube(client, cache, &cluster, &opts.node, rec.status()).await;
+                let st = match &node {
+                    Node::Up(rec) => rec.status(),
+                    Node::Down { status, .. } => status,
+                };
+                status::write_kube(client, cache, &cluster, &opts.node, st).await;
             }
         }
         tokio::select! {
             t = rx.recv() => trigger = t,
             _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
-            _ = gc.tick() => match collect_nat(rec.datapath(), &cfg.nat.timeouts) {
-                Ok((expired, live)) => {
-                    health.nat_flows.store(live as i64, Ordering::Relaxed);
-                    if expired > 0 {
-                        info!(expired, live, "NAT entries collected");
+            _ = gc.tick() => if let Node::Up(rec) = &mut node {
+                match collect_nat(rec.datapath(), &cfg.nat.timeouts) {
+                    Ok((expired, live)) => {
+                        health.nat_flows.store(live as i64, Ordering::Relaxed);
+                        if expired > 0 {
+                            info!(expired, live, "NAT entries collected");
+                        }
                     }
+                    Err(e) => warn!("NAT collection failed: {:#}", anyhow::Error::from(e)),
                 }
-                Err(e) => warn!("NAT collection failed: {:#}", anyhow::Error::from(e)),
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

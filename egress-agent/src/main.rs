@@ -99,8 +99,9 @@ enum Cmd {
     },
     /// Print the EgressGatewayPolicy CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
-    /// Remove the datapath from this node: unpin maps and links (detaching the programs) and
-    /// delete the tunnel device. Translated flows break; stop the agent first.
+    /// Remove the datapath from this node: unpin maps and links (detaching the programs),
+    /// delete our legacy tc filters (only ours: our priority and handles) and the tunnel
+    /// device. Translated flows break; stop the agent first.
     Cleanup {
         /// The tunnel device to delete.
         #[arg(long, default_value = "egw0")]
@@ -206,8 +207,20 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Cleanup { device } => {
+            // Legacy tc filters (kernels below 6.6) are not pinned: remove ours everywhere.
+            for (ifname, program) in egress_agent::datapath::remove_all_legacy_filters() {
+                println!("removed the {program} filter from {ifname}");
+            }
             if cli.pin_root.exists() {
-                std::fs::remove_dir_all(&cli.pin_root)?;
+                for sub in ["maps", "links"] {
+                    let dir = cli.pin_root.join(sub);
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)?;
+                    }
+                }
+                // The pin root may be a bpffs mount of its own (the agent mounts one where
+                // there is none), holding the kernel's progs.debug and maps.debug: it stays.
+                let _ = std::fs::remove_dir(&cli.pin_root);
                 println!("unpinned {}", cli.pin_root.display());
             }
             let rt = tokio::runtime::Runtime::new()?;

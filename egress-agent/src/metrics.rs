@@ -157,8 +157,11 @@ impl Metrics {
 /// Shared between the reconciler and the HTTP server.
 #[derive(Debug)]
 pub struct Health {
-    /// Set after the first successful reconcile.
+    /// Set after the first successful reconcile; cleared while the datapath is unavailable.
     pub ready: AtomicBool,
+    /// What the datapath is missing (could not be loaded or attached): `/readyz` fails with
+    /// it and `egress_datapath_up` is 0 while it is set.
+    pub datapath_fault: RwLock<Option<String>>,
     /// Policy id -> name, for labels.
     pub policy_names: RwLock<BTreeMap<u32, String>>,
     /// Translated flows counted by the last NAT collection (-1: none yet). Counting the NAT
@@ -169,10 +172,33 @@ pub struct Health {
     pub tunnel_protected: AtomicI64,
 }
 
+impl Health {
+    /// The datapath is unavailable (`what`): not ready.
+    pub fn set_fault(&self, what: String) {
+        self.ready.store(false, Ordering::Relaxed);
+        if let Ok(mut f) = self.datapath_fault.write() {
+            *f = Some(what);
+        }
+    }
+
+    /// The datapath is there again.
+    pub fn clear_fault(&self) {
+        if let Ok(mut f) = self.datapath_fault.write() {
+            *f = None;
+        }
+    }
+
+    /// What the datapath is missing, if anything.
+    pub fn fault(&self) -> Option<String> {
+        self.datapath_fault.read().ok().and_then(|f| f.clone())
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Health {
             ready: AtomicBool::new(false),
+            datapath_fault: RwLock::default(),
             policy_names: RwLock::default(),
             nat_flows: AtomicI64::new(-1),
             tunnel_protected: AtomicI64::new(-1),
@@ -224,11 +250,16 @@ impl Collector for DatapathCollector {
         let nat_stats = open_pinned_map(&self.pin_root, map_names::NAT_STATS)
             .ok()
             .and_then(|m| read_nat_stats(&m).ok());
-        let up = i64::from(stats.is_some() && drops.is_some() && nat_stats.is_some());
+        let up = i64::from(
+            stats.is_some()
+                && drops.is_some()
+                && nat_stats.is_some()
+                && self.health.fault().is_none(),
+        );
         let g = ConstGauge::new(up);
         g.encode(enc.encode_descriptor(
             "datapath_up",
-            "1 when the pinned maps could be read",
+            "1 when the datapath is loaded and attached and its pinned maps could be read",
             None,
             g.metric_type(),
         )?)?;
@@ -351,10 +382,18 @@ pub fn router(registry: Registry, health: Arc<Health>) -> Router {
         .route(
             "/readyz",
             get(|State(a): State<Arc<App>>| async move {
-                if a.health.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready\n")
+                if let Some(fault) = a.health.fault() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("datapath unavailable: {fault}\n"),
+                    )
+                } else if a.health.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n".to_owned())
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not reconciled yet\n")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not reconciled yet\n".to_owned(),
+                    )
                 }
             }),
         )
@@ -428,5 +467,19 @@ mod tests {
         );
         assert!(body.trim_end().ends_with("# EOF"), "{body}");
         assert_eq!(get(addr, "/nope").await.0, 404);
+
+        // A datapath that is not there: not ready, whatever came before, and says why.
+        health.set_fault("attaching egw_from_pod to veth1: EINVAL".into());
+        let (code, body) = get(addr, "/readyz").await;
+        assert_eq!(code, 503);
+        assert!(
+            body.contains("datapath unavailable: attaching egw_from_pod"),
+            "{body}"
+        );
+        let (_, body) = get(addr, "/metrics").await;
+        assert!(body.contains("egress_datapath_up 0"), "{body}");
+        health.clear_fault();
+        health.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
     }
 }

@@ -218,11 +218,37 @@ impl Reconciler {
         &mut self.dp
     }
 
-    /// One reconcile pass; returns the number of changes made.
+    /// One reconcile pass; returns the number of changes made. The policy status is recorded
+    /// after the pass: when the datapath failed (an attachment, a map write), no policy is
+    /// Ready (`DatapathUnavailable`).
     pub async fn reconcile(
         &mut self,
         cfg: &AgentConfig,
         cluster: &model::Cluster,
+    ) -> Result<usize> {
+        let mut computed = None;
+        let pass = self.pass(cfg, cluster, &mut computed).await;
+        if let Some(mut new) = computed {
+            if let Some(fault) = pass
+                .as_ref()
+                .err()
+                .and_then(|e| status::DatapathFault::of(e, &self.node))
+            {
+                status::datapath_unavailable(&mut new, &fault);
+            }
+            if new != self.status {
+                status::record_local(&self.state_dir, &self.status, &new);
+                self.status = new;
+            }
+        }
+        pass
+    }
+
+    async fn pass(
+        &mut self,
+        cfg: &AgentConfig,
+        cluster: &model::Cluster,
+        computed: &mut Option<BTreeMap<String, PolicyStatus>>,
     ) -> Result<usize> {
         let mut local = model::LocalFacts {
             interfaces: netdev::ipv4_addresses(&self.handle).await?,
@@ -240,10 +266,7 @@ impl Reconciler {
             local.underlay = Some(u.facts);
         }
         let m = model::compute(cluster, &self.node, &local);
-        if m.status != self.status {
-            status::record_local(&self.state_dir, &self.status, &m.status);
-            self.status = m.status;
-        }
+        *computed = Some(m.status);
         let d = m.desired;
         if d.warnings != self.warnings {
             for w in &d.warnings {

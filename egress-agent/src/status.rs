@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     kube_source::{KubeSource, KubeSourceError},
-    model::{self, ConditionType, EgressGatewayPolicy, PolicyStatus, Status},
+    model::{self, ConditionType, EgressGatewayPolicy, PolicyStatus, Reason, Status},
 };
 
 /// The policy status file in the state directory.
@@ -32,6 +32,58 @@ pub fn record_local(
     log_status(old, new);
     if let Err(e) = save_status(state_dir, new) {
         warn!("writing {}: {e}", state_dir.join(STATUS_FILE).display());
+    }
+}
+
+/// What a node's datapath is missing: says why no policy can be Ready here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathFault {
+    /// The node whose datapath it is.
+    pub node: String,
+    /// What failed (loading, attaching, a map), with the kernel's answer.
+    pub what: String,
+    /// The running kernel's release.
+    pub kernel: String,
+}
+
+impl DatapathFault {
+    /// The fault behind `e`, when it is the datapath's (an attachment, a map write, a
+    /// load): other errors (the node unknown to the source, no underlay) are not.
+    pub fn of(e: &anyhow::Error, node: &str) -> Option<DatapathFault> {
+        e.chain()
+            .any(|c| c.is::<crate::datapath::DatapathError>())
+            .then(|| DatapathFault {
+                node: node.to_owned(),
+                what: format!("{e:#}"),
+                kernel: crate::datapath::kernel_release(),
+            })
+    }
+
+    /// The condition message.
+    pub fn message(&self) -> String {
+        format!(
+            "the datapath on node {} is not there (kernel {}): {}",
+            self.node, self.kernel, self.what
+        )
+    }
+}
+
+/// Never Ready over a datapath that is not there: every policy the model calls Ready becomes
+/// `Ready=False` with reason `DatapathUnavailable`. A policy that is not Ready for its own
+/// reason (an invalid CIDR, no gateway) keeps that reason: a working datapath would not make
+/// it Ready.
+pub fn datapath_unavailable(status: &mut BTreeMap<String, PolicyStatus>, fault: &DatapathFault) {
+    for s in status.values_mut() {
+        for c in &mut s.conditions {
+            if c.is(ConditionType::Ready) && c.status == Status::True.as_str() {
+                *c = model::condition::cond(
+                    ConditionType::Ready,
+                    false,
+                    Reason::DatapathUnavailable,
+                    fault.message(),
+                );
+            }
+        }
     }
 }
 
@@ -228,6 +280,32 @@ mod tests {
         s.gateway_node = Some("b".into());
         assert!(writes_status(&s, &c, "b"));
         assert!(!writes_status(&s, &c, "a"));
+    }
+
+    #[test]
+    fn a_missing_datapath_makes_ready_policies_not_ready_and_keeps_other_reasons() {
+        let ready = |ok: bool, reason: Reason| PolicyStatus {
+            conditions: vec![model::condition::cond(ConditionType::Ready, ok, reason, "")],
+            ..Default::default()
+        };
+        let mut st = BTreeMap::from([
+            ("mail".to_owned(), ready(true, Reason::Active)),
+            ("broken".to_owned(), ready(false, Reason::InvalidCIDR)),
+        ]);
+        let fault = DatapathFault {
+            node: "worker1".into(),
+            what: "loading the eBPF object: no BTF".into(),
+            kernel: "5.4.0".into(),
+        };
+        datapath_unavailable(&mut st, &fault);
+        let c = &st["mail"].conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DatapathUnavailable")
+        );
+        assert!(c.message.contains("worker1") && c.message.contains("5.4.0"));
+        assert!(c.message.contains("no BTF"), "{}", c.message);
+        assert_eq!(st["broken"].conditions[0].reason, "InvalidCIDR");
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// `KUBECONFIG` for `--kubernetes` agents.
     pub kubeconfig: Option<PathBuf>,
+    /// Extra environment of the agent process (test knobs such as
+    /// `EGRESS_FORCE_LEGACY_TC=1`), kept across restarts.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -53,6 +56,16 @@ pub struct Agent {
 impl Agent {
     /// Starts `egress-agent run` on `node` with `config`, pinning under the lab's directory.
     pub fn start(lab: &Lab, node: &str, config: &Path) -> Result<Agent> {
+        Agent::start_with_env(lab, node, config, &[])
+    }
+
+    /// `start` with extra environment variables for the agent process.
+    pub fn start_with_env(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let n = lab.node(node);
         let pin_root = lab.pin_root(node);
         let log = lab.dir().join(format!("agent-{node}.log"));
@@ -63,6 +76,10 @@ impl Agent {
             config: config.to_owned(),
             state_dir: lab.dir().join(format!("state-{node}")),
             kubeconfig: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
             log,
         };
@@ -78,6 +95,17 @@ impl Agent {
         config: &Path,
         kubeconfig: &Path,
     ) -> Result<Agent> {
+        Agent::start_kubernetes_with_env(lab, node, config, kubeconfig, &[])
+    }
+
+    /// `start_kubernetes` with extra environment variables for the agent process.
+    pub fn start_kubernetes_with_env(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let n = lab.node(node);
         let mut a = Agent {
             node: node.to_owned(),
@@ -86,6 +114,10 @@ impl Agent {
             config: config.to_owned(),
             state_dir: lab.dir().join(format!("state-{node}")),
             kubeconfig: Some(kubeconfig.to_owned()),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
             log: lab.dir().join(format!("agent-{node}.log")),
         };
@@ -118,6 +150,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .env("RUST_LOG", "info,netlink_packet_route=error")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -140,6 +173,13 @@ impl Agent {
         self.spawn()
     }
 
+    /// Whether the agent process is still running (not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The agent's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -148,6 +188,14 @@ impl Agent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How the agent attached its programs, from its log (`tcx` or `legacy`), once loaded.
+    pub fn tc_mode(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("datapath loaded"))?;
+        let mode = line.split("tc=").nth(1)?.split_whitespace().next()?;
+        Some(mode.to_owned())
     }
 
     /// Runs `egress-agent inspect <what> --json` against this agent's pins.
@@ -210,11 +258,20 @@ impl Agent {
 /// Starts an agent on every node of `lab` with `config` and waits until each has programmed
 /// all of its node's pods. Keyed by node name.
 pub fn start_all(lab: &Lab, config: &Path) -> BTreeMap<String, Agent> {
+    start_all_with_env(lab, config, &[])
+}
+
+/// `start_all` with extra environment variables for every agent.
+pub fn start_all_with_env(
+    lab: &Lab,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> BTreeMap<String, Agent> {
     let agents: BTreeMap<String, Agent> = lab
         .nodes()
         .iter()
         .map(|n| {
-            let a = Agent::start(lab, &n.name, config).expect("start agent");
+            let a = Agent::start_with_env(lab, &n.name, config, env).expect("start agent");
             (n.name.clone(), a)
         })
         .collect();

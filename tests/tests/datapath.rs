@@ -66,6 +66,11 @@ fn check_egress(spec: LabSpec) {
     let lab = Lab::up(&spec).expect("lab up");
     let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], None);
     let agents = start_agents(&lab, &cfg);
+    // The kernel matrix reads this line (TCX links, or legacy tc filters below 6.6).
+    eprintln!(
+        "agent attach mode: {}",
+        agents[0].tc_mode().unwrap_or_else(|| "unknown".into())
+    );
     let inet = &lab.internet().ns;
     let tcp = TcpEcho::start(inet, INTERNET_HOST, 25);
     let udp = UdpEcho::start(inet, INTERNET_HOST, 53);

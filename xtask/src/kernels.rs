@@ -12,9 +12,10 @@
 //! fails on the build machines.
 //!
 //! Per kernel: every test binary whose target name starts with `packet` (they load every
-//! program of the object, so the verifier has passed them all once one test passes), and on
-//! kernels with TCX links (6.6 and later) the lab smoke test: a selected pod on a worker and
-//! on the gateway reach the internet host as the egress IP, with replies.
+//! program of the object, so the verifier has passed them all once one test passes), and the
+//! lab smoke test: a selected pod on a worker and on the gateway reach the internet host as
+//! the egress IP, with replies. The agent picks its tc attach mode itself (TCX links from 6.6,
+//! legacy clsact/cls_bpf filters below); the summary shows which it took.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -77,9 +78,6 @@ const TOOLS: &[&str] = &[
 const SMOKE_BINARY: &str = "datapath";
 const SMOKE_TEST: &str = "selected_pods_leave_with_the_egress_ip_and_others_do_not";
 
-/// Why the smoke test does not run below TCX.
-const NO_TCX: &str = "not run: needs the legacy tc attach (issue 14 point 2)";
-
 /// A guest that has not powered off by then is killed and counted as failed.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -108,6 +106,8 @@ struct Outcome {
     verifier: &'static str,
     smoke: String,
     smoke_ok: bool,
+    /// How the smoke test's agent attached (`tcx`, `legacy`), from its output.
+    attach: Option<String>,
     /// False with `--smoke-only`.
     packet_run: bool,
     secs: f64,
@@ -337,23 +337,11 @@ fn unpacked(package: &str) -> Result<Kernel> {
     })
 }
 
-/// `major.minor` of a kernel release string.
-fn major_minor(release: &str) -> (u32, u32) {
-    let mut it = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-fn has_tcx(release: &str) -> bool {
-    major_minor(release) >= (6, 6)
-}
-
 /// Waits for the agents in the smoke test are this many times longer in a guest (TCG).
 const GUEST_TIME_SCALE: u32 = 10;
 
 /// The test script, with `path` mapping a host path to where the runner sees it.
-fn script(bins: &Binaries, tcx: bool, time_scale: u32, path: &dyn Fn(&Path) -> String) -> String {
+fn script(bins: &Binaries, time_scale: u32, path: &dyn Fn(&Path) -> String) -> String {
     let mut s = String::new();
     for (name, exe) in bins.packet.iter().filter(|_| !bins.smoke_only) {
         let _ = writeln!(
@@ -362,32 +350,28 @@ fn script(bins: &Binaries, tcx: bool, time_scale: u32, path: &dyn Fn(&Path) -> S
             path(exe)
         );
     }
-    if tcx {
-        let _ = writeln!(
-            s,
-            "echo '@@km begin smoke'; EGRESS_TEST_TIME_SCALE={time_scale} EGRESS_AGENT_BIN={} \
-             {} {SMOKE_TEST} --exact 2>&1; echo \"@@km end smoke $?\"",
-            path(&bins.agent),
-            path(&bins.smoke)
-        );
-    }
+    // --nocapture: the test prints how the agent attached.
+    let _ = writeln!(
+        s,
+        "echo '@@km begin smoke'; EGRESS_TEST_TIME_SCALE={time_scale} EGRESS_AGENT_BIN={} \
+         {} {SMOKE_TEST} --exact --nocapture 2>&1; echo \"@@km end smoke $?\"",
+        path(&bins.agent),
+        path(&bins.smoke)
+    );
     s
 }
 
 /// Reads the runner's output: libtest's result lines between the script's markers.
-fn outcome(kernel: String, log: &str, tcx: bool, secs: f64) -> Outcome {
+fn outcome(kernel: String, log: &str, secs: f64) -> Outcome {
     let mut o = Outcome {
         kernel,
         passed: 0,
         failed: 0,
         notes: Vec::new(),
         verifier: "unknown",
-        smoke: if tcx {
-            "did not finish".into()
-        } else {
-            NO_TCX.into()
-        },
-        smoke_ok: !tcx,
+        smoke: "did not finish".into(),
+        smoke_ok: false,
+        attach: None,
         packet_run: true,
         secs,
     };
@@ -414,7 +398,10 @@ fn outcome(kernel: String, log: &str, tcx: bool, secs: f64) -> Outcome {
             if name == "smoke" {
                 o.smoke_ok = rc == "0" && f == 0 && p == 1;
                 o.smoke = if o.smoke_ok {
-                    "ok".into()
+                    match &o.attach {
+                        Some(mode) => format!("ok (agent attached: {mode})"),
+                        None => "ok".into(),
+                    }
                 } else {
                     format!("FAILED (exit {rc}) {}", failures.join(" "))
                 };
@@ -442,6 +429,9 @@ fn outcome(kernel: String, log: &str, tcx: bool, secs: f64) -> Outcome {
                 .and_then(|t| t.strip_suffix(" ... FAILED"))
             {
                 failures.push(t.to_owned());
+            }
+            if let Some(mode) = line.trim().strip_prefix("agent attach mode: ") {
+                o.attach = Some(mode.trim().to_owned());
             }
             if line.contains("load datapath") || line.contains("Verifier") {
                 load_failed = true;
@@ -486,12 +476,11 @@ fn count(result: &str, what: &str) -> u32 {
 /// The matrix's host row: the same binaries, run directly.
 fn on_host(bins: &Binaries) -> Result<Outcome> {
     let release = setup::output(Command::new("uname").arg("-r"))?;
-    let tcx = has_tcx(&release);
     println!("xtask: kernel matrix: host ({release})");
     let start = Instant::now();
     let out = Command::new("sh")
         .arg("-c")
-        .arg(script(bins, tcx, 1, &|p| p.display().to_string()))
+        .arg(script(bins, 1, &|p| p.display().to_string()))
         .current_dir(root())
         .stdin(Stdio::null())
         .output()
@@ -502,18 +491,16 @@ fn on_host(bins: &Binaries) -> Result<Outcome> {
     Ok(outcome(
         format!("host {release}"),
         &log,
-        tcx,
         start.elapsed().as_secs_f64(),
     ))
 }
 
 /// Boots `k` under QEMU with an initramfs that runs the tests, and reads the console.
 fn in_guest(k: &Kernel, bins: &Binaries) -> Result<Outcome> {
-    let tcx = has_tcx(&k.version);
     println!("xtask: kernel matrix: {} under QEMU (TCG)", k.version);
     let start = Instant::now();
     let initrd = kernels_dir().join(format!("{}.cpio", k.package));
-    initramfs(k, bins, tcx, &initrd)?;
+    initramfs(k, bins, &initrd)?;
     let log_path = kernels_dir().join(format!("{}.log", k.package));
     let log_file = fs::File::create(&log_path)?;
     let mem = 1536 + fs::metadata(&initrd)?.len() / (1 << 20);
@@ -552,7 +539,7 @@ fn in_guest(k: &Kernel, bins: &Binaries) -> Result<Outcome> {
     }
     let _ = fs::remove_file(&initrd);
     let log = String::from_utf8_lossy(&fs::read(&log_path)?).into_owned();
-    let mut o = outcome(k.version.clone(), &log, tcx, start.elapsed().as_secs_f64());
+    let mut o = outcome(k.version.clone(), &log, start.elapsed().as_secs_f64());
     if timed_out {
         o.failed += 1;
         o.notes
@@ -639,7 +626,7 @@ fn libraries(exe: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// An initramfs (newc cpio) that loads the modules, runs the tests and powers off.
-fn initramfs(k: &Kernel, bins: &Binaries, tcx: bool, out: &Path) -> Result<()> {
+fn initramfs(k: &Kernel, bins: &Binaries, out: &Path) -> Result<()> {
     let mut c = Cpio::default();
     for d in [
         "bin",
@@ -735,7 +722,7 @@ fn initramfs(k: &Kernel, bins: &Binaries, tcx: bool, out: &Path) -> Result<()> {
         );
     }
     init.push_str("echo \"@@km kernel $(uname -r)\"\ncd /t\n");
-    init.push_str(&script(bins, tcx, GUEST_TIME_SCALE, &|p| guest(p)));
+    init.push_str(&script(bins, GUEST_TIME_SCALE, &|p| guest(p)));
     init.push_str("echo '@@km done'\nsync\npoweroff -f\n");
     c.file("init", init.as_bytes(), 0o755);
     let mut f = fs::File::create(out)?;
@@ -844,21 +831,16 @@ mod tests {
         let log = "@@km kernel 6.12.1\r\n@@km begin packet\r\ntest a ... ok\r\n\
                    test b ... FAILED\r\ntest result: FAILED. 1 passed; 1 failed; 0 ignored\r\n\
                    @@km end packet 101\r\n@@km begin smoke\r\n\
+                   agent attach mode: legacy\r\n\
                    test result: ok. 1 passed; 0 failed; 0 ignored; 7 filtered out\r\n\
                    @@km end smoke 0\r\n@@km done\r\n";
-        let o = outcome("6.12.1".into(), log, true, 1.0);
+        let o = outcome("6.12.1".into(), log, 1.0);
         assert_eq!((o.passed, o.failed, o.verifier), (1, 1, "ok"));
-        assert_eq!(o.smoke, "ok");
+        assert_eq!(o.smoke, "ok (agent attached: legacy)");
         assert_eq!(o.notes, ["packet: failed: b"]);
         assert!(!o.ok());
-        let o = outcome("6.1.0".into(), "@@km done\n", false, 1.0);
-        assert!(o.smoke.starts_with("not run") && o.smoke_ok);
-    }
-
-    #[test]
-    fn tcx_from_6_6() {
-        assert!(!has_tcx("6.1.0-57-cloud-amd64"));
-        assert!(has_tcx("6.12.117+deb12-cloud-amd64"));
-        assert!(has_tcx("6.18.44-fc-v1147"));
+        // The smoke test runs on every kernel: one that did not finish fails the kernel.
+        let o = outcome("6.1.0".into(), "@@km done\n", 1.0);
+        assert!(o.smoke.starts_with("did not finish") && !o.smoke_ok);
     }
 }

@@ -14,10 +14,28 @@ use aya::{
 use egress_common::{map_names, program_names};
 use thiserror::Error;
 
-use super::{Datapath, DatapathError, MapSizes};
+use super::{Datapath, DatapathError, MapSizes, TcMode};
 
 /// The eBPF object, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
+
+/// A test and debug knob: the agent loads the eBPF object from this file instead of the one
+/// embedded at build time (a test forces a load failure with it).
+pub const OBJECT_FILE_ENV: &str = "EGRESS_EBPF_OBJECT_FILE";
+
+/// The running kernel's release (`uname -r`), for log lines about what it lacks.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct we own.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates the field.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
 
 /// Default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/egress-gateway";
@@ -111,7 +129,15 @@ impl Datapath {
     /// Loads the object and its programs into the kernel, without attaching them. With a pin
     /// root, the maps are pinned there, and maps already pinned there are reused.
     pub fn load(sizes: &MapSizes, pin_root: Option<&Path>) -> Result<Datapath, DatapathError> {
-        if OBJECT.is_empty() {
+        let from_file = match std::env::var_os(OBJECT_FILE_ENV) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                Some(fs::read(&path).map_err(|source| DatapathError::ObjectFile { path, source })?)
+            }
+            None => None,
+        };
+        let object = from_file.as_deref().unwrap_or(OBJECT);
+        if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
         let maps_dir = match pin_root {
@@ -126,7 +152,7 @@ impl Datapath {
             }
             None => None,
         };
-        let mut ebpf = Self::loader(sizes, maps_dir.as_deref()).load(OBJECT)?;
+        let mut ebpf = Self::loader(sizes, maps_dir.as_deref()).load(object)?;
         for name in program_names::ALL {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -139,10 +165,31 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
+        // What the verifier does not check: the tunnel key's size is accepted at run time.
+        super::probe::tunnel_key().map_err(DatapathError::Kernel)?;
+        let probe = {
+            let name = program_names::ALL[0];
+            let prog: &SchedClassifier = ebpf
+                .program(name)
+                .ok_or(DatapathError::Program {
+                    name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            TcMode::detect(prog)
+        };
         Ok(Datapath {
             ebpf,
             pin_root: pin_root.map(Path::to_owned),
+            tc_mode: probe.mode,
+            tc_probe: probe.why,
         })
+    }
+
+    /// Why the attach mode was chosen (for the log).
+    pub fn tc_probe(&self) -> &str {
+        &self.tc_probe
     }
 
     /// A loaded program (for `BPF_PROG_TEST_RUN` in tests).

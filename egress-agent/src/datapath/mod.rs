@@ -8,11 +8,13 @@
 //! Pin layout under the pin root (default `/sys/fs/bpf/egress-gateway`):
 //! `maps/<MAP NAME>` for every map, `links/<program>@<interface>` for every TCX attachment.
 //! A restarted agent opens the pinned maps (state survives) and atomically replaces the
-//! program behind each pinned link, so traffic never stops.
+//! program behind each pinned link (TCX) or of each of its filters (legacy tc, below 6.6:
+//! see `attach`), so traffic never stops.
 
 mod attach;
 mod load;
 mod maps;
+mod probe;
 mod stats;
 
 use std::{io, path::PathBuf};
@@ -32,7 +34,14 @@ pub use egress_common::{
 use thiserror::Error;
 
 pub use self::{
-    load::{ensure_bpffs, open_pinned_map, OpenPinnedError, DEFAULT_PIN_ROOT},
+    attach::{
+        direction, legacy_handle, remove_all_legacy_filters, remove_legacy_filter, TcMode, TcProbe,
+        FORCE_LEGACY_ENV, LEGACY_PRIORITY,
+    },
+    load::{
+        ensure_bpffs, kernel_release, open_pinned_map, OpenPinnedError, DEFAULT_PIN_ROOT,
+        OBJECT_FILE_ENV,
+    },
     maps::Maps,
     stats::{read_drops, read_nat_stats, read_policy_stats, DropCounts, NatStats},
 };
@@ -43,6 +52,12 @@ pub enum DatapathError {
         "this agent was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild"
     )]
     NoObject,
+    #[error("reading the eBPF object {path} (EGRESS_EBPF_OBJECT_FILE): {source}")]
+    ObjectFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     #[error("program {name}: {source}")]
@@ -51,6 +66,16 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("attaching {program} to {ifname} with {mode}: {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        mode: TcMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("this kernel lacks what the programs need: {0}")]
+    Kernel(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -88,6 +113,10 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_root: Option<PathBuf>,
+    /// How programs are attached here (probed once, at load).
+    tc_mode: TcMode,
+    /// Why that mode (for the log).
+    tc_probe: String,
 }
 
 impl Datapath {

@@ -50,6 +50,9 @@ pub enum Reason {
     GatewayNotFound,
     InterfaceNotFound,
     TooManyPolicies,
+    /// `Ready=False`: this node's datapath could not be loaded or attached (a kernel without
+    /// a feature the programs need, a verifier rejection, a tc conflict).
+    DatapathUnavailable,
     /// `IPv6Ignored=True`.
     IPv6NotSupported,
     /// `EgressIPOnGateway=True`.
@@ -85,6 +88,7 @@ impl Reason {
             Reason::GatewayNotFound => "GatewayNotFound",
             Reason::InterfaceNotFound => "InterfaceNotFound",
             Reason::TooManyPolicies => "TooManyPolicies",
+            Reason::DatapathUnavailable => "DatapathUnavailable",
             Reason::IPv6NotSupported => "IPv6NotSupported",
             Reason::Assigned => "Assigned",
             Reason::CheckedOnGateway => "CheckedOnGateway",
