@@ -1,5 +1,6 @@
 //! Network devices through rtnetlink: the VXLAN tunnel device, interface lookups, and the
-//! host-side veth of each pod (found from the CNI's /32 route to the pod).
+//! host-side veth of each pod (found from the addresses behind each veth, and the CNI's /32
+//! routes).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,7 +11,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -289,9 +290,24 @@ pub struct Watched {
 
 pub type WatchedNeighbours = std::sync::Arc<std::sync::Mutex<Watched>>;
 
+/// After a link event, the receiver is woken again this long after it (the last of a burst):
+/// a CNI moves the pod's end of the veth into the pod's namespace and sets it up first, and
+/// gives it the pod's address afterwards (the bridge plugin runs IPAM in between), while
+/// addresses in a pod's namespace raise no event here. Kubernetes itself only reports the
+/// pod's IP after the CNI is done, so the pod update that brings it comes later anyway; the
+/// follow-ups cover the configuration file and a slow IPAM, and the periodic resync covers
+/// the rest. (Subscribing to every namespace's events, NETLINK_LISTEN_ALL_NSID, would let any
+/// pod with CAP_NET_ADMIN in its own namespace drive the reconciler by flapping addresses.)
+const LINK_FOLLOW_UPS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(150),
+    std::time::Duration::from_millis(600),
+    std::time::Duration::from_secs(3),
+];
+
 /// Wakes the receiver whenever a link, an IPv4 address or an IPv4 route changes (the CNI
-/// adding or removing a pod's veth and /32 route, an egress address moving), or a watched
-/// neighbour's MAC does.
+/// adding or removing a pod's veth, a /32 route, an egress address moving), again a little
+/// after each burst of link events (`LINK_FOLLOW_UPS`), or when a watched neighbour's MAC
+/// changes.
 pub fn watch_changes(
     watched: WatchedNeighbours,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetdevError> {
@@ -306,6 +322,32 @@ pub fn watch_changes(
         .bind(&rtnetlink::sys::SocketAddr::new(0, groups as u32))?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Link events restart the follow-up timer: the follow-ups run after the last of a burst.
+    let (links_tx, mut links_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let follow_tx = tx.clone();
+    tokio::spawn(async move {
+        while links_rx.recv().await.is_some() {
+            let mut i = 0;
+            let mut last = tokio::time::Instant::now();
+            while let Some(delay) = LINK_FOLLOW_UPS.get(i) {
+                tokio::select! {
+                    more = links_rx.recv() => {
+                        if more.is_none() {
+                            return;
+                        }
+                        i = 0;
+                        last = tokio::time::Instant::now();
+                    }
+                    _ = tokio::time::sleep_until(last + *delay) => {
+                        if follow_tx.send(()).is_err() {
+                            return;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    });
     tokio::spawn(async move {
         use futures::StreamExt;
         while let Some((msg, _)) = messages.next().await {
@@ -320,6 +362,12 @@ pub fn watch_changes(
                 NetlinkPayload::InnerMessage(
                     RouteNetlinkMessage::DelNeighbour(_) | RouteNetlinkMessage::GetNeighbour(_),
                 ) => false,
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+                ) => {
+                    let _ = links_tx.send(());
+                    true
+                }
                 _ => true,
             };
             if wake && tx.send(()).is_err() {
@@ -392,10 +440,9 @@ pub async fn default_route_interface(handle: &Handle) -> Result<Option<String>, 
     Ok(best.and_then(|(_, i)| names.get(&i).cloned()))
 }
 
-/// Pod address -> (ifindex, name) of the interface its /32 route points at (Calico, Cilium
-/// and the ptp plugin install such routes to the pod's host-side veth).
-pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, String)>, NetdevError> {
-    let names = link_names(handle).await?;
+/// Pod address -> ifindex of the interface its /32 route points at (Calico, Cilium's
+/// host-routing mode and the ptp plugin install such routes to the pod's host-side veth).
+async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, u32>, NetdevError> {
     let mut out = HashMap::new();
     let mut routes = handle
         .route()
@@ -415,10 +462,219 @@ pub async fn pod_routes(handle: &Handle) -> Result<HashMap<Ipv4Addr, (u32, Strin
             }
         }
         if let (Some(ip), Some(i)) = (dst, oif) {
-            if let Some(n) = names.get(&i) {
-                out.insert(ip, (i, n.clone()));
+            out.insert(ip, i);
+        }
+    }
+    Ok(out)
+}
+
+/// What discovery needs to know of one interface of this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub name: String,
+    /// A veth (or netkit) device: one end of a pair, the other end is `peer`.
+    pub paired: bool,
+    /// A bridge device.
+    pub bridge: bool,
+    /// The other end of a pair in another namespace: (that namespace's id as this namespace
+    /// knows it, the peer's ifindex there).
+    pub peer: Option<(i32, u32)>,
+    /// ifindex of the device this one is enslaved to (a bridge port's bridge).
+    pub master: Option<u32>,
+}
+
+fn link_facts(msg: &LinkMessage) -> LinkFacts {
+    let mut f = LinkFacts::default();
+    let mut nsid = None;
+    let mut link = None;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => f.name = n.clone(),
+            LinkAttribute::LinkNetNsId(id) => nsid = Some(*id),
+            LinkAttribute::Link(l) => link = Some(*l),
+            LinkAttribute::Controller(m) => f.master = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(InfoKind::Veth) => f.paired = true,
+                        LinkInfo::Kind(InfoKind::Other(k)) if k == "netkit" => f.paired = true,
+                        LinkInfo::Kind(InfoKind::Bridge) => f.bridge = true,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if f.paired {
+        f.peer = nsid.zip(link);
+    }
+    f
+}
+
+/// A pod's host-side interface, as discovery found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLink {
+    pub ifindex: u32,
+    pub name: String,
+    /// The bridge the interface is a port of (flannel's, k3s's `cni0`): packets for the pod
+    /// are delivered through it (see `Endpoint::deliver_ifindex`).
+    pub bridge: Option<u32>,
+}
+
+/// Local pods' host interfaces by pod address, and the addresses found behind more than one
+/// interface with nothing to tell which is right (no /32 route to one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodLinks {
+    pub by_ip: HashMap<Ipv4Addr, PodLink>,
+    /// Address -> the interfaces it was found behind (names, sorted).
+    pub ambiguous: BTreeMap<Ipv4Addr, Vec<String>>,
+}
+
+/// Decides which host interface each pod address belongs to, from the addresses found on
+/// the far end of each veth (`behind`: address -> host-side ifindexes), the /32 routes
+/// (`routes`: address -> ifindex) and the node's interfaces (`links`):
+///
+/// - A /32 route to a veth decides (routed CNIs: Calico, Cilium's host routing, ptp). The
+///   host's routing table is the CNI's, while a pod with CAP_NET_ADMIN in its own namespace
+///   can put any address on its interface: a pod claiming a neighbour's address must not
+///   take its endpoint (it could then send as that pod, and get its replies).
+/// - Else the one veth whose far end holds the address (bridge CNIs, routed CNIs without
+///   per-pod routes).
+/// - Else, when no veth holds it, a /32 route to any interface (no veth peer to look at: an
+///   older kernel without cross-namespace address dumps, a pod interface that is not a veth):
+///   what the agent did before it looked behind veths.
+/// - Two or more veths and no route: ambiguous, no endpoint at all (reported). Every veth
+///   still carrying only its own pod's addresses keeps working, and a packet with the
+///   disputed source is dropped as spoofed on whichever veth it arrives.
+pub fn resolve_pod_links(
+    behind: &HashMap<Ipv4Addr, Vec<u32>>,
+    routes: &HashMap<Ipv4Addr, u32>,
+    links: &HashMap<u32, LinkFacts>,
+) -> PodLinks {
+    let mut out = PodLinks::default();
+    let link = |i: u32| {
+        let f = links.get(&i)?;
+        let bridge = f.master.filter(|m| links.get(m).is_some_and(|b| b.bridge));
+        Some(PodLink {
+            ifindex: i,
+            name: f.name.clone(),
+            bridge,
+        })
+    };
+    let ips: std::collections::BTreeSet<Ipv4Addr> =
+        behind.keys().chain(routes.keys()).copied().collect();
+    for ip in ips {
+        let mut holders = behind.get(&ip).cloned().unwrap_or_default();
+        holders.sort_unstable();
+        holders.dedup();
+        let route = routes.get(&ip).copied();
+        let route_to_veth = route.filter(|r| links.get(r).is_some_and(|f| f.paired));
+        let chosen = match (route_to_veth, holders.as_slice()) {
+            (Some(r), _) => Some(r),
+            (None, [one]) => Some(*one),
+            (None, []) => route,
+            (None, many) => {
+                let mut names: Vec<String> = many
+                    .iter()
+                    .map(|i| {
+                        links
+                            .get(i)
+                            .map_or_else(|| format!("#{i}"), |f| f.name.clone())
+                    })
+                    .collect();
+                names.sort();
+                out.ambiguous.insert(ip, names);
+                None
+            }
+        };
+        if let Some(l) = chosen.and_then(link) {
+            out.by_ip.insert(ip, l);
+        }
+    }
+    out
+}
+
+/// `IFA_TARGET_NETNSID` (linux/if_addr.h): an address dump of another namespace, by the id
+/// this namespace has for it (Linux 4.20 and later; needs `NETLINK_GET_STRICT_CHK`).
+const IFA_TARGET_NETNSID: u16 = 10;
+
+/// The IPv4 addresses on interface `ifindex` of the namespace this one knows as `nsid`.
+async fn addresses_in(
+    handle: &Handle,
+    nsid: i32,
+    ifindex: u32,
+) -> Result<Vec<Ipv4Addr>, NetdevError> {
+    let mut req = handle.address().get();
+    let m = req.message_mut();
+    m.header.family = netlink_packet_route::AddressFamily::Inet;
+    // With strict checking the kernel filters the dump by this index itself.
+    m.header.index = ifindex;
+    m.attributes.push(AddressAttribute::Other(
+        netlink_packet_utils::nla::DefaultNla::new(IFA_TARGET_NETNSID, nsid.to_ne_bytes().into()),
+    ));
+    let mut out = Vec::new();
+    let mut addrs = req.execute();
+    while let Some(a) = addrs.try_next().await? {
+        if a.header.index != ifindex {
+            continue;
+        }
+        for x in &a.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip)) = x {
+                out.push(*ip);
             }
         }
     }
     Ok(out)
+}
+
+/// Every local pod's host interface by pod address (see `resolve_pod_links`).
+///
+/// Every veth CNI has a veth (or netkit) pair per pod: the host end, and the pod's `eth0` in
+/// the pod's namespace holding its addresses. The host end names the pod's namespace (its
+/// id, `IFLA_LINK_NETNSID`) and the far end's ifindex there (`IFLA_LINK`); an address dump
+/// with `IFA_TARGET_NETNSID` reads that interface's addresses without entering the
+/// namespace. This finds the pods of bridge CNIs (flannel, k3s: ports of `cni0`, no per-pod
+/// route) as well as routed ones (`cali*`, `lxc*`), with or without a /32 route. The
+/// bridge's neighbour and FDB tables would only know pods that have talked lately, and a pod
+/// could answer ARP for a neighbour's address; the veth's far end is there from the start.
+pub async fn pod_links(handle: &Handle) -> Result<PodLinks, NetdevError> {
+    let mut links = HashMap::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(l) = dump.try_next().await? {
+        links.insert(l.header.index, link_facts(&l));
+    }
+    let mut behind: HashMap<Ipv4Addr, Vec<u32>> = HashMap::new();
+    let peers: Vec<(u32, (i32, u32))> = links
+        .iter()
+        .filter_map(|(i, f)| Some((*i, f.peer?)))
+        .collect();
+    if !peers.is_empty() {
+        use rtnetlink::sys::AsyncSocket;
+        // Strict checking applies to every request on a socket: a connection of its own.
+        let (mut conn, strict, _) = rtnetlink::new_connection()?;
+        conn.socket_mut()
+            .socket_mut()
+            .set_netlink_get_strict_chk(true)?;
+        let task = tokio::spawn(conn);
+        for (host_if, (nsid, peer_if)) in peers {
+            match addresses_in(&strict, nsid, peer_if).await {
+                Ok(ips) => {
+                    for ip in ips {
+                        behind.entry(ip).or_default().push(host_if);
+                    }
+                }
+                // The pod's namespace went away meanwhile, or the kernel cannot dump another
+                // namespace's addresses (before 4.20): the /32 routes still count.
+                Err(e) => tracing::debug!(
+                    interface = links.get(&host_if).map_or("?", |f| f.name.as_str()),
+                    "addresses behind the veth: {e}"
+                ),
+            }
+        }
+        drop(strict);
+        task.abort();
+    }
+    let routes = pod_routes(handle).await?;
+    Ok(resolve_pod_links(&behind, &routes, &links))
 }

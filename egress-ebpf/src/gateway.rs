@@ -64,7 +64,7 @@ pub fn deliver(
         let Some(ep) = EGW_ENDPOINTS4.lookup_copy(e.addr) else {
             return Err(DropReason::UnknownTunnelEndpoint);
         };
-        return redirect_neigh(ep.ifindex);
+        return redirect_neigh(ep.delivery_ifindex());
     }
     if clamp {
         tcp::clamp_mss(ctx, p, (cfg.tunnel_mtu - TCPIP_HLEN) as u16)?;
