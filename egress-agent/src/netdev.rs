@@ -29,6 +29,11 @@ pub enum NetdevError {
     Io(#[from] std::io::Error),
     #[error("{0} exists but is not a collect_md VXLAN device; remove it or pick another name")]
     NotOurDevice(String),
+    #[error(
+        "the tunnel port {port}/udp is in use by {holder}: set tunnel.port to a free port (the \
+         same on every node), or free it"
+    )]
+    PortInUse { port: u16, holder: String },
 }
 
 /// A netlink handle with its connection driven on the tokio runtime.
@@ -105,6 +110,14 @@ fn vxlan_facts(msg: &LinkMessage) -> (bool, Option<u16>, Option<Ipv4Addr>, Optio
 /// disabled on it), sets it up and returns its ifindex. A device of that name with other
 /// settings (an older agent's, or a changed underlay) is replaced.
 pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<u32, NetdevError> {
+    // Another VXLAN device on the port (a CNI's overlay) would take our tunnel packets or
+    // keep ours from opening its socket: checked on every pass, it is one link dump.
+    if let Some(holder) = vxlan_port_holder(handle, spec.port, &spec.name).await? {
+        return Err(NetdevError::PortInUse {
+            port: spec.port,
+            holder,
+        });
+    }
     if let Some(l) = link_by_name(handle, &spec.name).await? {
         let (md, port, local, link) = vxlan_facts(&l);
         if !md {
@@ -113,10 +126,13 @@ pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<u32, Netd
         let idx = l.header.index;
         if port == Some(spec.port) && local == Some(spec.local) && link == Some(spec.link) {
             if l.header.flags.contains(LinkFlags::Up) {
+                // Up: the kernel socket on the port is this device's own (a restart of the
+                // agent finds it so).
                 // Setting it up again would emit a link event, and link events wake the
                 // reconciler.
                 return Ok(idx);
             }
+            check_no_socket_on(spec.port)?;
             ipv4_only(&spec.name);
             handle
                 .link()
@@ -132,6 +148,9 @@ pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<u32, Netd
         );
         handle.link().del(idx).execute().await?;
     }
+    // The kernel opens the device's socket only when it goes up, and fails then with a bare
+    // EADDRINUSE: look first, and name the holder.
+    check_no_socket_on(spec.port)?;
     let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
         .port(spec.port)
         .collect_metadata(true)
@@ -151,6 +170,114 @@ pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<u32, Netd
         .execute()
         .await?;
     Ok(idx)
+}
+
+/// The VXLAN devices of this namespace other than `own` whose port is `port`, as text for the
+/// error ("VXLAN device flannel.1"), if any.
+async fn vxlan_port_holder(
+    handle: &Handle,
+    port: u16,
+    own: &str,
+) -> Result<Option<String>, NetdevError> {
+    let mut devices = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(l) = links.try_next().await? {
+        let (_, p, _, _) = vxlan_facts(&l);
+        if let Some(p) = p {
+            devices.push((name_of(&l).unwrap_or("?").to_owned(), p));
+        }
+    }
+    Ok(vxlan_devices_on(&devices, port, own))
+}
+
+/// Of `devices` (name, VXLAN port), the ones other than `own` on `port`, as text.
+fn vxlan_devices_on(devices: &[(String, u16)], port: u16, own: &str) -> Option<String> {
+    let mut names: Vec<&str> = devices
+        .iter()
+        .filter(|(n, p)| *p == port && n != own)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    names.sort_unstable();
+    match names.as_slice() {
+        [] => None,
+        [one] => Some(format!("VXLAN device {one}")),
+        many => Some(format!("VXLAN devices {}", many.join(", "))),
+    }
+}
+
+/// Fails with `PortInUse` when a UDP socket of this namespace is bound to `port` (IPv4, or
+/// IPv6 which also takes the IPv4 port unless V6ONLY), naming its process when one of the
+/// processes this agent sees holds it. Call it only when our own device is not up on the port:
+/// its socket is a kernel socket on the port too.
+fn check_no_socket_on(port: u16) -> Result<(), NetdevError> {
+    let mut inodes = Vec::new();
+    for (table, v6) in [("/proc/net/udp", false), ("/proc/net/udp6", true)] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            inodes.extend(udp_inodes_on(&text, port, v6));
+        }
+    }
+    let Some(inode) = inodes.iter().copied().max() else {
+        return Ok(());
+    };
+    let holder = if inode == 0 {
+        // Sockets the kernel opened for itself have no inode.
+        "a kernel socket (a tunnel device of another kind: Geneve, FOU, WireGuard)".to_owned()
+    } else {
+        match socket_owner(inode) {
+            Some((pid, comm)) => format!("process {pid} ({comm})"),
+            None => format!(
+                "a socket (inode {inode}) of a process this agent cannot see (look with \
+                 `ss -uapn 'sport = :{port}'` on the node)"
+            ),
+        }
+    };
+    Err(NetdevError::PortInUse { port, holder })
+}
+
+/// The inodes of the sockets in a `/proc/net/udp` (or, `v6`, `udp6`) table bound to local
+/// `port` (0: a kernel socket). Of IPv6 sockets only those on `::` count: one on a given IPv6
+/// address does not take the IPv4 port.
+fn udp_inodes_on(table: &str, port: u16, v6: bool) -> Vec<u64> {
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+        // inode ...
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(local) = f.get(1) else { continue };
+        let Some((addr, hex_port)) = local.rsplit_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(hex_port, 16) != Ok(port) {
+            continue;
+        }
+        if v6 && addr.bytes().any(|b| b != b'0') {
+            continue;
+        }
+        if let Some(inode) = f.get(9).and_then(|i| i.parse().ok()) {
+            out.push(inode);
+        }
+    }
+    out
+}
+
+/// The process holding socket `inode` (pid, command name), from `/proc/*/fd`.
+fn socket_owner(inode: u64) -> Option<(u32, String)> {
+    let want = format!("socket:[{inode}]");
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str()) {
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                return Some((pid, comm.trim().to_owned()));
+            }
+        }
+    }
+    None
 }
 
 /// Keeps IPv6 off a device before it goes up: no link-local address (`addrgenmode none`), no
@@ -523,17 +650,18 @@ pub struct PodLink {
 }
 
 /// Local pods' host interfaces by pod address, and the addresses found behind more than one
-/// interface with nothing to tell which is right (no /32 route to one of them).
+/// veth with no /32 route to tell which is right.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodLinks {
     pub by_ip: HashMap<Ipv4Addr, PodLink>,
-    /// Address -> the interfaces it was found behind (names, sorted).
-    pub ambiguous: BTreeMap<Ipv4Addr, Vec<String>>,
+    /// Address -> the veths it was found behind (names, sorted).
+    pub contested: BTreeMap<Ipv4Addr, Vec<String>>,
 }
 
 /// Decides which host interface each pod address belongs to, from the addresses found on
 /// the far end of each veth (`behind`: address -> host-side ifindexes), the /32 routes
-/// (`routes`: address -> ifindex) and the node's interfaces (`links`):
+/// (`routes`: address -> ifindex), the node's interfaces (`links`) and the interface each
+/// address had until now (`previous`, the endpoints map: address -> ifindex):
 ///
 /// - A /32 route to a veth decides (routed CNIs: Calico, Cilium's host routing, ptp). The
 ///   host's routing table is the CNI's, while a pod with CAP_NET_ADMIN in its own namespace
@@ -544,13 +672,15 @@ pub struct PodLinks {
 /// - Else, when no veth holds it, a /32 route to any interface (no veth peer to look at: an
 ///   older kernel without cross-namespace address dumps, a pod interface that is not a veth):
 ///   what the agent did before it looked behind veths.
-/// - Two or more veths and no route: ambiguous, no endpoint at all (reported). Every veth
-///   still carrying only its own pod's addresses keeps working, and a packet with the
-///   disputed source is dropped as spoofed on whichever veth it arrives.
+/// - Two or more veths and no route: the address is contested (reported). The veth that had
+///   it keeps it (the pod that was there first: a claimant never takes it over); if none had
+///   it, no endpoint at all, and a packet with that source is dropped as spoofed on whichever
+///   veth it arrives.
 pub fn resolve_pod_links(
     behind: &HashMap<Ipv4Addr, Vec<u32>>,
     routes: &HashMap<Ipv4Addr, u32>,
     links: &HashMap<u32, LinkFacts>,
+    previous: &HashMap<Ipv4Addr, u32>,
 ) -> PodLinks {
     let mut out = PodLinks::default();
     let link = |i: u32| {
@@ -584,8 +714,8 @@ pub fn resolve_pod_links(
                     })
                     .collect();
                 names.sort();
-                out.ambiguous.insert(ip, names);
-                None
+                out.contested.insert(ip, names);
+                previous.get(&ip).copied().filter(|p| many.contains(p))
             }
         };
         if let Some(l) = chosen.and_then(link) {
@@ -628,7 +758,8 @@ async fn addresses_in(
     Ok(out)
 }
 
-/// Every local pod's host interface by pod address (see `resolve_pod_links`).
+/// Every local pod's host interface by pod address (see `resolve_pod_links`; `previous`: the
+/// interface each address had until now).
 ///
 /// Every veth CNI has a veth (or netkit) pair per pod: the host end, and the pod's `eth0` in
 /// the pod's namespace holding its addresses. The host end names the pod's namespace (its
@@ -638,7 +769,10 @@ async fn addresses_in(
 /// route) as well as routed ones (`cali*`, `lxc*`), with or without a /32 route. The
 /// bridge's neighbour and FDB tables would only know pods that have talked lately, and a pod
 /// could answer ARP for a neighbour's address; the veth's far end is there from the start.
-pub async fn pod_links(handle: &Handle) -> Result<PodLinks, NetdevError> {
+pub async fn pod_links(
+    handle: &Handle,
+    previous: &HashMap<Ipv4Addr, u32>,
+) -> Result<PodLinks, NetdevError> {
     let mut links = HashMap::new();
     let mut dump = handle.link().get().execute();
     while let Some(l) = dump.try_next().await? {
@@ -676,5 +810,187 @@ pub async fn pod_links(handle: &Handle) -> Result<PodLinks, NetdevError> {
         task.abort();
     }
     let routes = pod_routes(handle).await?;
-    Ok(resolve_pod_links(&behind, &routes, &links))
+    Ok(resolve_pod_links(&behind, &routes, &links, previous))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn veth(name: &str, master: Option<u32>) -> LinkFacts {
+        LinkFacts {
+            name: name.into(),
+            paired: true,
+            peer: Some((1, 2)),
+            master,
+            ..LinkFacts::default()
+        }
+    }
+
+    fn links() -> HashMap<u32, LinkFacts> {
+        [
+            (
+                2,
+                LinkFacts {
+                    name: "eth0".into(),
+                    ..LinkFacts::default()
+                },
+            ),
+            (
+                3,
+                LinkFacts {
+                    name: "cni0".into(),
+                    bridge: true,
+                    ..LinkFacts::default()
+                },
+            ),
+            (10, veth("lxc1", None)),
+            (11, veth("lxc2", None)),
+            (20, veth("veth1", Some(3))),
+            (21, veth("veth2", Some(3))),
+        ]
+        .into()
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, last)
+    }
+
+    fn found(p: &PodLinks, last: u8) -> Option<(u32, Option<u32>)> {
+        p.by_ip.get(&ip(last)).map(|l| (l.ifindex, l.bridge))
+    }
+
+    #[test]
+    fn a_pod_is_found_behind_its_veth_on_bridges_and_routed_veths() {
+        let behind = [(ip(2), vec![10]), (ip(3), vec![20]), (ip(4), vec![11])].into();
+        // lxc1 has its /32 route, lxc2 none (Cilium without per-pod routes), veth1 is a port
+        // of cni0 (flannel).
+        let routes = [(ip(2), 10)].into();
+        let p = resolve_pod_links(&behind, &routes, &links(), &HashMap::new());
+        assert_eq!(found(&p, 2), Some((10, None)));
+        assert_eq!(found(&p, 3), Some((20, Some(3))), "delivered through cni0");
+        assert_eq!(found(&p, 4), Some((11, None)));
+        assert_eq!(p.by_ip[&ip(3)].name, "veth1");
+        assert!(p.contested.is_empty());
+    }
+
+    #[test]
+    fn a_route_to_a_veth_decides_over_a_pod_claiming_the_address() {
+        // lxc2's pod put lxc1's pod's address on its own interface too.
+        let behind = [(ip(2), vec![10, 11])].into();
+        let routes = [(ip(2), 10)].into();
+        let p = resolve_pod_links(&behind, &routes, &links(), &HashMap::new());
+        assert_eq!(found(&p, 2), Some((10, None)));
+        // Control: the route to the claimant's veth gives it the address.
+        let routes = [(ip(2), 11)].into();
+        let p = resolve_pod_links(&behind, &routes, &links(), &HashMap::new());
+        assert_eq!(found(&p, 2), Some((11, None)));
+    }
+
+    #[test]
+    fn an_address_behind_two_bridge_ports_stays_with_the_one_that_had_it() {
+        // veth2's pod claims veth1's pod's address (10.244.1.2) besides its own (.3).
+        let behind = [(ip(2), vec![21, 20]), (ip(3), vec![21])].into();
+        let none = HashMap::new();
+        let contested = [(ip(2), vec!["veth1".to_owned(), "veth2".to_owned()])].into();
+        let p = resolve_pod_links(&behind, &none, &links(), &[(ip(2), 20)].into());
+        assert_eq!(
+            found(&p, 2),
+            Some((20, Some(3))),
+            "the first holder keeps it"
+        );
+        assert_eq!(p.contested, contested);
+        // Control: the claimant keeps its own address.
+        assert_eq!(found(&p, 3), Some((21, Some(3))));
+        // Nobody had it before: nobody gets it.
+        let p = resolve_pod_links(&behind, &none, &links(), &none);
+        assert_eq!(found(&p, 2), None);
+        assert_eq!(p.contested, contested);
+        // What it had before counts only among the veths it is behind now.
+        let p = resolve_pod_links(&behind, &none, &links(), &[(ip(2), 10)].into());
+        assert_eq!(found(&p, 2), None);
+        // The same veth listed twice (two addresses of one pod's) is no contest.
+        let behind = [(ip(2), vec![20, 20])].into();
+        let p = resolve_pod_links(&behind, &none, &links(), &none);
+        assert_eq!(found(&p, 2), Some((20, Some(3))));
+        assert!(p.contested.is_empty());
+    }
+
+    #[test]
+    fn without_a_veth_peer_the_route_alone_counts() {
+        // A /32 route to an interface that is no veth (no far end to look at), and one to a
+        // veth whose far end shows no address (an old kernel): both as before.
+        let routes = [(ip(2), 2), (ip(3), 10)].into();
+        let p = resolve_pod_links(&HashMap::new(), &routes, &links(), &HashMap::new());
+        assert_eq!(found(&p, 2), Some((2, None)));
+        assert_eq!(found(&p, 3), Some((10, None)));
+        // A route to an interface that does not exist (any more) finds nothing.
+        let routes = [(ip(4), 99)].into();
+        assert!(
+            resolve_pod_links(&HashMap::new(), &routes, &links(), &HashMap::new())
+                .by_ip
+                .is_empty()
+        );
+        // A route to a non-veth loses to the veth the address is behind.
+        let behind = [(ip(2), vec![20])].into();
+        let routes = [(ip(2), 3)].into();
+        let p = resolve_pod_links(&behind, &routes, &links(), &HashMap::new());
+        assert_eq!(found(&p, 2), Some((20, Some(3))));
+    }
+
+    #[test]
+    fn other_vxlan_devices_on_the_port_are_named_and_our_own_is_not() {
+        let devices = [
+            ("egw0".to_owned(), 4788),
+            ("flannel.1".to_owned(), 8472),
+            ("vxlan.calico".to_owned(), 4789),
+        ];
+        assert_eq!(vxlan_devices_on(&devices, 4788, "egw0"), None);
+        assert_eq!(
+            vxlan_devices_on(&devices, 8472, "egw0").as_deref(),
+            Some("VXLAN device flannel.1")
+        );
+        let e = NetdevError::PortInUse {
+            port: 8472,
+            holder: vxlan_devices_on(&devices, 8472, "egw0").unwrap_or_default(),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("the tunnel port 8472/udp is in use by VXLAN device flannel.1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn udp_sockets_on_the_port_are_read_from_the_proc_tables() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                  \x20 12: 00000000:12B5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2 0000000000000000 0\n\
+                  \x20 13: 0100007F:2118 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 4242 2 0000000000000000 0\n";
+        assert_eq!(udp_inodes_on(v4, 4789, false), [0], "a kernel socket");
+        assert_eq!(udp_inodes_on(v4, 8472, false), [4242]);
+        assert!(udp_inodes_on(v4, 4788, false).is_empty());
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                  \x20  1: 00000000000000000000000000000000:12B4 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0\n\
+                  \x20  2: 000080FE00000000FF0000000100000A:12B4 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 78 2 0000000000000000 0\n";
+        assert_eq!(
+            udp_inodes_on(v6, 4788, true),
+            [77],
+            "only [::] takes the IPv4 port"
+        );
+    }
+
+    #[test]
+    fn a_socket_on_the_port_is_an_error_naming_its_process() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = s.local_addr().expect("addr").port();
+        let e = check_no_socket_on(port).expect_err("the port is taken");
+        let me = std::process::id();
+        assert!(
+            e.to_string().contains(&format!("in use by process {me} (")),
+            "{e}"
+        );
+        drop(s);
+        // Control: free again.
+        check_no_socket_on(port).expect("free");
+    }
 }

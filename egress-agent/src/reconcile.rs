@@ -163,6 +163,9 @@ pub struct Reconciler {
     /// Whether the tunnel is protected on this node's underlay, as of the last pass.
     tunnel_protected: Option<bool>,
     warnings: Vec<String>,
+    /// Local pod addresses found behind more than one veth, as of the last pass (warned
+    /// about once).
+    contested: BTreeMap<Ipv4Addr, Vec<String>>,
     status: BTreeMap<String, PolicyStatus>,
 }
 
@@ -194,6 +197,7 @@ impl Reconciler {
             neighbours: Default::default(),
             tunnel_protected: None,
             warnings: Vec::new(),
+            contested: BTreeMap::new(),
             status: BTreeMap::new(),
         }
     }
@@ -263,16 +267,31 @@ impl Reconciler {
         };
         self.tunnel_protected = d.tunnel.as_ref().map(|p| p.protected);
         let mut changes = self.sync_devices(cfg, &d, node_ip, &underlay).await?;
-        let found = netdev::pod_links(&self.handle).await?;
-        for (ip, names) in &found.ambiguous {
-            if d.pods.iter().any(|p| p.ip == *ip) {
+        let previous = self
+            .dp
+            .maps()
+            .endpoints()?
+            .into_iter()
+            .map(|(ip, ep)| (ip4_from(ip), ep.ifindex))
+            .collect();
+        let found = netdev::pod_links(&self.handle, &previous).await?;
+        let contested: BTreeMap<Ipv4Addr, Vec<String>> = found
+            .contested
+            .into_iter()
+            .filter(|(ip, _)| d.pods.iter().any(|p| p.ip == *ip))
+            .collect();
+        if contested != self.contested {
+            for (ip, names) in &contested {
+                let owner = found.by_ip.get(ip).map_or("none", |l| l.name.as_str());
                 warn!(
                     pod = %ip,
-                    interfaces = %names.join(", "),
-                    "the pod's address is behind more than one veth and no /32 route says \
-                     which is the pod's: not programmed"
+                    veths = %names.join(", "),
+                    owner,
+                    "a pod's address is behind more than one veth, and no /32 route says whose \
+                     it is: it stays with the veth that had it (none: not programmed)"
                 );
             }
+            self.contested = contested;
         }
         let (endpoints, links) = local_endpoints(&d.pods, &found.by_ip);
         changes += self.sync_attachments(&links)?;

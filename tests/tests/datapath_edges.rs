@@ -23,7 +23,7 @@ use egress_tests::{
 };
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const VXLAN_PORT: u16 = 4789;
+const VXLAN_PORT: u16 = egress_common::config::VXLAN_PORT;
 
 /// Writes the agents' configuration (see `ConfigSpec`): the `selected` pods are the mail
 /// policy's; `extra` goes at the top level (nat timeouts, map sizes).
