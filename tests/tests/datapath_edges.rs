@@ -261,11 +261,11 @@ fn send_df(ns: &str, to: SocketAddrV4, len: usize) -> UdpSocket {
 /// fragmentation-needed (MTU 1450); one that fits the tunnel but not the internet link is
 /// answered by the router, and that error is reverse-translated to the pod (MTU 1400). A
 /// 5 MB upload over that path arrives intact, from a worker pod and from a gateway pod.
-#[test]
-fn path_mtu_discovery_through_the_tunnel_and_past_a_smaller_internet_link() {
+fn path_mtu_discovery_on(cni: Cni) {
     require_root();
     let lab = Lab::up(&LabSpec {
         internet_mtu: 1400,
+        cni,
         ..LabSpec::default()
     })
     .expect("lab up");
@@ -320,6 +320,16 @@ fn path_mtu_discovery_through_the_tunnel_and_past_a_smaller_internet_link() {
             "{name} learnt the PMTU"
         );
     }
+}
+
+#[test]
+fn path_mtu_discovery_through_the_tunnel_and_past_a_smaller_internet_link() {
+    path_mtu_discovery_on(Cni::Routed);
+}
+
+#[test]
+fn path_mtu_discovery_through_the_tunnel_and_past_a_smaller_internet_link_bridge() {
+    path_mtu_discovery_on(Cni::Bridge);
 }
 
 /// A VXLAN datagram as a node would send it: VNI `vni`, an inner Ethernet frame to `dst_mac`
@@ -756,10 +766,13 @@ fn ping_ttl(ns: &str, ttl: u8) -> Option<Ipv4Addr> {
 /// Every hop the programs route takes one off the TTL and answers time-exceeded when it
 /// runs out, as the kernel would: traceroute from a selected pod shows its node, the gateway
 /// (answering through the tunnel), the isp (its error reverse-translated), then the host.
-#[test]
-fn ttl_expires_hop_by_hop_like_a_routed_path() {
+fn ttl_expires_hop_by_hop_like_a_routed_path_on(cni: Cni) {
     require_root();
-    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let lab = Lab::up(&LabSpec {
+        cni,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
     let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], "");
     let agents = start_agents(&lab, &cfg);
     let worker1 = lab.node("worker1").underlay_ip;
@@ -774,6 +787,16 @@ fn ttl_expires_hop_by_hop_like_a_routed_path() {
     }
     assert_eq!(drops(&agents["worker1"], "ttl_exceeded"), 1);
     assert_eq!(drops(&agents["gateway"], "ttl_exceeded"), 2);
+}
+
+#[test]
+fn ttl_expires_hop_by_hop_like_a_routed_path() {
+    ttl_expires_hop_by_hop_like_a_routed_path_on(Cni::Routed);
+}
+
+#[test]
+fn ttl_expires_hop_by_hop_like_a_routed_path_bridge() {
+    ttl_expires_hop_by_hop_like_a_routed_path_on(Cni::Bridge);
 }
 
 /// Point 3: a selected pod's traffic to the cluster (another pod) and to an excluded CIDR
@@ -835,10 +858,13 @@ fn cluster_and_excluded_destinations_keep_the_normal_path() {
 /// first carries the ports. Every fragment reaches the pod, through the tunnel and on the
 /// gateway itself, and the pod reassembles the datagram. The same for a datagram the pod
 /// sends in fragments: it leaves with the egress IP and arrives whole.
-#[test]
-fn fragmented_datagrams_get_through_both_ways() {
+fn fragmented_datagrams_get_through_both_ways_on(cni: Cni) {
     require_root();
-    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let lab = Lab::up(&LabSpec {
+        cni,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
     let cfg = write_config(&lab, &["pod-worker1-0", "pod-gateway-0"], "");
     let agents = start_agents(&lab, &cfg);
     let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
@@ -885,4 +911,14 @@ fn fragmented_datagrams_get_through_both_ways() {
         assert!(got == big, "{name}: datagram intact");
     }
     assert_eq!(drops(&agents["gateway"], "fragment"), 0);
+}
+
+#[test]
+fn fragmented_datagrams_get_through_both_ways() {
+    fragmented_datagrams_get_through_both_ways_on(Cni::Routed);
+}
+
+#[test]
+fn fragmented_datagrams_get_through_both_ways_bridge() {
+    fragmented_datagrams_get_through_both_ways_on(Cni::Bridge);
 }
