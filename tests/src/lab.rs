@@ -772,6 +772,7 @@ impl Lab {
             "internet": { "ns": self.internet.ns, "ip": self.internet.ip },
             "lan": self.lan,
             "extra_egress_ip": self.spec.extra_egress_ip.then_some(EXTRA_EGRESS_IP),
+            "cni": match self.spec.cni { Cni::Routed => "routed", Cni::Bridge => "bridge" },
             "nodes": self.nodes.iter().map(|n| serde_json::json!({
                 "name": n.name, "ns": n.ns, "underlay_ip": n.underlay_ip,
                 "external_ip": n.external_ip, "uplink": n.uplink,
@@ -826,6 +827,15 @@ impl Lab {
                 n.pod_cidr()
             );
         }
+        let _ = writeln!(
+            s,
+            "  {:<10} {}",
+            "pods",
+            match self.spec.cni {
+                Cni::Routed => "routed veths lxcN (proxy ARP, a /32 route each), as Calico, Cilium",
+                Cni::Bridge => "veths vethN on the bridge cni0 (10.244.N.1/24), as flannel, k3s",
+            }
+        );
         if self.spec.extra_egress_ip {
             let _ = writeln!(
                 s,
