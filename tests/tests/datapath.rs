@@ -211,10 +211,13 @@ fn relabelling_a_pod_in_the_config_moves_it_onto_the_gateway_and_off_again() {
 
 const MB: u64 = 1024 * 1024;
 
-#[test]
-fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
+fn fifty_megabytes_each_way(cni: Cni) {
     require_root();
-    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let lab = Lab::up(&LabSpec {
+        cni,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
     let cfg = write_config(&lab, &["pod-worker1-0"], None);
     let agents = start_agents(&lab, &cfg);
     let server = BulkServer::start(&lab.internet().ns, INTERNET_HOST, 5001);
@@ -303,6 +306,16 @@ fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
         &["curl", "-sf", "http://127.0.0.1:9479/readyz"],
     );
     assert_eq!(ready.expect("readyz").trim(), "ready");
+}
+
+#[test]
+fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel() {
+    fifty_megabytes_each_way(Cni::Routed);
+}
+
+#[test]
+fn fifty_megabytes_each_way_arrive_intact_through_the_tunnel_bridge() {
+    fifty_megabytes_each_way(Cni::Bridge);
 }
 
 #[test]
