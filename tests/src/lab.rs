@@ -612,15 +612,17 @@ impl Lab {
             host_veth: veth.clone(),
         };
         self.add_ns(&pod.ns)?;
-        self.plug(&n, &pod)?;
+        self.plug(&n, &pod, std::time::Duration::ZERO)?;
         self.pods.push(pod.clone());
         self.write_meta()?;
         Ok(pod)
     }
 
     /// Wires `pod` (its namespace exists) to node `n` as the CNI shape does: the veth pair,
-    /// the addresses and routes, and the node side's settings.
-    fn plug(&self, n: &Node, pod: &Pod) -> Result<()> {
+    /// the addresses and routes, and the node side's settings. The pod's `eth0` is up
+    /// `address_after` before its address is there (the bridge plugin sets the veth up when it
+    /// creates it, and runs IPAM before it configures the address).
+    fn plug(&self, n: &Node, pod: &Pod, address_after: std::time::Duration) -> Result<()> {
         let mtu = self.spec.pod_mtu.to_string();
         let veth = &pod.host_veth;
         let ip = pod.ip;
@@ -642,11 +644,12 @@ impl Lab {
                     ],
                 )?;
                 ipn(&n.ns, &["route", "add", &format!("{ip}/32"), "dev", veth])?;
+                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
+                std::thread::sleep(address_after);
                 ipn(
                     &pod.ns,
                     &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
                 )?;
-                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
                 ipn(
                     &pod.ns,
                     &[
@@ -666,11 +669,12 @@ impl Lab {
                 // address comes after.
                 ipn(&n.ns, &["link", "set", veth, "master", CNI_BRIDGE, "up"])?;
                 let gw = Ipv4Addr::new(10, 244, n.index, 1);
+                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
+                std::thread::sleep(address_after);
                 ipn(
                     &pod.ns,
                     &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
                 )?;
-                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
                 ipn(
                     &pod.ns,
                     &["route", "add", "default", "via", &gw.to_string()],
@@ -690,11 +694,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Wires an unplugged pod again, as a CNI's ADD does (same names and address).
-    pub fn replug_pod(&self, name: &str) -> Result<()> {
+    /// Wires an unplugged pod again, as a CNI's ADD does (same names and address), the pod's
+    /// address coming `address_after` after its interface is up.
+    pub fn replug_pod(&self, name: &str, address_after: std::time::Duration) -> Result<()> {
         let pod = self.pod(name).clone();
         let node = self.node(&pod.node).clone();
-        self.plug(&node, &pod)
+        self.plug(&node, &pod, address_after)
     }
 
     /// The lab's id: its namespaces are `egwlab-<id>-<role>`.
