@@ -77,31 +77,31 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
 }
 
 /// The pod interfaces the programs must be attached to and the endpoints map's contents: the
-/// local pods whose route (a host-side interface) is known.
+/// local pods whose host interface discovery found (`netdev::pod_links`).
 pub fn local_endpoints(
     pods: &[LocalPod],
-    routes: &HashMap<Ipv4Addr, (u32, String)>,
+    found: &HashMap<Ipv4Addr, netdev::PodLink>,
 ) -> (BTreeMap<u32, Endpoint>, BTreeMap<String, u32>) {
     let mut endpoints = BTreeMap::new();
     let mut links = BTreeMap::new();
     for pod in pods {
-        let Some((ifindex, ifname)) = routes.get(&pod.ip) else {
+        let Some(l) = found.get(&pod.ip) else {
             continue;
         };
         endpoints.insert(
             ip4(pod.ip),
             Endpoint {
-                ifindex: *ifindex,
+                ifindex: l.ifindex,
                 policy_id: pod.policy_id.unwrap_or(0),
                 flags: if pod.policy_id.is_some() {
                     EP_F_SELECTED
                 } else {
                     0
                 },
-                _pad: 0,
+                deliver_ifindex: l.bridge.unwrap_or(0),
             },
         );
-        links.insert(ifname.clone(), *ifindex);
+        links.insert(l.name.clone(), l.ifindex);
     }
     (endpoints, links)
 }
@@ -163,6 +163,9 @@ pub struct Reconciler {
     /// Whether the tunnel is protected on this node's underlay, as of the last pass.
     tunnel_protected: Option<bool>,
     warnings: Vec<String>,
+    /// Local pod addresses found behind more than one veth, as of the last pass (warned
+    /// about once).
+    contested: BTreeMap<Ipv4Addr, Vec<String>>,
     status: BTreeMap<String, PolicyStatus>,
 }
 
@@ -194,6 +197,7 @@ impl Reconciler {
             neighbours: Default::default(),
             tunnel_protected: None,
             warnings: Vec::new(),
+            contested: BTreeMap::new(),
             status: BTreeMap::new(),
         }
     }
@@ -286,8 +290,33 @@ impl Reconciler {
         };
         self.tunnel_protected = d.tunnel.as_ref().map(|p| p.protected);
         let mut changes = self.sync_devices(cfg, &d, node_ip, &underlay).await?;
-        let routes = netdev::pod_routes(&self.handle).await?;
-        let (endpoints, links) = local_endpoints(&d.pods, &routes);
+        let previous = self
+            .dp
+            .maps()
+            .endpoints()?
+            .into_iter()
+            .map(|(ip, ep)| (ip4_from(ip), ep.ifindex))
+            .collect();
+        let found = netdev::pod_links(&self.handle, &previous).await?;
+        let contested: BTreeMap<Ipv4Addr, Vec<String>> = found
+            .contested
+            .into_iter()
+            .filter(|(ip, _)| d.pods.iter().any(|p| p.ip == *ip))
+            .collect();
+        if contested != self.contested {
+            for (ip, names) in &contested {
+                let owner = found.by_ip.get(ip).map_or("none", |l| l.name.as_str());
+                warn!(
+                    pod = %ip,
+                    veths = %names.join(", "),
+                    owner,
+                    "a pod's address is behind more than one veth, and no /32 route says whose \
+                     it is: it stays with the veth that had it (none: not programmed)"
+                );
+            }
+            self.contested = contested;
+        }
+        let (endpoints, links) = local_endpoints(&d.pods, &found.by_ip);
         changes += self.sync_attachments(&links)?;
         let nodes = self.node_entries(&d, &underlay).await?;
         changes += self.sync_maps(&d, &endpoints, &nodes)?;
@@ -598,31 +627,58 @@ mod tests {
     }
 
     #[test]
-    fn only_pods_with_a_route_become_endpoints() {
+    fn only_pods_with_a_host_interface_become_endpoints() {
         let pod = |ip: [u8; 4], policy_id| LocalPod {
             name: "ns/p".into(),
             ip: Ipv4Addr::from(ip),
             policy_id,
         };
-        let routes: HashMap<Ipv4Addr, (u32, String)> =
-            [(Ipv4Addr::new(10, 244, 1, 2), (7, "veth7".to_owned()))].into();
+        let link = |ifindex, name: &str, bridge| netdev::PodLink {
+            ifindex,
+            name: name.to_owned(),
+            bridge,
+        };
+        let found: HashMap<Ipv4Addr, netdev::PodLink> = [
+            (Ipv4Addr::new(10, 244, 1, 2), link(7, "veth7", None)),
+            (Ipv4Addr::new(10, 244, 1, 3), link(8, "veth8", Some(4))),
+        ]
+        .into();
         let (eps, links) = local_endpoints(
-            &[pod([10, 244, 1, 2], Some(3)), pod([10, 244, 1, 9], None)],
-            &routes,
+            &[
+                pod([10, 244, 1, 2], Some(3)),
+                pod([10, 244, 1, 3], None),
+                pod([10, 244, 1, 9], None),
+            ],
+            &found,
         );
         assert_eq!(
             eps,
-            [(
-                ip4(Ipv4Addr::new(10, 244, 1, 2)),
-                Endpoint {
-                    ifindex: 7,
-                    policy_id: 3,
-                    flags: EP_F_SELECTED,
-                    _pad: 0
-                }
-            )]
-            .into()
+            [
+                (
+                    ip4(Ipv4Addr::new(10, 244, 1, 2)),
+                    Endpoint {
+                        ifindex: 7,
+                        policy_id: 3,
+                        flags: EP_F_SELECTED,
+                        deliver_ifindex: 0,
+                    }
+                ),
+                (
+                    ip4(Ipv4Addr::new(10, 244, 1, 3)),
+                    Endpoint {
+                        ifindex: 8,
+                        policy_id: 0,
+                        flags: 0,
+                        deliver_ifindex: 4,
+                    }
+                )
+            ]
+            .into(),
+            "a bridge port's pod is delivered through its bridge; 10.244.1.9 has no interface"
         );
-        assert_eq!(links, [("veth7".to_owned(), 7)].into());
+        assert_eq!(
+            links,
+            [("veth7".to_owned(), 7), ("veth8".to_owned(), 8)].into()
+        );
     }
 }

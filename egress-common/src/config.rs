@@ -4,8 +4,14 @@
 /// inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
-/// UDP destination port of the VXLAN device.
-pub const VXLAN_PORT: u16 = 4789;
+/// Default UDP port of the tunnel (`tunnel.port`). Not the VXLAN port of any CNI's overlay, so
+/// that the agent runs beside them: IANA's VXLAN port 4789 is Calico's (and Antrea's,
+/// OVN-Kubernetes', Kube-OVN's VXLAN mode), Linux's default 8472 flannel's and Cilium's, 4790
+/// Calico's egress gateway's, 6081 is Geneve (Antrea, OVN-Kubernetes, Kube-OVN, Cilium's
+/// Geneve mode); 51820, 51821 and 51871 are the WireGuard ports of flannel, Calico and Cilium.
+/// Below Linux's ephemeral range (32768-60999), so no local socket is given it at random;
+/// next to VXLAN's own for firewall rules.
+pub const VXLAN_PORT: u16 = 4788;
 
 /// `Config::flags`: the configuration has been written by the agent. Until then every
 /// program passes traffic through untouched.

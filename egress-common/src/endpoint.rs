@@ -17,9 +17,27 @@ pub struct Endpoint {
     pub policy_id: u32,
     /// `EP_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Where packets for the pod are sent (`bpf_redirect_neigh`): 0 for `ifindex` itself (a
+    /// routed veth: Calico's `cali*`, Cilium's `lxc*`, the ptp plugin), or the bridge the veth
+    /// is a port of (flannel's and k3s's `cni0`). Through a bridge the packet takes the path
+    /// the host's own routing would: the neighbour entry lives on the bridge (a bridge port's
+    /// ARP replies are handed to the bridge, never to the port), and the bridge forwards the
+    /// frame to the port by its FDB.
+    pub deliver_ifindex: u32,
 }
 crate::assert_size!(Endpoint, 16);
+
+impl Endpoint {
+    /// The interface packets for the pod are redirected to (see `deliver_ifindex`).
+    #[inline(always)]
+    pub fn delivery_ifindex(&self) -> u32 {
+        if self.deliver_ifindex != 0 {
+            self.deliver_ifindex
+        } else {
+            self.ifindex
+        }
+    }
+}
 
 /// `NodeInfo::flags`: the underlay address of another cluster node: it may send tunnelled
 /// traffic to this node.

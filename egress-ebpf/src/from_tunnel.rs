@@ -101,5 +101,5 @@ fn to_local_pod(
         return Err(DropReason::TunnelWrongVni);
     }
     count_rx(ep.policy_id, ctx.len());
-    redirect_neigh(ep.ifindex)
+    redirect_neigh(ep.delivery_ifindex())
 }

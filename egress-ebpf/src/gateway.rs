@@ -96,7 +96,7 @@ pub fn deliver(
         if clamp && uplink_mss != u32::MAX {
             tcp::clamp_mss(ctx, p, uplink_mss as u16)?;
         }
-        return redirect_neigh(ep.ifindex);
+        return redirect_neigh(ep.delivery_ifindex());
     }
     if clamp {
         let mss = uplink_mss.min(cfg.tunnel_mtu - TCPIP_HLEN);

@@ -64,6 +64,14 @@ pub fn redirect_to_tunnel(
 
 /// Sends the packet out of `ifindex`, filling in the L2 header from the kernel's FIB and
 /// neighbour tables (next hop towards the internet, or a pod behind its veth).
+///
+/// For a pod on a bridge CNI `ifindex` is the bridge (`Endpoint::delivery_ifindex`), not the
+/// pod's veth: redirected to the veth, the kernel would resolve the pod's MAC on the veth, but
+/// the pod's ARP reply arriving on a bridge port is handed to the bridge, so the veth's entry
+/// never leaves INCOMPLETE and every packet is dropped (the bridge shape of the lab tests shows
+/// it). Sent to the bridge, the route lookup finds the pod CIDR on it, the neighbour entry is
+/// the one the host uses for the pod anyway, and the bridge forwards the frame out of the pod's
+/// port by its FDB, as it would for the host's own packet.
 #[inline(always)]
 pub fn redirect_neigh(ifindex: u32) -> Result<i32, DropReason> {
     // SAFETY: plain helper call, no parameters.

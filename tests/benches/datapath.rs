@@ -839,7 +839,7 @@ fn nat_at_scale(p: &Params) -> Nat {
                     ifindex: FILL_POD_IF + j,
                     policy_id: POLICY,
                     flags: EP_F_SELECTED,
-                    _pad: 0,
+                    deliver_ifindex: 0,
                 },
             )
             .expect("endpoint");

@@ -21,8 +21,12 @@
 //! - gateway node 192.0.2.10, workers 192.0.2.11, .12, ... Node i has pod CIDR 10.244.i.0/24
 //!   (gateway: 10.244.0.0/24), routes to the other nodes' pod CIDRs (host-gw), and masquerades
 //!   pod traffic leaving the cluster, as a CNI does.
-//! - pods are wired Calico-style: pod `eth0` 10.244.i.x/32, default via 169.254.1.1; the node
-//!   side veth `lxcN` answers ARP by proxy and has a /32 route to the pod.
+//! - pods are wired as one of two CNI shapes (`LabSpec::cni`):
+//!   - `Cni::Routed` (Calico, Cilium): pod `eth0` 10.244.i.x/32, default via 169.254.1.1; the
+//!     node side veth `lxcN` answers ARP by proxy and has a /32 route to the pod.
+//!   - `Cni::Bridge` (flannel, k3s's default): a bridge `cni0` 10.244.i.1/24 on every node,
+//!     pod `eth0` 10.244.i.x/24, default via 10.244.i.1; the node side veth `vethN` is a port
+//!     of `cni0`, and no route leads to a single pod.
 //!
 //! Every name is unique per lab (`egwlab-<id>-<role>`) and every address lives inside the
 //! lab's own namespaces, so two labs run side by side. Dropping the `Lab` removes it; after a
@@ -71,8 +75,29 @@ pub enum Underlay {
     Private,
 }
 
+/// How pods are wired to their node, as the two families of veth CNIs do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cni {
+    /// Routed veths (Calico's `cali*`, Cilium's `lxc*`): the node side `lxcN` answers ARP by
+    /// proxy and has a /32 route to the pod; the pod's `eth0` holds its /32.
+    Routed,
+    /// A bridge (flannel's and k3s's `cni0`, 10.244.i.1/24 on node i): the node side `vethN`
+    /// is a port of it, the pod's `eth0` holds its address in the node's /24 and routes via
+    /// the bridge's address. No route names a single pod.
+    Bridge,
+}
+
+impl Cni {
+    /// Both shapes, for tests that must pass on each.
+    pub const ALL: [Cni; 2] = [Cni::Routed, Cni::Bridge];
+}
+
+/// Name of the bridge of `Cni::Bridge` on every node, as flannel and k3s call it.
+pub const CNI_BRIDGE: &str = "cni0";
+
 /// What to build. `LabSpec::default()`: two workers, one pod per node (`pod-<node>-0`),
-/// MTU 1500 everywhere, the extra egress IP on, offloads left on, one shared network.
+/// MTU 1500 everywhere, the extra egress IP on, offloads left on, one shared network, routed
+/// veths.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
     /// Worker nodes besides the gateway node (`worker1`..`workerN`), at most `MAX_WORKERS`.
@@ -91,6 +116,8 @@ pub struct LabSpec {
     pub offloads_off: bool,
     /// One network or a private underlay besides the public one.
     pub underlay: Underlay,
+    /// How pods are wired to their node.
+    pub cni: Cni,
 }
 
 impl LabSpec {
@@ -131,6 +158,7 @@ impl Default for LabSpec {
             extra_egress_ip: true,
             offloads_off: false,
             underlay: Underlay::Shared,
+            cni: Cni::Routed,
         }
     }
 }
@@ -170,8 +198,7 @@ impl Node {
     }
 }
 
-/// A pod: a namespace with `eth0` 10.244.<node>.x/32 and a default route via 169.254.1.1,
-/// wired Calico-style to its node.
+/// A pod: a namespace with `eth0` 10.244.<node>.x, wired to its node as `LabSpec::cni` says.
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub name: String,
@@ -180,7 +207,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Name of the node it runs on.
     pub node: String,
-    /// Node-side veth (`lxc<n>`, in the node's namespace): proxy ARP on, /32 route to `ip`.
+    /// Node-side veth (in the node's namespace): `lxc<n>` with proxy ARP on and a /32 route
+    /// to `ip` (`Cni::Routed`), or `veth<n>`, a port of `cni0` (`Cni::Bridge`).
     pub host_veth: String,
 }
 
@@ -488,6 +516,16 @@ impl Lab {
         )?;
         ipn(&n.ns, &["link", "set", "eth0", "up"])?;
         ipn(&n.ns, &["route", "add", "default", "via", "192.0.2.1"])?;
+        if self.spec.cni == Cni::Bridge {
+            let (net, _) = n.pod_net();
+            let gw = Ipv4Addr::new(net.octets()[0], net.octets()[1], net.octets()[2], 1);
+            ipn(&n.ns, &["link", "add", CNI_BRIDGE, "type", "bridge"])?;
+            ipn(
+                &n.ns,
+                &["addr", "add", &format!("{gw}/24"), "dev", CNI_BRIDGE],
+            )?;
+            ipn(&n.ns, &["link", "set", CNI_BRIDGE, "up"])?;
+        }
         self.offload_off(isp, &port)?;
         self.offload_off(&n.ns, "eth0")?;
         if let Some(lan) = &self.lan {
@@ -537,7 +575,8 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a pod to `node` (next free address of its pod CIDR, node veth `lxc<n>`) and
+    /// Adds a pod to `node` (next free address of its pod CIDR, node veth `lxc<n>` or
+    /// `veth<n>`) and
     /// returns a copy of it. Fails on an unknown node, a full node, or a name that is taken
     /// (pod, node, `isp` or `inet`) or unusable as a namespace name.
     pub fn add_pod(&mut self, node: &str, name: &str) -> Result<Pod> {
@@ -561,7 +600,10 @@ impl Lab {
         }
         let ip = Ipv4Addr::new(10, 244, n.index, 2 + count as u8);
         self.next_veth += 1;
-        let veth = format!("lxc{}", self.next_veth);
+        let veth = match self.spec.cni {
+            Cni::Routed => format!("lxc{}", self.next_veth),
+            Cni::Bridge => format!("veth{}", self.next_veth),
+        };
         let pod = Pod {
             name: name.to_owned(),
             ns,
@@ -569,47 +611,95 @@ impl Lab {
             node: node.to_owned(),
             host_veth: veth.clone(),
         };
-        let mtu = self.spec.pod_mtu.to_string();
         self.add_ns(&pod.ns)?;
-        ipn(
-            &n.ns,
-            &[
-                "link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
-                &mtu, "netns", &pod.ns,
-            ],
-        )?;
-        ipn(&n.ns, &["link", "set", &veth, "up"])?;
-        sysctl(
-            &n.ns,
-            &[
-                &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
-                &format!("net.ipv4.neigh.{veth}.proxy_delay=0"),
-            ],
-        )?;
-        ipn(&n.ns, &["route", "add", &format!("{ip}/32"), "dev", &veth])?;
-        ipn(
-            &pod.ns,
-            &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-        )?;
-        ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
-        ipn(
-            &pod.ns,
-            &[
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        )?;
-        ipn(&pod.ns, &["route", "add", "default", "via", "169.254.1.1"])?;
-        self.offload_off(&n.ns, &veth)?;
-        self.offload_off(&pod.ns, "eth0")?;
+        self.plug(&n, &pod, std::time::Duration::ZERO)?;
         self.pods.push(pod.clone());
         self.write_meta()?;
         Ok(pod)
+    }
+
+    /// Wires `pod` (its namespace exists) to node `n` as the CNI shape does: the veth pair,
+    /// the addresses and routes, and the node side's settings. The pod's `eth0` is up
+    /// `address_after` before its address is there (the bridge plugin sets the veth up when it
+    /// creates it, and runs IPAM before it configures the address).
+    fn plug(&self, n: &Node, pod: &Pod, address_after: std::time::Duration) -> Result<()> {
+        let mtu = self.spec.pod_mtu.to_string();
+        let veth = &pod.host_veth;
+        let ip = pod.ip;
+        ipn(
+            &n.ns,
+            &[
+                "link", "add", veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+                &mtu, "netns", &pod.ns,
+            ],
+        )?;
+        match self.spec.cni {
+            Cni::Routed => {
+                ipn(&n.ns, &["link", "set", veth, "up"])?;
+                sysctl(
+                    &n.ns,
+                    &[
+                        &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
+                        &format!("net.ipv4.neigh.{veth}.proxy_delay=0"),
+                    ],
+                )?;
+                ipn(&n.ns, &["route", "add", &format!("{ip}/32"), "dev", veth])?;
+                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
+                std::thread::sleep(address_after);
+                ipn(
+                    &pod.ns,
+                    &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+                )?;
+                ipn(
+                    &pod.ns,
+                    &[
+                        "route",
+                        "add",
+                        "169.254.1.1",
+                        "dev",
+                        "eth0",
+                        "scope",
+                        "link",
+                    ],
+                )?;
+                ipn(&pod.ns, &["route", "add", "default", "via", "169.254.1.1"])?;
+            }
+            Cni::Bridge => {
+                // As the bridge plugin does it: the veth joins the bridge first, the pod's
+                // address comes after.
+                ipn(&n.ns, &["link", "set", veth, "master", CNI_BRIDGE, "up"])?;
+                let gw = Ipv4Addr::new(10, 244, n.index, 1);
+                ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
+                std::thread::sleep(address_after);
+                ipn(
+                    &pod.ns,
+                    &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+                )?;
+                ipn(
+                    &pod.ns,
+                    &["route", "add", "default", "via", &gw.to_string()],
+                )?;
+            }
+        }
+        self.offload_off(&n.ns, veth)?;
+        self.offload_off(&pod.ns, "eth0")?;
+        Ok(())
+    }
+
+    /// Removes the pod's veth pair (the node side, and with it the pod's `eth0`), as a CNI's
+    /// DEL does: the pod's namespace stays.
+    pub fn unplug_pod(&self, name: &str) -> Result<()> {
+        let pod = self.pod(name);
+        ipn(&self.node(&pod.node).ns, &["link", "del", &pod.host_veth])?;
+        Ok(())
+    }
+
+    /// Wires an unplugged pod again, as a CNI's ADD does (same names and address), the pod's
+    /// address coming `address_after` after its interface is up.
+    pub fn replug_pod(&self, name: &str, address_after: std::time::Duration) -> Result<()> {
+        let pod = self.pod(name).clone();
+        let node = self.node(&pod.node).clone();
+        self.plug(&node, &pod, address_after)
     }
 
     /// The lab's id: its namespaces are `egwlab-<id>-<role>`.
@@ -687,6 +777,7 @@ impl Lab {
             "internet": { "ns": self.internet.ns, "ip": self.internet.ip },
             "lan": self.lan,
             "extra_egress_ip": self.spec.extra_egress_ip.then_some(EXTRA_EGRESS_IP),
+            "cni": match self.spec.cni { Cni::Routed => "routed", Cni::Bridge => "bridge" },
             "nodes": self.nodes.iter().map(|n| serde_json::json!({
                 "name": n.name, "ns": n.ns, "underlay_ip": n.underlay_ip,
                 "external_ip": n.external_ip, "uplink": n.uplink,
@@ -741,6 +832,15 @@ impl Lab {
                 n.pod_cidr()
             );
         }
+        let _ = writeln!(
+            s,
+            "  {:<10} {}",
+            "pods",
+            match self.spec.cni {
+                Cni::Routed => "routed veths lxcN (proxy ARP, a /32 route each), as Calico, Cilium",
+                Cni::Bridge => "veths vethN on the bridge cni0 (10.244.N.1/24), as flannel, k3s",
+            }
+        );
         if self.spec.extra_egress_ip {
             let _ = writeln!(
                 s,

@@ -79,7 +79,7 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
             ifindex: POD_A_IF,
             policy_id: POLICY,
             flags: EP_F_SELECTED,
-            _pad: 0,
+            deliver_ifindex: 0,
         },
     )
     .expect("endpoint");

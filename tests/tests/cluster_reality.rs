@@ -12,7 +12,7 @@ use std::{
 use egress_tests::{
     agent::{start_all, Agent},
     config::{write_config, ConfigSpec},
-    lab::{exec, require_root, Lab, LabSpec, Underlay, INTERNET_HOST},
+    lab::{exec, require_root, Cni, Lab, LabSpec, Underlay, INTERNET_HOST},
     net::{bulk_download, bulk_upload, tcp_roundtrip, udp_roundtrip, BulkServer, TcpEcho, UdpEcho},
 };
 
@@ -21,10 +21,11 @@ const EVERYWHERE: [&str; 1] = ["0.0.0.0/0"];
 /// A link-local service on the node, as clouds serve instance metadata.
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
-fn lab(underlay: Underlay) -> (Lab, BTreeMap<String, Agent>) {
+fn lab(underlay: Underlay, cni: Cni) -> (Lab, BTreeMap<String, Agent>) {
     require_root();
     let lab = Lab::up(&LabSpec {
         underlay,
+        cni,
         ..LabSpec::default()
     })
     .expect("lab up");
@@ -40,8 +41,8 @@ fn lab(underlay: Underlay) -> (Lab, BTreeMap<String, Agent>) {
     (lab, agents)
 }
 
-fn probes_and_node_traffic_keep_the_normal_path(underlay: Underlay) {
-    let (lab, agents) = lab(underlay);
+fn probes_and_node_traffic_keep_the_normal_path(underlay: Underlay, cni: Cni) {
+    let (lab, agents) = lab(underlay, cni);
     let egress = lab.gateway().external_ip;
     // Control: the internet is reached through the gateway, as the egress IP.
     let inet = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 8025);
@@ -154,12 +155,17 @@ fn tx_packets(agents: &BTreeMap<String, Agent>) -> u64 {
 
 #[test]
 fn probes_node_addresses_and_link_local_keep_the_normal_path_shared() {
-    probes_and_node_traffic_keep_the_normal_path(Underlay::Shared);
+    probes_and_node_traffic_keep_the_normal_path(Underlay::Shared, Cni::Routed);
 }
 
 #[test]
 fn probes_node_addresses_and_link_local_keep_the_normal_path_private() {
-    probes_and_node_traffic_keep_the_normal_path(Underlay::Private);
+    probes_and_node_traffic_keep_the_normal_path(Underlay::Private, Cni::Routed);
+}
+
+#[test]
+fn probes_node_addresses_and_link_local_keep_the_normal_path_bridge() {
+    probes_and_node_traffic_keep_the_normal_path(Underlay::Shared, Cni::Bridge);
 }
 
 /// A NodePort (externalTrafficPolicy Local: the client's address kept) on `node`: its
@@ -187,8 +193,11 @@ fn node_port(lab: &Lab, node: &str, port: u16, pod: Ipv4Addr, pod_port: u16) {
 /// gateway: the pod's answers keep the normal path (un-DNATed by the node), so the client
 /// hears back from the address it connected to; with the egress IP as their source it would
 /// hear nothing. The pod's own connections still leave as the egress IP.
-fn inbound_connections_are_answered_from_the_address_the_client_connected_to(underlay: Underlay) {
-    let (lab, agents) = lab(underlay);
+fn inbound_connections_are_answered_from_the_address_the_client_connected_to(
+    underlay: Underlay,
+    cni: Cni,
+) {
+    let (lab, agents) = lab(underlay, cni);
     let egress = lab.gateway().external_ip;
     let inet = &lab.internet().ns;
     let out = TcpEcho::start(inet, INTERNET_HOST, 8025);
@@ -233,12 +242,26 @@ fn inbound_connections_are_answered_from_the_address_the_client_connected_to(und
 
 #[test]
 fn inbound_connections_are_answered_from_the_node_port_shared() {
-    inbound_connections_are_answered_from_the_address_the_client_connected_to(Underlay::Shared);
+    inbound_connections_are_answered_from_the_address_the_client_connected_to(
+        Underlay::Shared,
+        Cni::Routed,
+    );
 }
 
 #[test]
 fn inbound_connections_are_answered_from_the_node_port_private() {
-    inbound_connections_are_answered_from_the_address_the_client_connected_to(Underlay::Private);
+    inbound_connections_are_answered_from_the_address_the_client_connected_to(
+        Underlay::Private,
+        Cni::Routed,
+    );
+}
+
+#[test]
+fn inbound_connections_are_answered_from_the_node_port_bridge() {
+    inbound_connections_are_answered_from_the_address_the_client_connected_to(
+        Underlay::Shared,
+        Cni::Bridge,
+    );
 }
 
 /// The path MTU a pod's connected UDP socket has learned for `to`, after sending one

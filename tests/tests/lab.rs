@@ -11,7 +11,8 @@ use std::{
 
 use egress_tests::{
     lab::{
-        self, exec, require_root, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST, RUN_DIR,
+        self, exec, require_root, Cni, Lab, LabSpec, Underlay, CNI_BRIDGE, EXTRA_EGRESS_IP,
+        INTERNET_HOST, RUN_DIR,
     },
     net::{tcp_roundtrip, udp_roundtrip, TcpEcho, UdpEcho},
 };
@@ -25,10 +26,13 @@ fn netns_list() -> String {
 }
 
 /// The problem: a pod reaching the internet is seen with its node's address.
-#[test]
-fn pod_reaches_internet_with_node_ip() {
+fn pod_reaches_internet_with_node_ip_on(cni: Cni) {
     require_root();
-    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let lab = Lab::up(&LabSpec {
+        cni,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
     let server = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 2525);
     for (pod, node_ip) in [
         ("pod-worker1-0", "192.0.2.11"),
@@ -45,6 +49,56 @@ fn pod_reaches_internet_with_node_ip() {
             "{pod} must be seen with its node's underlay address (CNI masquerade)"
         );
         assert_eq!(peer, IpAddr::V4(lab.node(&p.node).external_ip));
+    }
+}
+
+#[test]
+fn pod_reaches_internet_with_node_ip() {
+    pod_reaches_internet_with_node_ip_on(Cni::Routed);
+}
+
+/// The flannel-like shape: pods on `cni0` (the gateway of their /24), no route per pod; the
+/// problem is the same, and pods reach each other across nodes.
+#[test]
+fn pod_reaches_internet_with_node_ip_bridge() {
+    pod_reaches_internet_with_node_ip_on(Cni::Bridge);
+}
+
+#[test]
+fn the_bridge_shape_is_flannels() {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        cni: Cni::Bridge,
+        pods_per_node: 2,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    let w1 = lab.node("worker1");
+    let pod = lab.pod("pod-worker1-0");
+    let routes = exec(&w1.ns, &["ip", "-4", "route", "show"]).expect("routes");
+    assert!(
+        routes.contains(&format!("10.244.1.0/24 dev {CNI_BRIDGE}")),
+        "{routes}"
+    );
+    assert!(
+        !routes.contains(&pod.ip.to_string()),
+        "no route names a pod: {routes}"
+    );
+    let port = exec(&w1.ns, &["ip", "-o", "link", "show", &pod.host_veth]).expect("veth");
+    assert!(port.contains(&format!("master {CNI_BRIDGE}")), "{port}");
+    let default = exec(&pod.ns, &["ip", "-4", "route", "show", "default"]).expect("route");
+    assert!(default.contains("via 10.244.1.1"), "{default}");
+    // Pods of one node talk over the bridge, pods of two nodes through the nodes.
+    for (port, from, to) in [
+        (8080, "pod-worker1-1", "pod-worker1-0"),
+        (8081, "pod-worker2-0", "pod-worker1-0"),
+    ] {
+        let dst = lab.pod(to);
+        let server = TcpEcho::start(&dst.ns, dst.ip, port);
+        let echo = tcp_roundtrip(&lab.pod(from).ns, server.addr, b"hi")
+            .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+        assert_eq!(echo, b"hi");
+        assert_eq!(server.next_peer().ip(), IpAddr::V4(lab.pod(from).ip));
     }
 }
 

@@ -61,7 +61,7 @@ fn gateway_with_two_pods() -> Datapath {
         ifindex: POD_B_IF,
         policy_id: POLICY,
         flags: EP_F_SELECTED,
-        _pad: 0,
+        deliver_ifindex: 0,
     };
     dp.maps().put_endpoint(ip4(POD_B), ep).expect("endpoint");
     dp

@@ -27,7 +27,7 @@ use egress_tests::{
         Capture, Inner,
     },
     config::{mail_policy_id, write_config, ConfigSpec},
-    lab::{exec, require_root, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST},
+    lab::{exec, require_root, Cni, Lab, LabSpec, Underlay, EXTRA_EGRESS_IP, INTERNET_HOST},
     net::{udp_roundtrip, UdpEcho},
 };
 
@@ -47,11 +47,12 @@ struct Bed {
     echo: UdpEcho,
 }
 
-fn bed(underlay: Underlay) -> Bed {
+fn bed(underlay: Underlay, cni: Cni) -> Bed {
     require_root();
     let lab = Lab::up(&LabSpec {
         pods_per_node: 2,
         underlay,
+        cni,
         ..LabSpec::default()
     })
     .expect("lab up");
@@ -205,7 +206,7 @@ impl Watch {
 // --- spoofed from the internet ----------------------------------------------------------
 
 fn spoofed_vxlan_from_the_internet(underlay: Underlay) {
-    let b = bed(underlay);
+    let b = bed(underlay, Cni::Routed);
     let inet = b.lab.internet().ns.clone();
     let w = b.watch();
     let before = b.drops(&["unknown_node", "tunnel_mac_mismatch", "tunnel_untrusted"]);
@@ -294,7 +295,7 @@ fn spoofed_vxlan_from_the_internet_is_never_translated_nor_delivered_private() {
 // --- from pods ----------------------------------------------------------------------------
 
 fn vxlan_from_pods(underlay: Underlay) {
-    let b = bed(underlay);
+    let b = bed(underlay, Cni::Routed);
     let w = b.watch();
     let reasons = ["tunnel_from_pod", "tunnel_untrusted"];
     let before = b.drops(&reasons);
@@ -375,8 +376,8 @@ struct Injection<'a> {
     reason: &'a str,
 }
 
-fn injection(underlay: Underlay) {
-    let b = bed(underlay);
+fn injection(underlay: Underlay, cni: Cni) {
+    let b = bed(underlay, cni);
     let gw = b.lab.gateway();
     let w1 = b.lab.node("worker1");
     let w2 = b.lab.node("worker2");
@@ -508,18 +509,25 @@ fn injection(underlay: Underlay) {
 
 #[test]
 fn nothing_enters_a_pod_through_the_tunnel_unasked_shared() {
-    injection(Underlay::Shared);
+    injection(Underlay::Shared, Cni::Routed);
 }
 
 #[test]
 fn nothing_enters_a_pod_through_the_tunnel_unasked_private() {
-    injection(Underlay::Private);
+    injection(Underlay::Private, Cni::Routed);
+}
+
+/// On a flannel-like bridge: the pods behind `cni0`'s ports, the control's answer delivered
+/// through the bridge.
+#[test]
+fn nothing_enters_a_pod_through_the_tunnel_unasked_bridge() {
+    injection(Underlay::Shared, Cni::Bridge);
 }
 
 // --- unsolicited packets from the internet to the egress IP -------------------------------
 
 fn unsolicited_to_egress(underlay: Underlay) {
-    let b = bed(underlay);
+    let b = bed(underlay, Cni::Routed);
     // Every selected pod keeps a flow open.
     let socks: Vec<UdpSocket> = SELECTED
         .iter()
@@ -598,7 +606,7 @@ fn unsolicited_packets_to_the_egress_ip_reach_no_pod_private() {
 // --- frames that are not IPv4 -------------------------------------------------------------
 
 fn non_ipv4(underlay: Underlay) {
-    let b = bed(underlay);
+    let b = bed(underlay, Cni::Routed);
     let gw = b.lab.gateway();
     let w1 = b.lab.node("worker1");
     let mac = b.egw0_mac("gateway");

@@ -86,7 +86,11 @@ enum Cmd {
 #[derive(Subcommand)]
 enum LabCmd {
     /// Bring up a lab (2 workers, a gateway, a pod per node, an internet host) and keep it.
-    Up,
+    Up {
+        /// Pods on a flannel-like bridge `cni0` instead of routed veths.
+        #[arg(long)]
+        bridge: bool,
+    },
     /// Remove a lab by id, or every lab (also after a crash).
     Down { id: Option<String> },
     /// List the labs that are up.
@@ -230,9 +234,16 @@ fn test(filter: Option<String>) -> Result<()> {
 fn lab(action: LabCmd) -> Result<()> {
     use egress_tests::lab;
     match action {
-        LabCmd::Up => {
+        LabCmd::Up { bridge } => {
             setup::debian_packages()?;
-            let l = lab::Lab::up(&lab::LabSpec::default())?;
+            let l = lab::Lab::up(&lab::LabSpec {
+                cni: if bridge {
+                    lab::Cni::Bridge
+                } else {
+                    lab::Cni::Routed
+                },
+                ..lab::LabSpec::default()
+            })?;
             print!("{}", l.describe());
             println!("\nTear it down with: cargo xtask lab down {}", l.id());
             l.keep();

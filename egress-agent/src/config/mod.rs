@@ -145,6 +145,9 @@ pub struct TunnelConfig {
     /// Name of the VXLAN (collect_md) device the agent creates.
     #[serde(default = "default_device")]
     pub device: String,
+    /// UDP port of the tunnel, the same on every node. The default, 4788, is no CNI's VXLAN
+    /// port (see `egress_common::config::VXLAN_PORT`); a port that another VXLAN device or a
+    /// socket holds stops the agent with an error naming the holder.
     #[serde(default = "default_port")]
     pub port: u16,
     /// MTU of the node network; the tunnel costs 50 bytes of it.
@@ -579,8 +582,23 @@ mod tests {
     }
 
     #[test]
+    fn the_default_tunnel_port_is_no_cnis_overlay_port() {
+        let port = AgentConfig::parse("{}").expect("parses").tunnel.port;
+        for (taken, whose) in [
+            (4789, "VXLAN (Calico, Antrea, OVN-Kubernetes)"),
+            (8472, "flannel's and Cilium's VXLAN"),
+            (4790, "Calico's egress gateway"),
+            (6081, "Geneve"),
+            (51820, "WireGuard"),
+        ] {
+            assert_ne!(port, taken, "{whose}");
+        }
+        assert!(port < 32768, "{port}: below Linux's ephemeral ports");
+    }
+
+    #[test]
     fn a_parse_error_has_its_line() {
-        let e = AgentConfig::parse("tunnel:\n  port: 4789\nnodes:\n  - {name: a}\n").unwrap_err();
+        let e = AgentConfig::parse("tunnel:\n  port: 4788\nnodes:\n  - {name: a}\n").unwrap_err();
         assert!(
             matches!(e, ConfigError::Parse { line: Some(4), .. }),
             "{e:?}"
