@@ -9,7 +9,7 @@ use egress_common::nat::{NatEntry4, NatKey4};
 use super::Mapping;
 use crate::{
     conntrack::{closed, touch},
-    maps::{LookupCopy, EGW_NAT4},
+    maps::EGW_NAT4,
     parse::Packet4,
 };
 
@@ -30,19 +30,26 @@ fn with_claim<T>(rkey: &NatKey4, f: impl FnOnce() -> T) -> Option<T> {
 /// reuses the tuple, it gets a port of its own.
 #[inline(always)]
 pub fn take_over(rkey: &NatKey4, rval: &NatEntry4, now: u64) -> bool {
+    // References and map value pointers, not copies: this closure is a call of its own (LLVM
+    // keeps it out of line), and its frame, rounded up to 32 bytes on older kernels (6.1),
+    // adds to the caller's under the verifier's 512-byte limit.
     with_claim(rkey, || {
-        let Some(old) = EGW_NAT4.lookup_copy(*rkey) else {
+        let Some(old) = EGW_NAT4.get_ptr(rkey) else {
             return false;
         };
+        // SAFETY: a valid map value pointer, read before any write to the map.
+        let old = unsafe { &*old };
         let okey = rkey.forward_of(old.addr, old.port);
         // A forward entry that maps elsewhere is not this flow's.
+        // SAFETY: as above.
         let ofwd = EGW_NAT4
-            .lookup_copy(okey)
+            .get_ptr(okey)
+            .map(|f| unsafe { &*f })
             .filter(|f| f.addr == rkey.daddr && f.port == rkey.dport);
-        if !closed(&old, ofwd.as_ref(), now) {
+        if !closed(old, ofwd, now) {
             return false;
         }
-        if EGW_NAT4.insert(*rkey, *rval, BPF_EXIST as u64).is_err() {
+        if EGW_NAT4.insert(rkey, rval, BPF_EXIST as u64).is_err() {
             return false;
         }
         if ofwd.is_some() {
