@@ -174,7 +174,8 @@ mod tests {
             sport: 10,
             dport: 20,
             proto,
-            _pad: [0; 3],
+            kind: 0,
+            _pad: [0; 2],
         };
         let f = NatEntry4 {
             addr: 3,
@@ -289,8 +290,10 @@ mod tests {
     #[test]
     fn claim_entries_are_not_flows() {
         let t = Timeouts::default();
-        let mut k = NatKey4::default();
-        k._pad[0] = egress_common::nat::NAT_KEY_CLAIM;
+        let k = NatKey4 {
+            kind: egress_common::nat::NAT_KEY_CLAIM,
+            ..Default::default()
+        };
         let entries = vec![(k, NatEntry4::default())];
         assert!(expired(&entries, 1000 * S, &t).is_empty());
     }

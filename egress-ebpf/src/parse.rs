@@ -129,7 +129,8 @@ impl Packet4 {
             sport: self.sport,
             dport: self.dport,
             proto: self.proto,
-            _pad: [0; 3],
+            kind: 0,
+            _pad: [0; 2],
         }
     }
 }

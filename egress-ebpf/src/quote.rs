@@ -53,7 +53,8 @@ pub fn quoted(ctx: &TcContext, p: &Packet4) -> Result<Option<Quoted>, DropReason
         sport,
         dport,
         proto,
-        _pad: [0; 3],
+        kind: 0,
+        _pad: [0; 2],
     };
     Ok(Some(Quoted {
         ip: h,

@@ -1,19 +1,27 @@
-//! Scaffolding of the packet tests (`tests/packet_*.rs`) and the datapath micro-benchmark
+//! Scaffolding of the packet tests (`tests/packet/*.rs`) and the datapath micro-benchmark
 //! (`benches/datapath.rs`): the node fixture, `BPF_PROG_TEST_RUN`, packet builders,
 //! independent header access and checksum verification, and readers of the maps the
 //! programs write.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    ops::{Deref, DerefMut},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use egress_agent::datapath::{ip4, policy_key, Datapath, MapSizes};
 use egress_common::{
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, DEFAULT_TRUST_MARK, VXLAN_PORT},
     endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_PEER},
+    map_names,
     nat::{NatEntry4, NatKey4},
     policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
 };
 use etherparse::{PacketBuilder, TcpOptionElement};
+
+use crate::rawbpf::clear_map;
 
 pub const TC_ACT_OK: u32 = 0;
 /// `TC_ACT_UNSPEC` (-1), which TCX calls `TCX_NEXT`: what the programs return for packets
@@ -49,15 +57,58 @@ pub fn require_root() {
     }
 }
 
-/// A loaded datapath with maps seeded as on a node: `this_node` decides the role.
-pub fn datapath(this_node: Ipv4Addr) -> Datapath {
-    datapath_sized(&MapSizes::default(), this_node)
+/// The datapath the tests of a binary share, loaded once: loading verifies every program,
+/// which takes a minute per program under the kernel matrix's emulated 6.1, so a fresh load
+/// per test would not finish in time. Tests take turns on it; each finds every map empty
+/// and seeded anew (see [`datapath`]).
+static SHARED: Mutex<Option<Datapath>> = Mutex::new(None);
+
+/// A test's turn on the shared datapath: the datapath, to itself until dropped.
+pub struct Node {
+    turn: MutexGuard<'static, Option<Datapath>>,
 }
 
-/// [`datapath`] with the given map sizes.
+impl Deref for Node {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        self.turn.as_ref().expect("loaded")
+    }
+}
+
+impl DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        self.turn.as_mut().expect("loaded")
+    }
+}
+
+/// The datapath with maps seeded as on a node: `this_node` decides the role. Every map is
+/// emptied first, so nothing of an earlier test is left: no flow, no NAT entry, no counter.
+pub fn datapath(this_node: Ipv4Addr) -> Node {
+    require_root();
+    // A test that failed during its turn poisons the lock; the maps are emptied anyway.
+    let mut turn = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if turn.is_none() {
+        *turn = Some(Datapath::load(&MapSizes::default(), None).expect("load datapath"));
+    }
+    let dp = turn.as_mut().expect("loaded");
+    for name in map_names::ALL {
+        let fd = dp.map_fd(name).expect("map fd");
+        clear_map(fd).unwrap_or_else(|e| panic!("empty {name}: {e}"));
+    }
+    seed(dp, this_node);
+    Node { turn }
+}
+
+/// A datapath of its own with the given map sizes (a load of its own).
 pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
     require_root();
     let mut dp = Datapath::load(sizes, None).expect("load datapath");
+    seed(&mut dp, this_node);
+    dp
+}
+
+/// The maps of a node: configuration, pods A (selected) and B, the two nodes, the policy.
+fn seed(dp: &mut Datapath, this_node: Ipv4Addr) {
     dp.set_config(&Config {
         flags: CFG_F_READY | CFG_F_GATEWAY,
         node_ip4: ip4(this_node),
@@ -117,7 +168,6 @@ pub fn datapath_sized(sizes: &MapSizes, this_node: Ipv4Addr) -> Datapath {
         },
     )
     .expect("policy");
-    dp
 }
 
 /// The drop counter of `reason` (as `inspect` names it).
@@ -347,7 +397,8 @@ pub fn key(s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16, proto: u8) -> NatKey4 {
         sport: sp.to_be(),
         dport: dp.to_be(),
         proto,
-        _pad: [0; 3],
+        kind: 0,
+        _pad: [0; 2],
     }
 }
 

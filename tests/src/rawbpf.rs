@@ -1,9 +1,12 @@
 //! Raw `bpf(2)` for the few programs the tests and the micro-benchmark need that are not in
 //! the eBPF object (aya loads ELF objects only): a program of a couple of instructions, its
-//! run statistics, a TCX link to it.
+//! run statistics, a TCX link to it; and emptying a map between tests that share a load.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+pub const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
 pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -12,6 +15,14 @@ pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 /// `struct bpf_prog_info`: `run_time_ns` and `run_cnt` offsets (UAPI, stable).
 const INFO_RUN_TIME_NS: usize = 192;
 const INFO_RUN_CNT: usize = 200;
+
+/// `struct bpf_map_info`: type, key_size and value_size, max_entries (UAPI, stable).
+const MAP_INFO_TYPE: usize = 0;
+const MAP_INFO_KEY_SIZE: usize = 8;
+const MAP_INFO_VALUE_SIZE: usize = 12;
+const MAP_INFO_MAX_ENTRIES: usize = 16;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 /// `union bpf_attr`, as bytes (every command's fields start at offset 0).
 #[repr(C, align(8))]
@@ -94,4 +105,59 @@ pub fn prog_stats(fd: RawFd) -> (u64, u64) {
 /// `prog_stats` of an owned program fd.
 pub fn prog_run_count(fd: &OwnedFd) -> u64 {
     prog_stats(fd.as_raw_fd()).1
+}
+
+/// Empties the map `fd` as a fresh load would leave it: every key of a hash, LRU or LPM map
+/// deleted, every element of an array (per CPU: of every possible CPU) zeroed.
+pub fn clear_map(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd() as u32;
+    let mut info = [0u8; 128];
+    let mut a = Attr::new();
+    a.u32(0, fd)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    a.bpf(BPF_OBJ_GET_INFO_BY_FD)?;
+    let field = |off: usize| u32::from_ne_bytes(info[off..off + 4].try_into().expect("4 bytes"));
+    let (kind, key_size, value_size, max_entries) = (
+        field(MAP_INFO_TYPE),
+        field(MAP_INFO_KEY_SIZE) as usize,
+        field(MAP_INFO_VALUE_SIZE) as usize,
+        field(MAP_INFO_MAX_ENTRIES),
+    );
+    let mut key = vec![0u8; key_size];
+    if kind == BPF_MAP_TYPE_ARRAY || kind == BPF_MAP_TYPE_PERCPU_ARRAY {
+        let cpus = if kind == BPF_MAP_TYPE_PERCPU_ARRAY {
+            aya::util::nr_cpus().map_err(|(_, e)| e)?
+        } else {
+            1
+        };
+        // Per-CPU values are laid out 8-byte aligned, one per possible CPU.
+        let value = vec![0u8; value_size.next_multiple_of(8) * cpus];
+        for i in 0..max_entries {
+            key.copy_from_slice(&i.to_ne_bytes()[..key_size]);
+            Attr::new()
+                .u32(0, fd)
+                .u64(8, key.as_ptr() as u64)
+                .u64(16, value.as_ptr() as u64)
+                .bpf(BPF_MAP_UPDATE_ELEM)?;
+        }
+        return Ok(());
+    }
+    // The first key, deleted, until there is none (ENOENT).
+    loop {
+        let next = Attr::new()
+            .u32(0, fd)
+            .u64(8, 0)
+            .u64(16, key.as_mut_ptr() as u64)
+            .bpf(BPF_MAP_GET_NEXT_KEY);
+        match next {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        Attr::new()
+            .u32(0, fd)
+            .u64(8, key.as_ptr() as u64)
+            .bpf(BPF_MAP_DELETE_ELEM)?;
+    }
 }

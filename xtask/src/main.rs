@@ -16,6 +16,7 @@ mod bench;
 mod demo;
 mod kernels;
 mod setup;
+mod stack;
 
 #[derive(Parser)]
 #[command(about = "Build, test and explore the egress gateway")]
@@ -203,7 +204,7 @@ fn build_ebpf() -> Result<()> {
         .join(BPF_TARGET)
         .join("release/egress");
     println!("xtask: eBPF object at {}", obj.display());
-    Ok(())
+    stack::check(&obj)
 }
 
 fn test(filter: Option<String>) -> Result<()> {

@@ -3,6 +3,7 @@
 
 use std::{
     fs, io,
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -190,6 +191,22 @@ impl Datapath {
     /// Why the attach mode was chosen (for the log).
     pub fn tc_probe(&self) -> &str {
         &self.tc_probe
+    }
+
+    /// The file descriptor of the map `name` (for tools and tests that work on maps as
+    /// bytes: the packet tests empty every map between tests that share one load).
+    pub fn map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, DatapathError> {
+        let data = match self.map(name)? {
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::LpmTrie(d)
+            | Map::PerCpuArray(d)
+            | Map::PerCpuHashMap(d)
+            | Map::PerCpuLruHashMap(d) => d,
+            _ => return Err(DatapathError::MissingMap(name)),
+        };
+        Ok(data.fd().as_fd())
     }
 
     /// A loaded program (for `BPF_PROG_TEST_RUN` in tests).

@@ -39,7 +39,8 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
         sport: q.key.dport,
         dport: isport,
         proto,
-        _pad: [0; 3],
+        kind: 0,
+        _pad: [0; 2],
     };
     let Some(e) = EGW_NAT4.get_ptr_mut(key) else {
         return Ok(None);

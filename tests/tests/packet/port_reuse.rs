@@ -55,7 +55,7 @@ fn syn_from(dp: &Datapath, pod: Ipv4Addr, ifindex: u32, port: u16) -> u16 {
 }
 
 /// A gateway datapath where pod B is selected too.
-fn gateway_with_two_pods() -> Datapath {
+fn gateway_with_two_pods() -> Node {
     let mut dp = datapath(GATEWAY);
     let ep = Endpoint {
         ifindex: POD_B_IF,

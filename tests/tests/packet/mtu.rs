@@ -6,7 +6,6 @@
 //! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
 //! without it.
 
-use egress_agent::datapath::Datapath;
 use egress_common::{
     config::Config,
     program_names::{FROM_POD, FROM_WIRE},
@@ -56,7 +55,7 @@ fn from_pod_oversize_without_df_is_tunnelled() {
 const NARROW_UPLINK: u16 = 1400;
 
 /// The gateway with a 1400-byte uplink.
-fn narrow_gateway() -> Datapath {
+fn narrow_gateway() -> Node {
     let mut dp = datapath(GATEWAY);
     let cfg = dp.config().expect("config");
     dp.set_config(&Config {

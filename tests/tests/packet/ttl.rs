@@ -20,7 +20,7 @@ fn from_pod_ttl_is_decremented_once_on_the_way_into_the_tunnel() {
 #[test]
 fn from_pod_expiring_ttl_is_answered_with_time_exceeded() {
     for node in [WORKER, GATEWAY] {
-        let dp = datapath(node);
+        let mut dp = datapath(node);
         let pkt = with_ttl(udp(POD_A, INTERNET, 40000, 53, b"traceroute"), 1);
         let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
         assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the pod");
@@ -36,7 +36,7 @@ fn from_pod_expiring_ttl_is_answered_with_time_exceeded() {
         assert_checksums(&out);
         assert_eq!(drops(&dp, "ttl_exceeded"), 1);
         assert_eq!(
-            nat_entry(&mut { dp }, key(POD_A, INTERNET, 40000, 53, 17)),
+            nat_entry(&mut dp, key(POD_A, INTERNET, 40000, 53, 17)),
             None,
             "no NAT state for a packet that went nowhere"
         );

@@ -1,0 +1,15 @@
+//! The packet tests: every program run through `BPF_PROG_TEST_RUN` on crafted packets, with
+//! the maps seeded as on a node. One test binary, so that the datapath is loaded (and its
+//! programs verified) once and shared by every test in turn (`egress_tests::packet::datapath`):
+//! under the kernel matrix's emulated kernels a load takes minutes.
+
+mod fragments;
+mod from_pod;
+mod from_wire;
+mod icmp;
+mod inbound;
+mod mtu;
+mod port_reuse;
+mod snat;
+mod trust;
+mod ttl;
