@@ -156,7 +156,8 @@ fn seed(dp: &mut Datapath, this_node: Ipv4Addr) {
         action: ACTION_VIA_GATEWAY,
         gateway_ip4: ip4(GATEWAY),
         egress_ip4: ip4(EGRESS),
-        _pad: 0,
+        egress_mtu: 0,
+        egress_ifindex: 0,
     };
     m.put_policy(&policy_key(POLICY, Ipv4Addr::UNSPECIFIED, 0), via)
         .expect("policy");
