@@ -380,6 +380,16 @@ fn a_narrow_uplink_past_the_gateway_is_learned_by_the_pods() {
 /// (narrower than the uplink's) is what the pods learn.
 #[test]
 fn an_egress_ip_on_a_second_nic_is_used_end_to_end() {
+    second_nic(false);
+}
+
+/// The same with `gateway.interface: eth2` instead of the address.
+#[test]
+fn a_gateway_interface_on_a_second_nic_is_used_end_to_end() {
+    second_nic(true);
+}
+
+fn second_nic(by_interface: bool) {
     require_root();
     let lab = Lab::up(&LabSpec {
         underlay: Underlay::Private,
@@ -414,6 +424,7 @@ fn an_egress_ip_on_a_second_nic_is_used_end_to_end() {
             selected: &SELECTED,
             destinations: Some(&EVERYWHERE),
             egress_ip: Some(second),
+            interface: by_interface.then_some("eth2"),
             ..ConfigSpec::default()
         },
     );
@@ -438,6 +449,20 @@ fn an_egress_ip_on_a_second_nic_is_used_end_to_end() {
         ready_condition(&gw_agent.state_dir).filter(|(s, _, _)| s == "True")
     });
     assert!(ready.is_some(), "not taken; log:\n{}", gw_agent.log());
+    let policies = gw_agent.inspect("policies").expect("inspect policies");
+    let via = policies
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["action"] == "gateway"))
+        .unwrap_or_else(|| panic!("{policies:#}"));
+    assert_eq!(
+        (
+            via["egress_ip"].as_str(),
+            via["egress_interface"].as_str(),
+            via["egress_mtu"].as_u64()
+        ),
+        (Some("203.0.113.10"), Some("eth2"), Some(1300)),
+        "{via:#}"
+    );
     let inet = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 8025);
     let filter = format!("tcp and host {} and port 8025", INTERNET_HOST);
     for p in ["pod-gateway-0", "pod-worker1-0"] {
