@@ -8,6 +8,9 @@
 
 /// `NatEntry4::flags`: this is the reverse (reply-direction) entry.
 pub const NAT_F_REVERSE: u8 = 1 << 0;
+/// `NatEntry4::flags` of a forward TCP entry: `ack` holds the pod's latest acknowledgment
+/// number; without it, what the peer must acknowledge to answer the pod's SYN.
+pub const NAT_F_POD_ACKED: u8 = 1 << 1;
 
 /// Connection state, for state-aware expiry by the agent.
 pub const CT_NEW: u8 = 0;
@@ -62,8 +65,17 @@ pub struct NatEntry4 {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet in either direction; only the
     /// forward entry's value is authoritative for the agent's expiry.
     pub last_seen_ns: u64,
+    /// Forward TCP entries: the sequence number a RST from the peer must carry to end the
+    /// flow (RFC 5961: the next one the pod expects, its latest acknowledgment number, with
+    /// `NAT_F_POD_ACKED`), or, before the pod acknowledged anything, the acknowledgment
+    /// number that answers its SYN (its SYN's sequence number + 1). Host byte order.
+    pub ack: u32,
+    /// Forward TCP entries: the pod's latest receive window as sent (unscaled): how far past
+    /// `ack` a FIN from the peer may be.
+    pub window: u16,
+    pub _pad: u16,
 }
-crate::assert_size!(NatEntry4, 24);
+crate::assert_size!(NatEntry4, 32);
 
 /// A datagram's fragments, as they arrive at the gateway: `{source, destination, IP id,
 /// proto}` (a pod's datagram going out, or a reply coming in). Only the first fragment

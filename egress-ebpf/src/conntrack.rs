@@ -1,13 +1,18 @@
 //! Connection tracking of NAT flows: the state a packet moves a flow to, the coarse last-seen
 //! refresh, and when a flow is over so that its port may serve a new connection.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use egress_common::{
-    nat::{NatEntry4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET},
+    nat::{NatEntry4, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_RESET, NAT_F_POD_ACKED},
     proto::IPPROTO_TCP,
 };
+use network_types::tcp::TcpHdr;
 
-use crate::parse::{Packet4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{ptr_at, Packet4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Window scaling is not tracked: a FIN from the peer is held to the pod's window as if
+/// scaled by the largest factor (RFC 7323: 14), a bound the peer's real data never passes.
+const MAX_WSCALE: u32 = 14;
 
 /// A flow closed by FINs in both directions gives its port to a new connection after being
 /// idle this long (its last ACK has arrived by then).
@@ -113,4 +118,70 @@ pub fn closed(rev: &NatEntry4, fwd: Option<&NatEntry4>, now: u64) -> bool {
         return quiet >= RESET_REUSE_NS;
     }
     rev.state == CT_CLOSING && fstate == CT_CLOSING && quiet >= CLOSED_REUSE_NS
+}
+
+/// What the pod's TCP packet `p` says it expects from the peer (see `NatEntry4::ack`):
+/// `(ack, window, NAT_F_POD_ACKED or 0)`. `None`: not TCP, or neither SYN nor ACK.
+#[inline(always)]
+pub fn pod_expects(ctx: &TcContext, p: &Packet4) -> Option<(u32, u16, u8)> {
+    if p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == 0 {
+        return None;
+    }
+    let h = ptr_at::<TcpHdr>(ctx, p.l4_off).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        Some(if p.tcp_flags & TCP_ACK != 0 {
+            (
+                u32::from_be((*h).ack_seq),
+                u16::from_be((*h).window),
+                NAT_F_POD_ACKED,
+            )
+        } else {
+            (u32::from_be((*h).seq).wrapping_add(1), 0, 0)
+        })
+    }
+}
+
+/// Records `pod_expects` of the pod's packet `p` in its forward entry `e`, when it changed.
+#[inline(always)]
+pub fn track_pod(ctx: &TcContext, e: *mut NatEntry4, p: &Packet4) {
+    let Some((ack, window, acked)) = pod_expects(ctx, p) else {
+        return;
+    };
+    // SAFETY: as in `touch`.
+    unsafe {
+        let flags = ((*e).flags & !NAT_F_POD_ACKED) | acked;
+        if (*e).ack != ack || (*e).window != window || (*e).flags != flags {
+            (*e).ack = ack;
+            (*e).window = window;
+            (*e).flags = flags;
+        }
+    }
+}
+
+/// Whether the peer's RST or FIN `p` may change the state of the flow whose forward entry is
+/// `f` (what the pod expects, see `track_pod`). A RST: only with exactly the sequence number
+/// the pod expects next (RFC 5961 3.2: an off-path sender must guess all 32 bits; one merely in
+/// the window makes the pod send a challenge ACK, and the peer's answer to that carries the
+/// exact number), or, before the pod acknowledged anything, one acknowledging its SYN. A
+/// FIN: within the pod's receive window. The packet itself is never dropped for this: the
+/// pod's own TCP judges it too. Without a forward entry (gone) the flow ends anyway: yes.
+#[inline(always)]
+pub fn peer_may_close(ctx: &TcContext, p: &Packet4, f: Option<&NatEntry4>) -> bool {
+    let Some(f) = f else {
+        return true;
+    };
+    let Ok(h) = ptr_at::<TcpHdr>(ctx, p.l4_off) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (seq, ack) = unsafe { (u32::from_be((*h).seq), u32::from_be((*h).ack_seq)) };
+    if f.flags & NAT_F_POD_ACKED == 0 {
+        // SYN-SENT: a RST is valid when it acknowledges the SYN (RFC 9293 3.10.7.3).
+        return p.tcp_flags & TCP_RST != 0 && p.tcp_flags & TCP_ACK != 0 && ack == f.ack;
+    }
+    if p.tcp_flags & TCP_RST != 0 {
+        return seq == f.ack;
+    }
+    seq.wrapping_sub(f.ack) <= u32::from(f.window) << MAX_WSCALE
 }

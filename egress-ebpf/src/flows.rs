@@ -79,11 +79,10 @@ pub fn lookup(p: &Packet4) -> Opened {
     match EGW_FLOWS4.lookup_copy(p.nat_key()) {
         Some(f) if f.is_inbound() => {
             // The datagram's later fragments follow this one.
-            let e = NatEntry4 {
+            frag::remember(p, || NatEntry4 {
                 node_ip4: INBOUND,
                 ..NatEntry4::default()
-            };
-            frag::remember(p, &e);
+            });
             Opened::ByPeer
         }
         f => Opened::ByPod(f),
@@ -163,12 +162,11 @@ pub fn answered(ctx: &TcContext, p: &Packet4) -> Result<Option<FlowEntry4>, Drop
         return Ok(None);
     };
     // The datagram's later fragments follow this one.
-    let e = NatEntry4 {
+    frag::remember(p, || NatEntry4 {
         addr: p.daddr,
         node_ip4: f.gateway_ip4,
         policy_id: f.policy_id,
         ..NatEntry4::default()
-    };
-    frag::remember(p, &e);
+    });
     Ok(Some(f))
 }

@@ -18,13 +18,17 @@ use crate::{
 /// timeout (`net.ipv4.ipfrag_time`, 30 s).
 const FRAG_TTL_NS: u64 = 30_000_000_000;
 
-/// For the first fragment of a datagram, translated by `e`: remembers the flow for the
-/// datagram's later fragments. Nothing for an unfragmented packet.
+/// For the first fragment of a datagram, translated by `e` (only its address, port, node and
+/// policy matter): remembers the flow for the datagram's later fragments. Nothing for an
+/// unfragmented packet. `e` is made only then: a flow entry on the stack costs every
+/// program that calls this (the verifier's 512-byte limit).
 #[inline(always)]
-pub fn remember(p: &Packet4, e: &NatEntry4) {
+pub fn remember(p: &Packet4, e: impl FnOnce() -> NatEntry4) {
     if p.is_fragment() {
-        let mut e = *e;
-        e.last_seen_ns = now();
+        let e = NatEntry4 {
+            last_seen_ns: now(),
+            ..e()
+        };
         let _ = EGW_FRAG4.insert(p.frag_key(), e, 0);
     }
 }

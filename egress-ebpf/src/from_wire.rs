@@ -43,7 +43,7 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     } else if p.proto == IPPROTO_ICMP && p.dport == 0 {
         None
     } else {
-        nat::reverse_lookup(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
+        nat::reverse_lookup(ctx, &p).filter(|e| e.flags & NAT_F_REVERSE != 0)
     };
     let Some(e) = e else {
         frag::forget(&p);
@@ -56,7 +56,7 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
     if p.is_later_fragment() {
         l3::forward_as(ctx, &p, Side::Dst, e.addr)?;
     } else {
-        frag::remember(&p, &e);
+        frag::remember(&p, || e);
         rewrite(ctx, &p, Side::Dst, e.addr, e.port)?;
     }
     deliver(ctx, cfg, &p, &e, !p.is_fragment())

@@ -85,14 +85,13 @@ pub fn snat_and_send(
         if exit.mtu > TCPIP_HLEN {
             tcp::clamp_mss(ctx, p, (exit.mtu - TCPIP_HLEN) as u16)?;
         }
-        let e = NatEntry4 {
+        frag::remember(p, || NatEntry4 {
             addr: m.addr,
             port: m.port,
             node_ip4: t.node_ip,
             policy_id: t.policy_id,
             ..NatEntry4::default()
-        };
-        frag::remember(p, &e);
+        });
         rewrite(ctx, p, Side::Src, m.addr, m.port)?;
     }
     count_tx(t.policy_id, ctx.len());

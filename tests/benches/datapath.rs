@@ -445,6 +445,7 @@ fn entry(addr: Ipv4Addr, port: u16, flags: u8, state: u8, node: Ipv4Addr, now: u
         node_ip4: ip4(node),
         policy_id: POLICY,
         last_seen_ns: now,
+        ..NatEntry4::default()
     }
 }
 

@@ -311,6 +311,54 @@ pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, mss: u16) -
     v
 }
 
+/// The pod's initial sequence number in [`tcp_segment`]s (the internet host's is
+/// [`PEER_ISN`]).
+pub const POD_ISN: u32 = 7000;
+pub const PEER_ISN: u32 = 9000;
+
+/// A TCP segment of one connection between a pod and the internet host, with `flags` from
+/// "SAFR": sequence and acknowledgment numbers as that connection has them right after the
+/// handshake (a SYN carries the sender's initial number; everything after it, that number +
+/// 1; an ACK acknowledges the other side's SYN). The direction follows `src`.
+pub fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: &str) -> Vec<u8> {
+    let (macs, isn, peer_isn) = if src == INTERNET {
+        ((HOST_MAC, POD_MAC), PEER_ISN, POD_ISN)
+    } else {
+        ((POD_MAC, HOST_MAC), POD_ISN, PEER_ISN)
+    };
+    let seq = if flags.contains('S') { isn } else { isn + 1 };
+    tcp_segment_at(src, dst, sport, dport, flags, seq, peer_isn + 1, macs)
+}
+
+/// [`tcp_segment`] with its sequence and acknowledgment numbers given.
+#[expect(clippy::too_many_arguments, reason = "a packet builder's fields")]
+pub fn tcp_segment_at(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, seq, 64240);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            _ => panic!("flag {f}"),
+        };
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).expect("build");
+    v
+}
+
 pub fn tcp_data(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(HOST_MAC, POD_MAC)
         .ipv4(src.octets(), dst.octets(), 64)

@@ -17,7 +17,7 @@ use egress_common::{
 
 use super::{handover, Mapping, SnatTarget};
 use crate::{
-    conntrack::{is_new_syn, next_state, now},
+    conntrack::{is_new_syn, next_state, now, pod_expects},
     counters::count_nat,
     maps::{LookupCopy, EGW_NAT4},
     parse::Packet4,
@@ -51,8 +51,10 @@ pub fn allocate(
         node_ip4: t.node_ip,
         policy_id: t.policy_id,
         last_seen_ns: now,
+        ..NatEntry4::default()
     };
     let rval = entry(p.saddr, p.sport, NAT_F_REVERSE);
+    let (ack, window, acked) = pod_expects(ctx, p).unwrap_or_default();
     let syn = is_new_syn(p);
     let span = max - min + 1;
     let mut cand = u32::from(u16::from_be(p.sport));
@@ -72,7 +74,11 @@ pub fn allocate(
             count_nat(NAT_STAT_PORT_RETRIES);
             continue;
         }
-        let fval = entry(t.egress_ip, port, 0);
+        let fval = NatEntry4 {
+            ack,
+            window,
+            ..entry(t.egress_ip, port, acked)
+        };
         if let Some(m) = insert_pair(key, &rkey, &rval, &fval, syn, now)? {
             return Ok(m);
         }

@@ -18,12 +18,13 @@ use egress_common::{
     config::Config,
     counters::DropReason,
     nat::{NatEntry4, NatKey4},
+    proto::IPPROTO_TCP,
 };
 
 use crate::{
-    conntrack::{is_new_syn, just_closed, touch},
+    conntrack::{is_new_syn, just_closed, peer_may_close, refresh, touch, track_pod},
     maps::EGW_NAT4,
-    parse::Packet4,
+    parse::{Packet4, TCP_FIN, TCP_RST},
 };
 
 /// The source address and port a flow leaves with.
@@ -55,7 +56,7 @@ pub fn snat_mapping(
     opens: impl FnOnce() -> Result<bool, DropReason>,
 ) -> Result<Option<Mapping>, DropReason> {
     let key = p.nat_key();
-    if let Some(m) = find_existing(p, &key, t.egress_ip) {
+    if let Some(m) = find_existing(ctx, p, &key, t.egress_ip) {
         return Ok(Some(m));
     }
     if !opens()? {
@@ -68,7 +69,7 @@ pub fn snat_mapping(
 /// (the policy's egress IP changed) is removed, and so is the forward entry of a tuple the pod
 /// reuses for a new connection whose port it no longer owns or that closed a moment ago.
 #[inline(always)]
-fn find_existing(p: &Packet4, key: &NatKey4, egress_ip: u32) -> Option<Mapping> {
+fn find_existing(ctx: &TcContext, p: &Packet4, key: &NatKey4, egress_ip: u32) -> Option<Mapping> {
     let e = EGW_NAT4.get_ptr_mut(*key)?;
     let syn = is_new_syn(p);
     // SAFETY: valid map value pointer.
@@ -94,16 +95,31 @@ fn find_existing(p: &Packet4, key: &NatKey4, egress_ip: u32) -> Option<Mapping> 
     // over with it so that the port is not handed on.
     if !syn || handover::still_owns(p, m) {
         touch(e, p, false);
+        track_pod(ctx, e, p);
         return Some(m);
     }
     let _ = EGW_NAT4.remove(*key);
     None
 }
 
-/// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value.
+/// Looks up the reverse entry of a reply and refreshes it. Returns the entry by value. A RST
+/// or FIN from the peer changes the flow's state only if it fits what the pod expects
+/// (`conntrack::peer_may_close`): a blind sender cannot end or hand over the pod's flow.
 #[inline(always)]
-pub fn reverse_lookup(p: &Packet4) -> Option<NatEntry4> {
-    let e = EGW_NAT4.get_ptr_mut(p.nat_key())?;
+pub fn reverse_lookup(ctx: &TcContext, p: &Packet4) -> Option<NatEntry4> {
+    let key = p.nat_key();
+    let e = EGW_NAT4.get_ptr_mut(key)?;
+    if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_RST | TCP_FIN) != 0 {
+        // SAFETY: valid map value pointer.
+        let fkey = unsafe { key.forward_of((*e).addr, (*e).port) };
+        // SAFETY: as above.
+        let f = EGW_NAT4.get_ptr(fkey).map(|f| unsafe { &*f });
+        if !peer_may_close(ctx, p, f) {
+            refresh(e);
+            // SAFETY: as above.
+            return Some(unsafe { *e });
+        }
+    }
     touch(e, p, true);
     // SAFETY: valid map value pointer.
     Some(unsafe { *e })

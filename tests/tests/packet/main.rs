@@ -11,5 +11,6 @@ mod inbound;
 mod mtu;
 mod port_reuse;
 mod snat;
+mod tcp_window;
 mod trust;
 mod ttl;

@@ -13,40 +13,16 @@ use egress_common::{
     program_names::{FROM_POD, FROM_WIRE},
 };
 use egress_tests::packet::*;
-use etherparse::PacketBuilder;
 
 /// A TCP segment with the given flags (`S`yn, `A`ck, `F`in, `R`st), pod side to internet
 /// when `from_pod`, else the internet's reply.
-fn tcp_flags(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: &str) -> Vec<u8> {
-    let macs = if src == INTERNET {
-        (HOST_MAC, POD_MAC)
-    } else {
-        (POD_MAC, HOST_MAC)
-    };
-    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 7000, 64240);
-    for f in flags.chars() {
-        b = match f {
-            'S' => b.syn(),
-            'A' => b.ack(9000),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            _ => panic!("flag {f}"),
-        };
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).expect("build");
-    v
-}
-
 /// Pod `pod` (on `ifindex`) opens a connection from `port` to the internet host's port 25;
 /// returns the NAT port it leaves with.
 fn syn_from(dp: &Datapath, pod: Ipv4Addr, ifindex: u32, port: u16) -> u16 {
     let (rc, out) = run(
         dp,
         FROM_POD,
-        &tcp_flags(pod, INTERNET, port, 25, "S"),
+        &tcp_segment(pod, INTERNET, port, 25, "S"),
         ifindex,
     );
     assert_eq!(rc, TC_ACT_REDIRECT);
@@ -71,7 +47,7 @@ fn reply(dp: &Datapath, nat_port: u16, flags: &str) {
     let (rc, _) = run(
         dp,
         FROM_WIRE,
-        &tcp_flags(INTERNET, EGRESS, 25, nat_port, flags),
+        &tcp_segment(INTERNET, EGRESS, 25, nat_port, flags),
         UPLINK_IF,
     );
     assert_eq!(rc, TC_ACT_REDIRECT, "reply {flags} reverse-translated");
@@ -82,7 +58,7 @@ fn a_reset_flows_port_goes_to_the_next_syn_and_its_pod_gets_another() {
     let mut dp = gateway_with_two_pods();
     assert_eq!(syn_from(&dp, POD_A, POD_A_IF, 62000), 62000);
     reply(&dp, 62000, "SA");
-    reply(&dp, 62000, "R");
+    reply(&dp, 62000, "RA");
     // Pod B asks for the same port to the same remote: not while the reset may still be in
     // flight (B gets another port), then the reset flow hands it over.
     let early = syn_from(&dp, POD_B, POD_B_IF, 62000);
@@ -109,7 +85,8 @@ fn a_reset_flows_port_goes_to_the_next_syn_and_its_pod_gets_another() {
 fn a_pod_reusing_its_own_closed_tuple_keeps_its_port() {
     let mut dp = datapath(GATEWAY);
     assert_eq!(syn_from(&dp, POD_A, POD_A_IF, 62000), 62000);
-    reply(&dp, 62000, "R");
+    // Connection refused: a RST acknowledging the SYN.
+    reply(&dp, 62000, "RA");
     assert_eq!(syn_from(&dp, POD_A, POD_A_IF, 62000), 62000);
     let rev = nat_entry(&mut dp, key(INTERNET, EGRESS, 25, 62000, 6)).expect("reverse");
     assert_eq!(ip4_from(rev.addr), POD_A);
@@ -124,7 +101,7 @@ fn a_pod_reopening_the_tuple_it_just_reset_gets_a_fresh_port() {
     let (rc, _) = run(
         &dp,
         FROM_POD,
-        &tcp_flags(POD_A, INTERNET, 62000, 25, "R"),
+        &tcp_segment(POD_A, INTERNET, 62000, 25, "R"),
         POD_A_IF,
     );
     assert_eq!(rc, TC_ACT_REDIRECT);
@@ -153,7 +130,7 @@ fn live_and_half_closed_flows_keep_their_ports() {
     let (rc, _) = run(
         &dp,
         FROM_POD,
-        &tcp_flags(POD_A, INTERNET, 62000, 25, "FA"),
+        &tcp_segment(POD_A, INTERNET, 62000, 25, "FA"),
         POD_A_IF,
     );
     assert_eq!(rc, TC_ACT_REDIRECT);
