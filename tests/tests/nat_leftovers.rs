@@ -1,0 +1,266 @@
+//! What a flow leaves behind: the NAT entries of a pod that is gone (a new pod with its
+//! address must never get the old flows' answers), and a claim entry left by an agent
+//! stopped mid-pass (collected after about a second, not kept for good).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use egress_tests::{
+    agent::Agent,
+    config::{self, ConfigSpec},
+    lab::{in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
+    net::eventually,
+};
+use serde_json::Value;
+
+const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const POD: &str = "pod-worker1-0";
+const SERVER_PORT: u16 = 5300;
+const POD_PORT: u16 = 40000;
+
+fn write_config(lab: &Lab, only_pods: Option<&[&str]>, extra: &str) -> std::path::PathBuf {
+    config::write_config(
+        lab,
+        &ConfigSpec {
+            selected: &[POD, "pod-gateway-0"],
+            only_pods,
+            extra,
+            ..ConfigSpec::default()
+        },
+    )
+}
+
+fn start_agents(lab: &Lab, config: &Path) -> Vec<Agent> {
+    let agents: Vec<Agent> = lab
+        .nodes()
+        .iter()
+        .map(|n| Agent::start(lab, &n.name, config).expect("start agent"))
+        .collect();
+    for a in &agents {
+        let pods = lab.pods().iter().filter(|p| p.node == a.node).count();
+        a.wait_endpoints(pods, Duration::from_secs(20))
+            .expect("agent programs its pods");
+    }
+    agents
+}
+
+fn udp_in(ns: &str, addr: SocketAddrV4) -> UdpSocket {
+    let s = in_netns(ns, || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s
+}
+
+/// What `sock` receives within its timeout.
+fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).ok()?;
+    Some((buf[..n].to_vec(), from))
+}
+
+/// The NAT map's entries, as bpftool prints them with BTF (`key`/`value` objects).
+fn nat_entries(pin_root: &Path) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_root.join("maps/EGW_NAT4"))
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
+/// A raw (network byte order) address as bpftool prints a u32 field.
+fn raw(ip: Ipv4Addr) -> u64 {
+    u64::from(u32::from_ne_bytes(ip.octets()))
+}
+
+/// Entries whose pod side is `pod`: forward keys from it, reverse values to it.
+fn entries_of(entries: &[Value], pod: Ipv4Addr) -> Vec<Value> {
+    entries
+        .iter()
+        .filter(|e| {
+            e["key"]["kind"] == 0
+                && (e["key"]["saddr"] == raw(pod)
+                    || (e["value"]["flags"].as_u64().unwrap_or(0) & 1 != 0
+                        && e["value"]["addr"] == raw(pod)))
+        })
+        .cloned()
+        .collect()
+}
+
+fn claims(entries: &[Value]) -> usize {
+    entries.iter().filter(|e| e["key"]["kind"] == 1).count()
+}
+
+/// Bytes of a value in host order, as `bpftool map update ... hex` wants them.
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Puts a claim entry for the reverse key `{remote, egress, remote port, nat port, UDP}`
+/// with an all-zero value (what the datapath's claims carry).
+fn inject_claim(pin_root: &Path, remote: SocketAddrV4, egress: SocketAddrV4) {
+    let mut key = Vec::new();
+    key.extend(remote.ip().octets());
+    key.extend(egress.ip().octets());
+    key.extend(remote.port().to_be_bytes());
+    key.extend(egress.port().to_be_bytes());
+    key.extend([17, 1, 0, 0]); // proto UDP, kind NAT_KEY_CLAIM, padding
+    let value = [0u8; 24];
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(pin_root.join("maps/EGW_NAT4"))
+        .arg("key")
+        .args(["hex"])
+        .args(hex(&key))
+        .arg("value")
+        .args(["hex"])
+        .args(hex(&value))
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map update: {out:?}");
+}
+
+/// The pod opens a UDP flow to the internet host; returns the pod's socket, the server's, and
+/// the address the server saw (the egress IP and NAT port).
+fn open_flow(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddrV4) {
+    let server = udp_in(
+        &lab.internet().ns,
+        SocketAddrV4::new(INTERNET_HOST, SERVER_PORT),
+    );
+    let pod = udp_in(
+        &lab.pod(POD).ns,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, POD_PORT),
+    );
+    pod.send_to(b"query", SocketAddrV4::new(INTERNET_HOST, SERVER_PORT))
+        .expect("send");
+    let (msg, from) = recv(&server).expect("the server hears the pod");
+    assert_eq!(msg, b"query");
+    let SocketAddr::V4(from) = from else {
+        panic!("{from}")
+    };
+    assert_eq!(*from.ip(), GATEWAY_IP, "the pod leaves with the egress IP");
+    (pod, server, from)
+}
+
+#[test]
+fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let all: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
+    let cfg = write_config(&lab, None, "");
+    let agents = start_agents(&lab, &cfg);
+    let (gateway, worker1) = (&agents[0], &agents[1]);
+    assert_eq!(gateway.node, "gateway");
+    assert_eq!(worker1.node, "worker1");
+    let pod_ip = lab.pod(POD).ip;
+    let (pod, server, egress) = open_flow(&lab);
+
+    // Control: while the pod lives, the answer reaches it.
+    server.send_to(b"answer 1", egress).expect("send");
+    let got = recv(&pod).map(|(m, _)| m);
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"answer 1"[..]),
+        "the pod gets its answer"
+    );
+    assert!(
+        !entries_of(&nat_entries(&gateway.pin_root), pod_ip).is_empty(),
+        "the gateway holds the pod's flow"
+    );
+
+    // The pod is deleted (gone from the source), then a new pod gets its address.
+    let others: Vec<&str> = all.iter().copied().filter(|p| *p != POD).collect();
+    write_config(&lab, Some(&others), "");
+    let flushed = eventually(Duration::from_secs(5), || {
+        entries_of(&nat_entries(&gateway.pin_root), pod_ip)
+            .is_empty()
+            .then_some(())
+    });
+    let left = entries_of(&nat_entries(&gateway.pin_root), pod_ip);
+    assert!(
+        flushed.is_some(),
+        "the gateway keeps the deleted pod's NAT entries: {left:#?}\n{}",
+        gateway.log()
+    );
+    assert!(
+        gateway.log().contains("flows of departed pods flushed"),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        worker1.log().contains("flows of departed pods flushed"),
+        "the pod's node forgets the flows it sent: {}",
+        worker1.log()
+    );
+    write_config(&lab, Some(&all), "");
+    eventually(Duration::from_secs(5), || {
+        let eps = worker1.inspect("endpoints").ok()?;
+        eps.as_array()?
+            .iter()
+            .any(|e| e["ip"] == pod_ip.to_string() && e["selected"] == true)
+            .then_some(())
+    })
+    .expect("the new pod is programmed");
+
+    // The old flow's answer: the new pod (the same socket, the same address) must not get it.
+    server.send_to(b"answer 2", egress).expect("send");
+    let got = recv(&pod);
+    assert!(
+        got.is_none(),
+        "the new pod got the deleted pod's answer: {got:?}"
+    );
+    // Control: the new pod's own flow works, answers included.
+    pod.send_to(b"query 2", SocketAddrV4::new(INTERNET_HOST, SERVER_PORT))
+        .expect("send");
+    let (_, from) = recv(&server).expect("the server hears the new pod");
+    server.send_to(b"answer 3", from).expect("send");
+    let got = recv(&pod).map(|(m, _)| m);
+    assert_eq!(got.as_deref(), Some(&b"answer 3"[..]));
+}
+
+#[test]
+fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    // UDP flows expire after 2 s idle; the agents collect every second (the lab's agents run
+    // with --gc-interval-s 1).
+    let extra = "nat:\n  timeouts:\n    udp: 2\n";
+    let cfg = write_config(&lab, None, extra);
+    let agents = start_agents(&lab, &cfg);
+    let gateway = &agents[0];
+    let pod_ip = lab.pod(POD).ip;
+    let (_pod, _server, egress) = open_flow(&lab);
+    let remote = SocketAddrV4::new(INTERNET_HOST, SERVER_PORT);
+
+    // What a pass interrupted between taking and releasing the flow's claim leaves.
+    inject_claim(&gateway.pin_root, remote, egress);
+    assert_eq!(claims(&nat_entries(&gateway.pin_root)), 1, "injected");
+    let start = Instant::now();
+    let gone = eventually(Duration::from_secs(5), || {
+        (claims(&nat_entries(&gateway.pin_root)) == 0).then(|| start.elapsed())
+    });
+    let took =
+        gone.unwrap_or_else(|| panic!("the claim is still there after 5 s:\n{}", gateway.log()));
+    assert!(
+        took >= Duration::from_millis(900),
+        "a claim is not collected at first sight (it may be held): {took:?}"
+    );
+    assert!(took <= Duration::from_millis(2500), "took {took:?}");
+    assert!(gateway.log().contains("left behind"), "{}", gateway.log());
+    // The flow it blocked expires as its timeout says.
+    let expired = eventually(Duration::from_secs(5), || {
+        entries_of(&nat_entries(&gateway.pin_root), pod_ip)
+            .is_empty()
+            .then_some(())
+    });
+    assert!(
+        expired.is_some(),
+        "the flow outlives its timeout: {:#?}",
+        entries_of(&nat_entries(&gateway.pin_root), pod_ip)
+    );
+}
