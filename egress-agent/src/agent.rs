@@ -412,8 +412,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                     Err(e) => warn!("NAT collection failed: {:#}", anyhow::Error::from(e)),
                 }
-                claim_check = (!nat_gc.claims.is_empty())
-                    .then(|| tokio::time::Instant::now() + CLAIM_CHECK);
+                // A second after the first sighting, not pushed back by every pass.
+                claim_check = if nat_gc.claims.is_empty() {
+                    None
+                } else {
+                    claim_check.or_else(|| Some(tokio::time::Instant::now() + CLAIM_CHECK))
+                };
             },
             _ = async {
                 match claim_check {

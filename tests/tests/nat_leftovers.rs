@@ -70,7 +70,11 @@ fn nat_entries(pin_root: &Path) -> Vec<Value> {
         .output()
         .expect("bpftool");
     assert!(out.status.success(), "bpftool: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("bpftool json")
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    // With BTF, `-j` prints the raw bytes and the fields under "formatted".
+    all.into_iter()
+        .map(|e| e.get("formatted").cloned().unwrap_or(e))
+        .collect()
 }
 
 /// A raw (network byte order) address as bpftool prints a u32 field.
