@@ -268,3 +268,60 @@ fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
         entries_of(&nat_entries(&gateway.pin_root), pod_ip)
     );
 }
+
+/// The "mail" policy's condition `type_` in the agent's status file: (status, reason, message).
+fn condition(state_dir: &Path, type_: &str) -> Option<(String, String, String)> {
+    let text = std::fs::read_to_string(state_dir.join("policies.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let c = v["mail"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["message"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+fn sysctl(ns: &str, setting: &str) {
+    egress_tests::lab::exec(ns, &["sysctl", "-qw", setting])
+        .unwrap_or_else(|e| panic!("sysctl {setting} in {ns}: {e}"));
+}
+
+#[test]
+fn the_gateway_says_when_its_own_ephemeral_ports_reach_into_the_nat_range() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let gw_ns = lab.gateway().ns.clone();
+    // A host tuned for many outgoing connections; the egress IP is the node's own address.
+    sysctl(&gw_ns, "net.ipv4.ip_local_port_range=1024 65535");
+    let cfg = write_config(&lab, None, "");
+    let agents = start_agents(&lab, &cfg);
+    let gateway = &agents[0];
+    let shared = eventually(Duration::from_secs(5), || {
+        condition(&gateway.state_dir, "HostPortsApart").filter(|(s, _, _)| s == "False")
+    })
+    .unwrap_or_else(|| panic!("no HostPortsApart=False:\n{}", gateway.log()));
+    assert_eq!(shared.1, "EphemeralPortsOverlap");
+    assert!(
+        shared
+            .2
+            .contains("net.ipv4.ip_local_reserved_ports=\"61000-65535\""),
+        "says what to set: {}",
+        shared.2
+    );
+    assert!(
+        gateway.log().contains("EphemeralPortsOverlap"),
+        "a warning in the log:\n{}",
+        gateway.log()
+    );
+    // Control: done as it says (the NAT range reserved), the next pass is content.
+    sysctl(&gw_ns, "net.ipv4.ip_local_reserved_ports=61000-65535");
+    write_config(&lab, None, "# touched\n");
+    let apart = eventually(Duration::from_secs(5), || {
+        condition(&gateway.state_dir, "HostPortsApart").filter(|(s, _, _)| s == "True")
+    })
+    .unwrap_or_else(|| panic!("no HostPortsApart=True:\n{}", gateway.log()));
+    assert_eq!(apart.1, "OutsideEphemeralPorts");
+}
