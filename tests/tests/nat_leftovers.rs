@@ -131,13 +131,13 @@ fn inject_claim(pin_root: &Path, remote: SocketAddrV4, egress: SocketAddrV4) {
 
 /// The pod opens a UDP flow to the internet host; returns the pod's socket, the server's, and
 /// the address the server saw (the egress IP and NAT port).
-fn open_flow(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddrV4) {
+fn open_flow(lab: &Lab, pod: &str) -> (UdpSocket, UdpSocket, SocketAddrV4) {
     let server = udp_in(
         &lab.internet().ns,
         SocketAddrV4::new(INTERNET_HOST, SERVER_PORT),
     );
     let pod = udp_in(
-        &lab.pod(POD).ns,
+        &lab.pod(pod).ns,
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, POD_PORT),
     );
     pod.send_to(b"query", SocketAddrV4::new(INTERNET_HOST, SERVER_PORT))
@@ -151,18 +151,22 @@ fn open_flow(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddrV4) {
     (pod, server, from)
 }
 
-#[test]
-fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
+/// A pod of `node` opens a flow, is deleted, and a new pod gets its address.
+fn new_pod_with_a_deleted_pods_address(node: &str) {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
     let all: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
+    let name = format!("pod-{node}-0");
     let cfg = write_config(&lab, None, "");
     let agents = start_agents(&lab, &cfg);
-    let (gateway, worker1) = (&agents[0], &agents[1]);
+    let gateway = &agents[0];
     assert_eq!(gateway.node, "gateway");
-    assert_eq!(worker1.node, "worker1");
-    let pod_ip = lab.pod(POD).ip;
-    let (pod, server, egress) = open_flow(&lab);
+    let own = agents
+        .iter()
+        .find(|a| a.node == node)
+        .expect("the pod's agent");
+    let pod_ip = lab.pod(&name).ip;
+    let (pod, server, egress) = open_flow(&lab, &name);
 
     // Control: while the pod lives, the answer reaches it.
     server.send_to(b"answer 1", egress).expect("send");
@@ -178,7 +182,7 @@ fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
     );
 
     // The pod is deleted (gone from the source), then a new pod gets its address.
-    let others: Vec<&str> = all.iter().copied().filter(|p| *p != POD).collect();
+    let others: Vec<&str> = all.iter().copied().filter(|p| *p != name).collect();
     write_config(&lab, Some(&others), "");
     let flushed = eventually(Duration::from_secs(5), || {
         entries_of(&nat_entries(&gateway.pin_root), pod_ip)
@@ -197,13 +201,13 @@ fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
         gateway.log()
     );
     assert!(
-        worker1.log().contains("flows of departed pods flushed"),
+        own.log().contains("flows of departed pods flushed"),
         "the pod's node forgets the flows it sent: {}",
-        worker1.log()
+        own.log()
     );
     write_config(&lab, Some(&all), "");
     eventually(Duration::from_secs(5), || {
-        let eps = worker1.inspect("endpoints").ok()?;
+        let eps = own.inspect("endpoints").ok()?;
         eps.as_array()?
             .iter()
             .any(|e| e["ip"] == pod_ip.to_string() && e["selected"] == true)
@@ -228,6 +232,16 @@ fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
 }
 
 #[test]
+fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers() {
+    new_pod_with_a_deleted_pods_address("worker1");
+}
+
+#[test]
+fn a_new_pod_with_a_deleted_pods_address_never_gets_its_flows_answers_on_the_gateway() {
+    new_pod_with_a_deleted_pods_address("gateway");
+}
+
+#[test]
 fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
     require_root();
     let lab = Lab::up(&LabSpec::default()).expect("lab up");
@@ -238,7 +252,7 @@ fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
     let agents = start_agents(&lab, &cfg);
     let gateway = &agents[0];
     let pod_ip = lab.pod(POD).ip;
-    let (_pod, _server, egress) = open_flow(&lab);
+    let (_pod, _server, egress) = open_flow(&lab, POD);
     let remote = SocketAddrV4::new(INTERNET_HOST, SERVER_PORT);
 
     // What a pass interrupted between taking and releasing the flow's claim leaves.
