@@ -105,16 +105,41 @@ fn hex(bytes: &[u8]) -> Vec<String> {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The time of day (seconds) of the last log line containing `what` (the log's lines start
+/// with an RFC 3339 UTC time).
+fn last_line_time(log: &str, what: &str) -> Option<f64> {
+    let line = log.lines().filter(|l| l.contains(what)).last()?;
+    let clock = line.get(11..26)?; // HH:MM:SS.ffffff
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of the datapath's and the agent's stamps).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Puts a claim entry for the reverse key `{remote, egress, remote port, nat port, UDP}`
-/// with an all-zero value (what the datapath's claims carry).
-fn inject_claim(pin_root: &Path, remote: SocketAddrV4, egress: SocketAddrV4) {
+/// stamped `stamp_ns` (0: none, what the datapath's claims carry; an agent's carry the time
+/// it took them).
+fn inject_claim(pin_root: &Path, remote: SocketAddrV4, egress: SocketAddrV4, stamp_ns: u64) {
     let mut key = Vec::new();
     key.extend(remote.ip().octets());
     key.extend(egress.ip().octets());
     key.extend(remote.port().to_be_bytes());
     key.extend(egress.port().to_be_bytes());
     key.extend([17, 1, 0, 0]); // proto UDP, kind NAT_KEY_CLAIM, padding
-    let value = [0u8; 24];
+    let mut value = [0u8; 24];
+    value[16..].copy_from_slice(&stamp_ns.to_ne_bytes()); // last_seen_ns
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(pin_root.join("maps/EGW_NAT4"))
@@ -256,7 +281,7 @@ fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
     let remote = SocketAddrV4::new(INTERNET_HOST, SERVER_PORT);
 
     // What a pass interrupted between taking and releasing the flow's claim leaves.
-    inject_claim(&gateway.pin_root, remote, egress);
+    inject_claim(&gateway.pin_root, remote, egress, 0);
     assert_eq!(claims(&nat_entries(&gateway.pin_root)), 1, "injected");
     let start = Instant::now();
     let gone = eventually(Duration::from_secs(5), || {
@@ -338,4 +363,44 @@ fn the_gateway_says_when_its_own_ephemeral_ports_reach_into_the_nat_range() {
     })
     .unwrap_or_else(|| panic!("no HostPortsApart=True:\n{}", gateway.log()));
     assert_eq!(apart.1, "OutsideEphemeralPorts");
+}
+
+#[test]
+fn a_claim_a_killed_agent_left_is_collected_at_the_next_pass() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, None, "");
+    let mut agents = start_agents(&lab, &cfg);
+    let (_pod, _server, egress) = open_flow(&lab, POD);
+    let remote = SocketAddrV4::new(INTERNET_HOST, SERVER_PORT);
+    let gateway = &mut agents[0];
+    // The agent is killed between taking a flow's claim (stamped) and releasing it.
+    gateway.kill();
+    inject_claim(
+        &gateway.pin_root,
+        remote,
+        egress,
+        monotonic_ns() - 5_000_000_000,
+    );
+    gateway.restart().expect("restart");
+    let start = Instant::now();
+    let took = eventually(Duration::from_secs(10), || {
+        (claims(&nat_entries(&gateway.pin_root)) == 0).then(|| start.elapsed())
+    })
+    .unwrap_or_else(|| panic!("the claim is still there:\n{}", gateway.log()));
+    // The restarted agent's first pass (its datapath loaded, at most a second of waiting for
+    // the collection tick) deletes it: no second look needed for a stamped claim.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // At the restarted agent's first collection, right after its first pass: a stamped
+    // claim needs no second look a second later.
+    let log = gateway.log();
+    let started = last_line_time(&log, "reconciled trigger=Start").expect("a first pass");
+    let deleted = last_line_time(&log, "left behind").unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        deleted - started < 0.5,
+        "deleted {:.3} s after the first pass:\n{log}",
+        deleted - started
+    );
+    // Control: the flow itself is live and stays (UDP, 60 s).
+    assert!(!entries_of(&nat_entries(&gateway.pin_root), lab.pod(POD).ip).is_empty());
 }
