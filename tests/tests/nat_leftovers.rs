@@ -108,7 +108,7 @@ fn hex(bytes: &[u8]) -> Vec<String> {
 /// The time of day (seconds) of the last log line containing `what` (the log's lines start
 /// with an RFC 3339 UTC time).
 fn last_line_time(log: &str, what: &str) -> Option<f64> {
-    let line = log.lines().filter(|l| l.contains(what)).last()?;
+    let line = log.lines().rev().find(|l| l.contains(what))?;
     let clock = line.get(11..26)?; // HH:MM:SS.ffffff
     let mut parts = clock.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
@@ -225,8 +225,13 @@ fn new_pod_with_a_deleted_pods_address(node: &str) {
         "{}",
         gateway.log()
     );
+    let forgot = eventually(Duration::from_secs(5), || {
+        own.log()
+            .contains("flows of departed pods flushed")
+            .then_some(())
+    });
     assert!(
-        own.log().contains("flows of departed pods flushed"),
+        forgot.is_some(),
         "the pod's node forgets the flows it sent: {}",
         own.log()
     );
