@@ -12,10 +12,11 @@ use std::{
 use egress_tests::{
     agent::Agent,
     config::{self, ConfigSpec},
+    fake_api::{self, FakeApi},
     lab::{in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
     net::eventually,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const POD: &str = "pod-worker1-0";
@@ -408,4 +409,114 @@ fn a_claim_a_killed_agent_left_is_collected_at_the_next_pass() {
     );
     // Control: the flow itself is live and stays (UDP, 60 s).
     assert!(!entries_of(&nat_entries(&gateway.pin_root), lab.pod(POD).ip).is_empty());
+}
+
+/// The lab's pods, nodes and the mail policy in a fake API server, `selected` pods labelled
+/// `app: mail` with uid `uid`; agents on every node with `--kubernetes`.
+fn kubernetes_lab(lab: &Lab, selected: &str, uid: &str) -> (FakeApi, Vec<Agent>) {
+    let api = FakeApi::new().expect("fake API server");
+    for n in lab.nodes() {
+        let labels = if n.name == "gateway" {
+            json!({"egress-gateway": "true"})
+        } else {
+            json!({})
+        };
+        api.put(fake_api::node(&n.name, n.underlay_ip, labels));
+    }
+    api.put(fake_api::namespace("mailu", json!({"team": "mail"})));
+    for p in lab.pods() {
+        let app = if p.name == selected { "mail" } else { "other" };
+        let mut obj = fake_api::pod("mailu", &p.name, p.ip, &p.node, app);
+        obj["metadata"]["uid"] = json!(format!("{}-{uid}", p.name));
+        api.put(obj);
+    }
+    api.put(fake_api::policy(
+        "mail",
+        json!({
+            "selectors": [{
+                "podSelector": {"matchLabels": {"app": "mail"}},
+                "namespaceSelector": {"matchLabels": {"team": "mail"}},
+            }],
+            "destinationCIDRs": ["198.51.100.0/24"],
+            "gateway": {"nodeSelector": {"matchLabels": {"egress-gateway": "true"}}},
+        }),
+    ));
+    let settings = lab.dir().join("settings.yaml");
+    std::fs::write(&settings, "nat: { portRange: [61000, 65535] }\n").expect("settings");
+    let agents: Vec<Agent> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            let kubeconfig = api.serve_in(&n.ns, &lab.dir()).expect("serve in the node");
+            Agent::start_kubernetes(lab, &n.name, &settings, &kubeconfig).expect("agent")
+        })
+        .collect();
+    for a in &agents {
+        let pods = lab.pods().iter().filter(|p| p.node == a.node).count();
+        a.wait_endpoints(pods, Duration::from_secs(20))
+            .expect("agent programs its pods from the API");
+    }
+    (api, agents)
+}
+
+#[test]
+fn a_pod_replaced_under_the_same_name_and_address_never_gets_the_old_ones_answers() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let (api, agents) = kubernetes_lab(&lab, POD, "old");
+    let gateway = agents.iter().find(|a| a.node == "gateway").expect("gw");
+    let worker1 = agents.iter().find(|a| a.node == "worker1").expect("w1");
+    let p = lab.pod(POD).clone();
+    eventually(Duration::from_secs(5), || {
+        let eps = worker1.inspect("endpoints").ok()?;
+        eps.as_array()?
+            .iter()
+            .any(|e| e["ip"] == p.ip.to_string() && e["selected"] == true)
+            .then_some(())
+    })
+    .expect("the pod is selected");
+    let (pod, server, egress) = open_flow(&lab, POD);
+    // Control: the answer reaches the pod that asked.
+    server.send_to(b"answer 1", egress).expect("send");
+    assert_eq!(
+        recv(&pod).map(|(m, _)| m).as_deref(),
+        Some(&b"answer 1"[..])
+    );
+
+    // A StatefulSet's pod deleted and created again with the same name, node and address,
+    // and the agents saw only the new object (a watch gap and a relist): every map entry
+    // stays as it was, only the uid tells the pods apart.
+    let mut obj = fake_api::pod("mailu", &p.name, p.ip, &p.node, "mail");
+    obj["metadata"]["uid"] = json!(format!("{}-new", p.name));
+    api.put(obj);
+    let flushed = eventually(Duration::from_secs(5), || {
+        (gateway.log().contains("flows of departed pods flushed")
+            && worker1.log().contains("flows of departed pods flushed"))
+        .then_some(())
+    });
+    assert!(
+        flushed.is_some(),
+        "gateway:\n{}\nworker1:\n{}",
+        gateway.log(),
+        worker1.log()
+    );
+    assert!(
+        entries_of(&nat_entries(&gateway.pin_root), p.ip).is_empty(),
+        "the gateway keeps the old pod's NAT entries"
+    );
+    server.send_to(b"answer 2", egress).expect("send");
+    let got = recv(&pod);
+    assert!(
+        got.is_none(),
+        "the new pod got the old one's answer: {got:?}"
+    );
+    // Control: the new pod's own flow works.
+    pod.send_to(b"query 2", SocketAddrV4::new(INTERNET_HOST, SERVER_PORT))
+        .expect("send");
+    let (_, from) = recv(&server).expect("the server hears the new pod");
+    server.send_to(b"answer 3", from).expect("send");
+    assert_eq!(
+        recv(&pod).map(|(m, _)| m).as_deref(),
+        Some(&b"answer 3"[..])
+    );
 }
