@@ -324,6 +324,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                             }
                             health.clear_fault();
                             health.ready.store(true, Ordering::Relaxed);
+                            health
+                                .departed_flushed
+                                .store(rec.departed_flushed(), Ordering::Relaxed);
                             health.tunnel_protected.store(
                                 rec.tunnel_protected().map_or(-1, i64::from),
                                 Ordering::Relaxed,
@@ -401,6 +404,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 match nat_gc.collect(rec.datapath(), &cfg.nat.timeouts) {
                     Ok(c) => {
                         health.nat_flows.store(c.live as i64, Ordering::Relaxed);
+                        health
+                            .nat_claims_collected
+                            .fetch_add(c.claims_deleted as u64, Ordering::Relaxed);
                         if c.expired > 0 || c.claims_deleted > 0 {
                             info!(
                                 expired = c.expired,
@@ -427,8 +433,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             } => {
                 claim_check = None;
                 if let Node::Up(rec) = &mut node {
-                    if let Err(e) = nat_gc.collect_claims(rec.datapath()) {
-                        warn!("NAT claim collection failed: {:#}", anyhow::Error::from(e));
+                    match nat_gc.collect_claims(rec.datapath()) {
+                        Ok(n) => {
+                            health
+                                .nat_claims_collected
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            warn!("NAT claim collection failed: {:#}", anyhow::Error::from(e))
+                        }
                     }
                     claim_check = (!nat_gc.claims.is_empty())
                         .then(|| tokio::time::Instant::now() + CLAIM_CHECK);

@@ -209,6 +209,8 @@ pub struct Reconciler {
     pod_owners: BTreeMap<Ipv4Addr, String>,
     /// Departed pods whose flows could not all be flushed yet (a claim was held).
     flush_pending: HashSet<u32>,
+    /// Entries of departed pods' flows deleted so far.
+    flushed: u64,
 }
 
 /// The underlay: its ifindex and what the model needs to judge it.
@@ -243,6 +245,7 @@ impl Reconciler {
             status: BTreeMap::new(),
             pod_owners: BTreeMap::new(),
             flush_pending: HashSet::new(),
+            flushed: 0,
         }
     }
 
@@ -259,6 +262,11 @@ impl Reconciler {
     /// Whether the tunnel is protected on this node's underlay (`None`: not known yet).
     pub fn tunnel_protected(&self) -> Option<bool> {
         self.tunnel_protected
+    }
+
+    /// Entries of departed pods' flows deleted since the start.
+    pub fn departed_flushed(&self) -> u64 {
+        self.flushed
     }
 
     /// The datapath (NAT expiry works on it between passes).
@@ -696,6 +704,7 @@ impl Reconciler {
             return Ok(());
         }
         let (done, retry) = nat_gc::flush_pods(&mut self.dp, &gone)?;
+        self.flushed += (done.nat + done.flows + done.frags) as u64;
         let mut pods: Vec<_> = gone.iter().map(|ip| ip4_from(*ip)).collect();
         pods.sort();
         let pods = pods

@@ -226,6 +226,24 @@ fn new_pod_with_a_deleted_pods_address(node: &str) {
         "{}",
         gateway.log()
     );
+    // Counted once the pass is over.
+    let counted = eventually(Duration::from_secs(5), || {
+        let metrics = egress_tests::lab::exec(
+            &gateway.ns,
+            &["curl", "-sf", "http://127.0.0.1:9479/metrics"],
+        )
+        .ok()?;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("egress_departed_pod_entries_flushed_total ") && !l.ends_with(" 0")
+            })
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "egress_departed_pod_entries_flushed_total stays 0"
+    );
     let forgot = eventually(Duration::from_secs(5), || {
         own.log()
             .contains("flows of departed pods flushed")
@@ -301,6 +319,15 @@ fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
     );
     assert!(took <= Duration::from_millis(2500), "took {took:?}");
     assert!(gateway.log().contains("left behind"), "{}", gateway.log());
+    let metrics = egress_tests::lab::exec(
+        &gateway.ns,
+        &["curl", "-sf", "http://127.0.0.1:9479/metrics"],
+    )
+    .expect("metrics");
+    assert!(
+        metrics.contains("egress_nat_claims_collected_total 1"),
+        "{metrics}"
+    );
     // The flow it blocked expires as its timeout says.
     let expired = eventually(Duration::from_secs(5), || {
         entries_of(&nat_entries(&gateway.pin_root), pod_ip)
