@@ -113,6 +113,27 @@ pub fn departed(
     gone
 }
 
+/// The pod behind each address that `programmed` accepts, by `Pod::identity`: as the model
+/// decides it when pods share an address (the first by namespace and name; hostNetwork pods
+/// have the node's), so that the answer does not depend on the order the source lists pods in.
+pub fn pod_owners(
+    pods: &[model::Pod],
+    programmed: impl Fn(Ipv4Addr) -> bool,
+) -> BTreeMap<Ipv4Addr, String> {
+    let mut sorted: Vec<&model::Pod> = pods
+        .iter()
+        .filter(|p| !p.host_network && p.node.is_some())
+        .collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut owners = BTreeMap::new();
+    for p in sorted {
+        if let Some(ip) = p.ip.filter(|ip| programmed(*ip)) {
+            owners.entry(ip).or_insert_with(|| p.identity());
+        }
+    }
+    owners
+}
+
 /// The pod interfaces the programs must be attached to and the endpoints map's contents: the
 /// local pods whose host interface discovery found (`netdev::pod_links`).
 pub fn local_endpoints(
@@ -387,14 +408,10 @@ impl Reconciler {
         let (endpoints, links) = local_endpoints(&d.pods, &found.by_ip);
         changes += self.sync_attachments(&links)?;
         let nodes = self.node_entries(&d, &underlay).await?;
-        let owners = cluster
-            .pods
-            .iter()
-            .filter_map(|p| Some((p.ip?, p.identity())))
-            .filter(|(ip, _)| {
-                d.remote_endpoints.contains_key(ip) || d.pods.iter().any(|p| p.ip == *ip)
-            })
-            .collect();
+        let local: HashSet<Ipv4Addr> = d.pods.iter().map(|p| p.ip).collect();
+        let owners = pod_owners(&cluster.pods, |ip| {
+            local.contains(&ip) || d.remote_endpoints.contains_key(&ip)
+        });
         self.flush_departed(&d, &endpoints, owners)?;
         changes += self.sync_maps(&d, &endpoints, &nodes)?;
         Ok(changes)
@@ -880,6 +897,40 @@ mod tests {
             departed((&eps, &eps), (&rhave, &rhave), (&was, &is)),
             HashSet::from([ia])
         );
+    }
+
+    #[test]
+    fn a_shared_address_has_the_models_owner_in_any_listing_order() {
+        let pod = |name: &str, uid: &str, ip: [u8; 4]| model::Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+            node: Some("w1".into()),
+            ip: Some(Ipv4Addr::from(ip)),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+        // The old pod's object lingers while a new one has its address.
+        let mut pods = vec![
+            pod("b-new", "2", [10, 244, 1, 2]),
+            pod("a-old", "1", [10, 244, 1, 2]),
+            pod("c", "3", [10, 244, 1, 3]),
+        ];
+        let all = |_| true;
+        let first = pod_owners(&pods, all);
+        pods.reverse();
+        assert_eq!(
+            pod_owners(&pods, all),
+            first,
+            "the same owners in any order"
+        );
+        assert_eq!(
+            first[&Ipv4Addr::new(10, 244, 1, 2)],
+            "ns/a-old/1",
+            "the model's choice"
+        );
+        // Only addresses this node programs.
+        let only = pod_owners(&pods, |ip| ip == Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(only.len(), 1);
     }
 
     #[test]
