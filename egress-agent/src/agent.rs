@@ -24,11 +24,16 @@ use crate::{
     kube_source::KubeSource,
     metrics,
     model::{self, PolicyStatus},
+    nat_gc::{NatGc, CLAIM_STALE_NS},
     netdev,
     reconcile::Reconciler,
     status,
 };
 pub use crate::{nat_gc::collect_nat, status::STATUS_FILE};
+
+/// How soon claims a collection pass saw are looked at again: just past the age that makes
+/// one stale.
+const CLAIM_CHECK: Duration = Duration::from_nanos(CLAIM_STALE_NS + 50_000_000);
 
 /// Default `--state-dir`.
 pub const DEFAULT_STATE_DIR: &str = "/run/egress-gateway";
@@ -271,6 +276,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut gc = tokio::time::interval(opts.gc_interval);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nat_gc = NatGc::default();
+    // When claims were seen: look at them again a second later (see `nat_gc`).
+    let mut claim_check: Option<tokio::time::Instant> = None;
     let mut trigger = Some(Trigger::Start);
     loop {
         if let Some(mut why) = trigger.take() {
@@ -316,6 +324,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                             }
                             health.clear_fault();
                             health.ready.store(true, Ordering::Relaxed);
+                            health
+                                .departed_flushed
+                                .store(rec.departed_flushed(), Ordering::Relaxed);
                             health.tunnel_protected.store(
                                 rec.tunnel_protected().map_or(-1, i64::from),
                                 Ordering::Relaxed,
@@ -364,6 +375,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     // of them Ready here.
                     let local = model::LocalFacts {
                         interfaces: netdev::ipv4_addresses(&handle).await.unwrap_or_default(),
+                        host_ports: model::ports::read_host_ports(
+                            Path::new(model::ports::PROC_SYS_NET_IPV4),
+                            cfg.nat.port_range,
+                        ),
                         ..Default::default()
                     };
                     let mut new = model::compute(&cluster, &opts.node, &local).status;
@@ -386,14 +401,50 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             t = rx.recv() => trigger = t,
             _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
             _ = gc.tick() => if let Node::Up(rec) = &mut node {
-                match collect_nat(rec.datapath(), &cfg.nat.timeouts) {
-                    Ok((expired, live)) => {
-                        health.nat_flows.store(live as i64, Ordering::Relaxed);
-                        if expired > 0 {
-                            info!(expired, live, "NAT entries collected");
+                match nat_gc.collect(rec.datapath(), &cfg.nat.timeouts) {
+                    Ok(c) => {
+                        health.nat_flows.store(c.live as i64, Ordering::Relaxed);
+                        health
+                            .nat_claims_collected
+                            .fetch_add(c.claims_deleted as u64, Ordering::Relaxed);
+                        if c.expired > 0 || c.claims_deleted > 0 {
+                            info!(
+                                expired = c.expired,
+                                live = c.live,
+                                claims = c.claims_deleted,
+                                "NAT entries collected"
+                            );
                         }
                     }
                     Err(e) => warn!("NAT collection failed: {:#}", anyhow::Error::from(e)),
+                }
+                // A second after the first sighting, not pushed back by every pass.
+                claim_check = if nat_gc.claims.is_empty() {
+                    None
+                } else {
+                    claim_check.or_else(|| Some(tokio::time::Instant::now() + CLAIM_CHECK))
+                };
+            },
+            _ = async {
+                match claim_check {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                claim_check = None;
+                if let Node::Up(rec) = &mut node {
+                    match nat_gc.collect_claims(rec.datapath()) {
+                        Ok(n) => {
+                            health
+                                .nat_claims_collected
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            warn!("NAT claim collection failed: {:#}", anyhow::Error::from(e))
+                        }
+                    }
+                    claim_check = (!nat_gc.claims.is_empty())
+                        .then(|| tokio::time::Instant::now() + CLAIM_CHECK);
                 }
             },
             _ = tokio::signal::ctrl_c() => break,

@@ -195,7 +195,8 @@ fn trim_meta(m: &mut ObjectMeta) {
     m.owner_references = None;
 }
 
-/// A pod as `pod` reads it: name, namespace, labels, node, host network, phase, addresses.
+/// A pod as `pod` reads it: name, namespace, uid, labels, node, host network, phase,
+/// addresses.
 pub fn trim_pod(p: &mut Pod) {
     trim_meta(&mut p.metadata);
     p.spec = p.spec.take().map(|s| PodSpec {
@@ -350,6 +351,7 @@ pub fn pod(p: &Pod) -> Option<model::Pod> {
         node: spec.and_then(|s| s.node_name.clone()),
         ip,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        uid: p.metadata.uid.clone(),
     })
 }
 

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::Duration,
@@ -167,6 +167,10 @@ pub struct Health {
     /// Translated flows counted by the last NAT collection (-1: none yet). Counting the NAT
     /// table at scrape time would cost a syscall per entry on every scrape.
     pub nat_flows: AtomicI64,
+    /// Claim entries left behind (an agent stopped mid-pass) that the NAT collection deleted.
+    pub nat_claims_collected: AtomicU64,
+    /// Entries of departed pods' flows deleted (NAT both ways, flows, fragments).
+    pub departed_flushed: AtomicU64,
     /// 1 when tunnel packets on this node's underlay are protected against spoofed peers, 0
     /// when they are not (`TunnelProtected=False`), -1 before the underlay is known.
     pub tunnel_protected: AtomicI64,
@@ -201,6 +205,8 @@ impl Default for Health {
             datapath_fault: RwLock::default(),
             policy_names: RwLock::default(),
             nat_flows: AtomicI64::new(-1),
+            nat_claims_collected: AtomicU64::new(0),
+            departed_flushed: AtomicU64::new(0),
             tunnel_protected: AtomicI64::new(-1),
         }
     }
@@ -328,6 +334,18 @@ impl Collector for DatapathCollector {
                 s.allocations,
             )?;
         }
+        single_counter(
+            &mut enc,
+            "nat_claims_collected",
+            "NAT claim entries left behind (an agent stopped mid-pass) and deleted a second after they were first seen",
+            self.health.nat_claims_collected.load(Ordering::Relaxed),
+        )?;
+        single_counter(
+            &mut enc,
+            "departed_pod_entries_flushed",
+            "Entries of the flows of pods that are gone (NAT both ways, flow and fragment tables), deleted so that a new pod with the address never gets their answers",
+            self.health.departed_flushed.load(Ordering::Relaxed),
+        )?;
         let protected = self.health.tunnel_protected.load(Ordering::Relaxed);
         if protected >= 0 {
             let g = ConstGauge::new(protected);

@@ -1,5 +1,22 @@
 //! Expiry of NAT/conntrack entries by protocol and state: the timeouts, the decision
-//! (`expired`, pure) and its application to the datapath's NAT map (`collect_nat`).
+//! (`expired`, pure) and its application to the datapath's NAT map (`collect_nat`); claim
+//! entries left behind (`ClaimWatch`, `NatGc`).
+//!
+//! Claims (`NAT_KEY_CLAIM`) are taken with `BPF_NOEXIST` and must be deleted by whoever took
+//! them. The datapath holds one for a few map operations inside one program run; the agent
+//! for a few syscalls per flow of a collection pass. One that outlives that was left behind:
+//! an agent killed (OOM, SIGKILL, node pressure) between taking and releasing it, or a
+//! delete that failed. Left alone it blocks its flow for good: no collection pass can take
+//! it (the flow's entries never expire) and the datapath can never hand the port over. So a
+//! claim that is still there, unchanged, a second after it was first seen is deleted.
+//! "Unchanged": the agent stamps its claims with the time it took them (`last_seen_ns`,
+//! CLOCK_MONOTONIC), which also lets a restarted agent recognise its predecessor's at once;
+//! the datapath's claims are all-zero and live for microseconds, so seeing one at two
+//! lookups a second apart means nobody released it. Deleting it is safe: while it exists no
+//! one else can take that claim (`BPF_NOEXIST`), so the entry deleted is the one judged
+//! stale (its value is read again right before the delete). The one way round that is an
+//! LRU eviction of the stale claim and a new claim of the same key in the microseconds
+//! between that read and the delete.
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,6 +25,7 @@ use egress_common::{
     proto::{IPPROTO_ICMP, IPPROTO_TCP},
 };
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::datapath::{Datapath, DatapathError};
 
@@ -87,15 +105,177 @@ pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> V
     out
 }
 
+/// How long a claim entry may exist before it counts as left behind (see the module
+/// documentation): a thousand times longer than any holder keeps one.
+pub const CLAIM_STALE_NS: u64 = 1_000_000_000;
+
+/// The claim entries earlier passes saw: key -> (value, when first seen with that value).
+#[derive(Clone, Debug, Default)]
+pub struct ClaimWatch {
+    seen: HashMap<NatKey4, (NatEntry4, u64)>,
+}
+
+impl ClaimWatch {
+    /// Given every claim entry present at `now_ns`, the ones left behind: stamped by an agent
+    /// more than `CLAIM_STALE_NS` ago, or seen with the same value at least that long ago.
+    /// Remembers the rest (and forgets claims that are gone).
+    pub fn stale(&mut self, claims: &[(NatKey4, NatEntry4)], now_ns: u64) -> Vec<NatKey4> {
+        let mut seen = HashMap::with_capacity(claims.len());
+        let mut out = Vec::new();
+        for (k, v) in claims.iter().filter(|(k, _)| k.is_claim()) {
+            let first = match self.seen.get(k) {
+                Some((was, first)) if was == v => *first,
+                _ => now_ns,
+            };
+            let stamped =
+                v.last_seen_ns != 0 && now_ns.saturating_sub(v.last_seen_ns) >= CLAIM_STALE_NS;
+            if stamped || now_ns.saturating_sub(first) >= CLAIM_STALE_NS {
+                out.push(*k);
+            }
+            seen.insert(*k, (*v, first));
+        }
+        self.seen = seen;
+        out
+    }
+
+    /// Whether claims are being watched (then `NatGc::collect_claims` should run about a
+    /// second later).
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// The value a claim had when it was seen.
+    fn value(&self, k: &NatKey4) -> Option<NatEntry4> {
+        self.seen.get(k).map(|(v, _)| *v)
+    }
+
+    fn forget(&mut self, k: &NatKey4) {
+        self.seen.remove(k);
+    }
+}
+
+/// The value of a claim the agent takes: stamped with the time it was taken.
+pub fn agent_claim() -> NatEntry4 {
+    NatEntry4 {
+        last_seen_ns: monotonic_ns(),
+        ..Default::default()
+    }
+}
+
+/// The agent's NAT collector: expiry of idle flows, and of claims left behind, across passes.
+#[derive(Debug, Default)]
+pub struct NatGc {
+    pub claims: ClaimWatch,
+}
+
+impl NatGc {
+    /// One collection pass (see `collect_nat`); claims left behind are deleted first, so the
+    /// flows they blocked are judged in the same pass.
+    pub fn collect(
+        &mut self,
+        dp: &mut Datapath,
+        t: &Timeouts,
+    ) -> Result<NatCollected, DatapathError> {
+        let mut entries = dp.maps().nat_entries()?;
+        let claims: Vec<_> = entries
+            .iter()
+            .filter(|(k, _)| k.is_claim())
+            .copied()
+            .collect();
+        let stale = self.claims.stale(&claims, monotonic_ns());
+        let claims_deleted = self.delete_stale(dp, &stale)?;
+        if claims_deleted > 0 {
+            entries.retain(|(k, _)| !(k.is_claim() && stale.contains(k)));
+        }
+        let (expired, live) = collect_entries(dp, entries, t)?;
+        Ok(NatCollected {
+            expired,
+            live,
+            claims_deleted,
+        })
+    }
+
+    /// Looks again at the claims an earlier pass saw (point lookups, no listing) and deletes
+    /// those left behind; returns how many.
+    pub fn collect_claims(&mut self, dp: &mut Datapath) -> Result<usize, DatapathError> {
+        let keys: Vec<NatKey4> = self.claims.seen.keys().copied().collect();
+        let mut maps = dp.maps();
+        let mut present = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = maps.nat_entry(k)? {
+                present.push((k, v));
+            }
+        }
+        let stale = self.claims.stale(&present, monotonic_ns());
+        self.delete_stale(dp, &stale)
+    }
+
+    /// Deletes the stale claims whose value is still the one judged.
+    fn delete_stale(
+        &mut self,
+        dp: &mut Datapath,
+        stale: &[NatKey4],
+    ) -> Result<usize, DatapathError> {
+        let mut maps = dp.maps();
+        let mut n = 0;
+        for k in stale {
+            let judged = self.claims.value(k);
+            if judged.is_some() && maps.nat_entry(*k)? == judged {
+                maps.del_nat(*k)?;
+                warn!(
+                    claim = %fmt_key(k),
+                    "deleted a NAT claim entry left behind (an agent stopped mid-pass?)"
+                );
+                n += 1;
+            }
+            self.claims.forget(k);
+        }
+        Ok(n)
+    }
+}
+
+/// What one collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatCollected {
+    /// NAT entries deleted (idle flows, both directions).
+    pub expired: usize,
+    /// Translated flows (forward entries) left.
+    pub live: usize,
+    /// Claim entries left behind, deleted.
+    pub claims_deleted: usize,
+}
+
+fn fmt_key(k: &NatKey4) -> String {
+    use egress_common::addr::ip4_from;
+    format!(
+        "{}:{} -> {}:{} proto {}",
+        ip4_from(k.saddr),
+        u16::from_be(k.sport),
+        ip4_from(k.daddr),
+        u16::from_be(k.dport),
+        k.proto
+    )
+}
+
 /// Deletes expired NAT entries; returns how many, and how many translated flows (forward
-/// entries) are left.
+/// entries) are left. Claims left behind are judged by `NatGc`, which keeps what it saw
+/// across passes; this one-off pass deletes only those an agent stamped over a second ago.
 ///
 /// Listing a large table takes a while, and flows keep running meanwhile (the datapath hands
 /// the ports of closed flows to new connections). So each candidate flow is judged again on
 /// its current entries, and deleted, while holding the flow's claim entry, which the datapath
 /// takes for every change of a reverse entry's owner: a port handed to a new flow is never cut.
 pub fn collect_nat(dp: &mut Datapath, t: &Timeouts) -> Result<(usize, usize), DatapathError> {
-    let entries = dp.maps().nat_entries()?;
+    let c = NatGc::default().collect(dp, t)?;
+    Ok((c.expired, c.live))
+}
+
+/// `collect_nat` on a listing of the table.
+fn collect_entries(
+    dp: &mut Datapath,
+    entries: Vec<(NatKey4, NatEntry4)>,
+    t: &Timeouts,
+) -> Result<(usize, usize), DatapathError> {
     let candidates = expired(&entries, monotonic_ns(), t);
     let by_key: HashMap<_, _> = entries.iter().copied().collect();
     // One unit per flow, named by its reverse key: a forward entry and its reverse entry go
@@ -113,7 +293,7 @@ pub fn collect_nat(dp: &mut Datapath, t: &Timeouts) -> Result<(usize, usize), Da
     let mut maps = dp.maps();
     let mut dead = HashSet::new();
     for (rkey, keys) in flows {
-        if !maps.insert_nat_if_absent(rkey.claim())? {
+        if !maps.insert_nat_if_absent(rkey.claim(), agent_claim())? {
             continue; // the datapath is changing this flow right now: next pass
         }
         let result = (|| -> Result<(), DatapathError> {
@@ -140,6 +320,98 @@ pub fn collect_nat(dp: &mut Datapath, t: &Timeouts) -> Result<(usize, usize), Da
         .filter(|(k, v)| v.flags & NAT_F_REVERSE == 0 && !k.is_claim() && !dead.contains(k))
         .count();
     Ok((dead.len(), live))
+}
+
+/// The NAT entries whose pod side is one of `pods` (raw addresses): forward entries keyed by
+/// the pod's address, reverse entries that map to it. Claims are not flows.
+pub fn pod_entries(entries: &[(NatKey4, NatEntry4)], pods: &HashSet<u32>) -> Vec<NatKey4> {
+    entries
+        .iter()
+        .filter(|(k, v)| {
+            !k.is_claim()
+                && if v.flags & NAT_F_REVERSE != 0 {
+                    pods.contains(&v.addr)
+                } else {
+                    pods.contains(&k.saddr)
+                }
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// What `flush_pods` deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// NAT entries (gateway), both directions.
+    pub nat: usize,
+    /// Flows the pods opened or were sent (`EGW_FLOWS4`, source node).
+    pub flows: usize,
+    /// Fragment entries of their datagrams (`EGW_FRAG4`).
+    pub frags: usize,
+}
+
+/// Forgets every flow of pods that are gone (raw addresses): their NAT entries both ways,
+/// their entries in the flow table and the fragment table. A new pod that gets one of these
+/// addresses then never receives an answer meant for the old one, and its first packet to
+/// the same destination starts a flow of its own. Returns what was deleted, and the pods
+/// whose reverse entries could not all be judged (their claim was held: try again).
+///
+/// A reverse entry changes owner only under its claim (the datapath hands a closed flow's
+/// port to a new flow), so it is deleted under the claim too, after reading it again: a port
+/// that went to another pod's flow meanwhile keeps that flow.
+pub fn flush_pods(
+    dp: &mut Datapath,
+    pods: &HashSet<u32>,
+) -> Result<(Flushed, HashSet<u32>), DatapathError> {
+    let mut done = Flushed::default();
+    let mut retry = HashSet::new();
+    if pods.is_empty() {
+        return Ok((done, retry));
+    }
+    let mut maps = dp.maps();
+    let nat = maps.nat_entries()?;
+    let by_key: HashMap<NatKey4, NatEntry4> = nat.iter().copied().collect();
+    for k in pod_entries(&nat, pods) {
+        let Some(v) = by_key.get(&k) else { continue };
+        if v.flags & NAT_F_REVERSE == 0 {
+            maps.del_nat(k)?;
+            done.nat += 1;
+            continue;
+        }
+        if !maps.insert_nat_if_absent(k.claim(), agent_claim())? {
+            retry.insert(v.addr);
+            continue;
+        }
+        let r = (|| -> Result<(), DatapathError> {
+            if let Some(now) = maps.nat_entry(k)? {
+                if now.flags & NAT_F_REVERSE != 0 && pods.contains(&now.addr) {
+                    maps.del_nat(k)?;
+                    done.nat += 1;
+                }
+            }
+            Ok(())
+        })();
+        maps.del_nat(k.claim())?;
+        r?;
+    }
+    for (k, _) in maps.flows()? {
+        if pods.contains(&k.saddr) {
+            maps.del_flow(k)?;
+            done.flows += 1;
+        }
+    }
+    for (k, v) in maps.frags()? {
+        let pod = if v.flags & NAT_F_REVERSE != 0 {
+            v.addr
+        } else {
+            k.saddr
+        };
+        if pods.contains(&pod) {
+            maps.del_frag(k)?;
+            done.frags += 1;
+        }
+    }
+    Ok((done, retry))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -284,6 +556,89 @@ mod tests {
             expired(&f, now, &t),
             vec![f[0].0],
             "only the old forward entry goes"
+        );
+    }
+
+    fn claim(last_seen_ns: u64) -> (NatKey4, NatEntry4) {
+        let k = NatKey4 {
+            saddr: 2,
+            daddr: 3,
+            sport: 20,
+            dport: 30,
+            proto: IPPROTO_TCP,
+            ..Default::default()
+        };
+        let v = NatEntry4 {
+            last_seen_ns,
+            ..Default::default()
+        };
+        (k.claim(), v)
+    }
+
+    #[test]
+    fn a_claim_still_there_unchanged_a_second_later_is_left_behind() {
+        let mut w = ClaimWatch::default();
+        let c = claim(0); // the datapath's claims carry no stamp
+        let t0 = 1000 * S;
+        assert!(w.stale(&[c], t0).is_empty(), "first sighting");
+        assert!(w.stale(&[c], t0 + S / 2).is_empty(), "half a second on");
+        assert_eq!(w.stale(&[c], t0 + S), vec![c.0], "a second on");
+    }
+
+    #[test]
+    fn a_claim_released_and_taken_again_is_not_left_behind() {
+        let mut w = ClaimWatch::default();
+        let t0 = 1000 * S;
+        // Agent claims are stamped: a new claim of the same key is a new value.
+        assert!(w.stale(&[claim(t0)], t0).is_empty());
+        assert!(
+            w.stale(&[claim(t0 + S - 1)], t0 + S).is_empty(),
+            "taken again just now: a new claim"
+        );
+        // Gone at one look: forgotten, the clock starts again when it is back.
+        let c = claim(0);
+        assert!(w.stale(&[c], t0).is_empty());
+        assert!(w.stale(&[], t0 + S / 2).is_empty());
+        assert!(
+            w.stale(&[c], t0 + S).is_empty(),
+            "back: first sighting again"
+        );
+        assert!(!w.is_empty(), "watched");
+    }
+
+    #[test]
+    fn an_agent_claim_stamped_over_a_second_ago_is_left_behind_at_once() {
+        let mut w = ClaimWatch::default();
+        let now = 1000 * S;
+        // What a restarted agent finds of its predecessor, killed mid-pass.
+        let old = claim(now - S - 1);
+        assert_eq!(w.stale(&[old], now), vec![old.0]);
+        // Control: one taken a moment ago (another agent's pass, now) is not.
+        let mut w = ClaimWatch::default();
+        assert!(w.stale(&[claim(now - S / 10)], now).is_empty());
+    }
+
+    #[test]
+    fn a_gone_pods_entries_are_both_directions_of_its_flows_and_nothing_else() {
+        let now = 1000 * S;
+        // Pod 1's flow (forward key from 1, reverse entry maps to 1) and pod 7's.
+        let mine = flow(IPPROTO_TCP, CT_ESTABLISHED, CT_ESTABLISHED, now, now);
+        let mut other = flow(IPPROTO_UDP, CT_NEW, CT_NEW, now, now);
+        other[0].0.saddr = 7;
+        other[1].0 = other[0].0.reply_to(3, 31);
+        other[1].1.addr = 7;
+        let mut all = mine.clone();
+        all.extend(other.iter().copied());
+        all.push(claim(0)); // the claim of a reverse key whose source is 2, not a flow
+        let gone = pod_entries(&all, &HashSet::from([1]));
+        assert_eq!(gone, vec![mine[0].0, mine[1].0], "pod 1's flow, both ways");
+        assert_eq!(
+            pod_entries(&all, &HashSet::from([7])),
+            vec![other[0].0, other[1].0]
+        );
+        assert!(
+            pod_entries(&all, &HashSet::from([2, 3])).is_empty(),
+            "the remote and the egress address are nobody's pod side"
         );
     }
 

@@ -5,7 +5,7 @@
 //! only the differences (`Diff`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
 };
@@ -14,7 +14,10 @@ use anyhow::{Context, Result};
 use egress_common::{
     addr::{ip4, ip4_from},
     config::{Config, CFG_F_GATEWAY, CFG_F_READY, VXLAN_OVERHEAD},
-    endpoint::{Endpoint, NodeInfo, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK, NODE_F_PEER},
+    endpoint::{
+        Endpoint, NodeInfo, RemoteEndpoint, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK,
+        NODE_F_PEER,
+    },
     policy::{decode_policy_key, policy_key},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_POD, TO_WIRE},
 };
@@ -25,7 +28,7 @@ use crate::{
     config::AgentConfig,
     datapath::Datapath,
     model::{self, Desired, LocalPod, PolicyStatus},
-    netdev, status,
+    nat_gc, netdev, status,
 };
 
 /// What a map must change to hold `want`: the entries to put (missing or different) and the
@@ -74,6 +77,61 @@ impl<K: Ord + Clone, V: PartialEq + Clone> Diff<K, V> {
         }
         Ok(n)
     }
+}
+
+/// The pods that are gone since the maps were written (raw addresses), whose flows must be
+/// forgotten before a new pod gets the address: a local endpoint deleted or moved to another
+/// interface (a new pod's veth), a remote endpoint deleted or moved to another node, or an
+/// address whose pod (by uid, else by name) is not the one it was at the last pass.
+pub fn departed(
+    endpoints: (&BTreeMap<u32, Endpoint>, &BTreeMap<u32, Endpoint>),
+    remote: (
+        &BTreeMap<u32, RemoteEndpoint>,
+        &BTreeMap<u32, RemoteEndpoint>,
+    ),
+    owners: (&BTreeMap<Ipv4Addr, String>, &BTreeMap<Ipv4Addr, String>),
+) -> HashSet<u32> {
+    let mut gone = HashSet::new();
+    let (have, want) = endpoints;
+    for (ip, ep) in have {
+        if want.get(ip).is_none_or(|w| w.ifindex != ep.ifindex) {
+            gone.insert(*ip);
+        }
+    }
+    let (have, want) = remote;
+    for (ip, r) in have {
+        if want.get(ip).is_none_or(|w| w.node_ip4 != r.node_ip4) {
+            gone.insert(*ip);
+        }
+    }
+    let (was, is) = owners;
+    for (ip, pod) in was {
+        if is.get(ip) != Some(pod) {
+            gone.insert(ip4(*ip));
+        }
+    }
+    gone
+}
+
+/// The pod behind each address that `programmed` accepts, by `Pod::identity`: as the model
+/// decides it when pods share an address (the first by namespace and name; hostNetwork pods
+/// have the node's), so that the answer does not depend on the order the source lists pods in.
+pub fn pod_owners(
+    pods: &[model::Pod],
+    programmed: impl Fn(Ipv4Addr) -> bool,
+) -> BTreeMap<Ipv4Addr, String> {
+    let mut sorted: Vec<&model::Pod> = pods
+        .iter()
+        .filter(|p| !p.host_network && p.node.is_some())
+        .collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut owners = BTreeMap::new();
+    for p in sorted {
+        if let Some(ip) = p.ip.filter(|ip| programmed(*ip)) {
+            owners.entry(ip).or_insert_with(|| p.identity());
+        }
+    }
+    owners
 }
 
 /// The pod interfaces the programs must be attached to and the endpoints map's contents: the
@@ -167,6 +225,13 @@ pub struct Reconciler {
     /// about once).
     contested: BTreeMap<Ipv4Addr, Vec<String>>,
     status: BTreeMap<String, PolicyStatus>,
+    /// The pod behind each address this node programs (local pods, remote endpoints), as of
+    /// the last pass: `Pod::identity`.
+    pod_owners: BTreeMap<Ipv4Addr, String>,
+    /// Departed pods whose flows could not all be flushed yet (a claim was held).
+    flush_pending: HashSet<u32>,
+    /// Entries of departed pods' flows deleted so far.
+    flushed: u64,
 }
 
 /// The underlay: its ifindex and what the model needs to judge it.
@@ -199,6 +264,9 @@ impl Reconciler {
             warnings: Vec::new(),
             contested: BTreeMap::new(),
             status: BTreeMap::new(),
+            pod_owners: BTreeMap::new(),
+            flush_pending: HashSet::new(),
+            flushed: 0,
         }
     }
 
@@ -215,6 +283,11 @@ impl Reconciler {
     /// Whether the tunnel is protected on this node's underlay (`None`: not known yet).
     pub fn tunnel_protected(&self) -> Option<bool> {
         self.tunnel_protected
+    }
+
+    /// Entries of departed pods' flows deleted since the start.
+    pub fn departed_flushed(&self) -> u64 {
+        self.flushed
     }
 
     /// The datapath (NAT expiry works on it between passes).
@@ -256,6 +329,10 @@ impl Reconciler {
     ) -> Result<usize> {
         let mut local = model::LocalFacts {
             interfaces: netdev::ipv4_addresses(&self.handle).await?,
+            host_ports: model::ports::read_host_ports(
+                std::path::Path::new(model::ports::PROC_SYS_NET_IPV4),
+                cfg.nat.port_range,
+            ),
             ..Default::default()
         };
         local.routes = self.egress_routes(cluster, &local.interfaces).await?;
@@ -331,6 +408,11 @@ impl Reconciler {
         let (endpoints, links) = local_endpoints(&d.pods, &found.by_ip);
         changes += self.sync_attachments(&links)?;
         let nodes = self.node_entries(&d, &underlay).await?;
+        let local: HashSet<Ipv4Addr> = d.pods.iter().map(|p| p.ip).collect();
+        let owners = pod_owners(&cluster.pods, |ip| {
+            local.contains(&ip) || d.remote_endpoints.contains_key(&ip)
+        });
+        self.flush_departed(&d, &endpoints, owners)?;
         changes += self.sync_maps(&d, &endpoints, &nodes)?;
         Ok(changes)
     }
@@ -612,6 +694,56 @@ impl Reconciler {
         )?)
     }
 
+    /// Forgets the flows of pods that are gone (see `departed`), before the endpoint maps
+    /// change: a new pod on the same address is not programmed yet, so none of its flows is
+    /// cut.
+    fn flush_departed(
+        &mut self,
+        d: &Desired,
+        endpoints: &BTreeMap<u32, Endpoint>,
+        owners: BTreeMap<Ipv4Addr, String>,
+    ) -> Result<()> {
+        let have_eps: BTreeMap<_, _> = self.dp.maps().endpoints()?.into_iter().collect();
+        let have_remote: BTreeMap<_, _> = self.dp.maps().remote_endpoints()?.into_iter().collect();
+        let want_remote: BTreeMap<u32, _> = d
+            .remote_endpoints
+            .iter()
+            .map(|(ip, r)| (ip4(*ip), *r))
+            .collect();
+        let mut gone = departed(
+            (&have_eps, endpoints),
+            (&have_remote, &want_remote),
+            (&self.pod_owners, &owners),
+        );
+        self.pod_owners = owners;
+        gone.extend(self.flush_pending.drain());
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let (done, retry) = nat_gc::flush_pods(&mut self.dp, &gone)?;
+        self.flushed += (done.nat + done.flows + done.frags) as u64;
+        let mut pods: Vec<_> = gone.iter().map(|ip| ip4_from(*ip)).collect();
+        pods.sort();
+        let pods = pods
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if done != nat_gc::Flushed::default() {
+            info!(
+                %pods,
+                nat = done.nat,
+                flows = done.flows,
+                fragments = done.frags,
+                "flows of departed pods flushed"
+            );
+        } else {
+            debug!(%pods, "departed pods had no flows");
+        }
+        self.flush_pending = retry;
+        Ok(())
+    }
+
     /// The endpoints, nodes, remote endpoints and policies maps.
     fn sync_maps(
         &mut self,
@@ -707,6 +839,98 @@ mod tests {
         );
         assert_eq!(r, Err("full"));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_pod_is_gone_when_its_endpoint_goes_or_its_address_gets_another_pod() {
+        let ep = |ifindex, policy_id| Endpoint {
+            ifindex,
+            policy_id,
+            flags: EP_F_SELECTED,
+            deliver_ifindex: 0,
+        };
+        let rep = |node_ip4, policy_id| RemoteEndpoint {
+            node_ip4,
+            policy_id,
+        };
+        let a = Ipv4Addr::new(10, 244, 1, 2);
+        let b = Ipv4Addr::new(10, 244, 1, 3);
+        let owners = |v: &[(Ipv4Addr, &str)]| -> BTreeMap<Ipv4Addr, String> {
+            v.iter().map(|(ip, o)| (*ip, o.to_string())).collect()
+        };
+        let none = BTreeMap::new();
+        let nobody = BTreeMap::new();
+        let (ia, ib) = (ip4(a), ip4(b));
+
+        // Control: nothing changed, or only the policy: nobody is gone.
+        let have: BTreeMap<u32, Endpoint> = [(ia, ep(7, 1)), (ib, ep(8, 1))].into();
+        let was = owners(&[(a, "ns/a/u1"), (b, "ns/b/u2")]);
+        assert!(departed((&have, &have), (&none, &none), (&was, &was)).is_empty());
+        let repolicied: BTreeMap<u32, Endpoint> = [(ia, ep(7, 2)), (ib, ep(8, 1))].into();
+        assert!(departed((&have, &repolicied), (&none, &none), (&was, &was)).is_empty());
+        // A new pod is nobody's departure.
+        let more: BTreeMap<u32, Endpoint> = [(ia, ep(7, 1)), (ib, ep(8, 1)), (9, ep(9, 1))].into();
+        assert!(departed((&have, &more), (&none, &none), (&was, &was)).is_empty());
+
+        // Local: deleted, or the address behind another veth (a new pod).
+        let want: BTreeMap<u32, Endpoint> = [(ib, ep(9, 1))].into();
+        assert_eq!(
+            departed((&have, &want), (&none, &none), (&nobody, &nobody)),
+            HashSet::from([ia, ib])
+        );
+
+        // Remote (the gateway): deleted, or the address on another node.
+        let rhave: BTreeMap<u32, RemoteEndpoint> = [(ia, rep(11, 1)), (ib, rep(12, 1))].into();
+        let rwant: BTreeMap<u32, RemoteEndpoint> = [(ib, rep(13, 1))].into();
+        let eps = BTreeMap::new();
+        assert_eq!(
+            departed((&eps, &eps), (&rhave, &rwant), (&nobody, &nobody)),
+            HashSet::from([ia, ib])
+        );
+        let rsame: BTreeMap<u32, RemoteEndpoint> = [(ia, rep(11, 2)), (ib, rep(12, 1))].into();
+        assert!(departed((&eps, &eps), (&rhave, &rsame), (&nobody, &nobody)).is_empty());
+
+        // The same address and map entries, but another pod (deleted and created again
+        // between two passes; the gateway's remote endpoint looks the same).
+        let is = owners(&[(a, "ns/a/u3"), (b, "ns/b/u2")]);
+        assert_eq!(
+            departed((&eps, &eps), (&rhave, &rhave), (&was, &is)),
+            HashSet::from([ia])
+        );
+    }
+
+    #[test]
+    fn a_shared_address_has_the_models_owner_in_any_listing_order() {
+        let pod = |name: &str, uid: &str, ip: [u8; 4]| model::Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+            node: Some("w1".into()),
+            ip: Some(Ipv4Addr::from(ip)),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+        // The old pod's object lingers while a new one has its address.
+        let mut pods = vec![
+            pod("b-new", "2", [10, 244, 1, 2]),
+            pod("a-old", "1", [10, 244, 1, 2]),
+            pod("c", "3", [10, 244, 1, 3]),
+        ];
+        let all = |_| true;
+        let first = pod_owners(&pods, all);
+        pods.reverse();
+        assert_eq!(
+            pod_owners(&pods, all),
+            first,
+            "the same owners in any order"
+        );
+        assert_eq!(
+            first[&Ipv4Addr::new(10, 244, 1, 2)],
+            "ns/a-old/1",
+            "the model's choice"
+        );
+        // Only addresses this node programs.
+        let only = pod_owners(&pods, |ip| ip == Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(only.len(), 1);
     }
 
     #[test]

@@ -191,6 +191,7 @@ fn the_mailu_policy_sends_postfix_through_the_labelled_gateway_as_5_75_247_168()
         node: Some("w1".into()),
         ip: Some(ip.into()),
         host_network: false,
+        uid: None,
     };
     let cluster = model::Cluster {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],

@@ -297,6 +297,7 @@ impl Cluster {
                     node: Some(p.node.clone()),
                     ip: Some(p.ip),
                     host_network: false,
+                    uid: None,
                 })
                 .collect(),
             policies: self

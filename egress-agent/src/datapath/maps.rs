@@ -5,8 +5,9 @@ use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
 use egress_common::{
     config::Config,
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
+    flow::FlowEntry4,
     map_names,
-    nat::{NatEntry4, NatKey4},
+    nat::{FragKey4, NatEntry4, NatKey4},
     policy::{PolicyKey4, PolicyValue},
 };
 
@@ -85,6 +86,22 @@ impl Maps<'_> {
         RemoteEndpoint
     );
     hash_map_ops!(
+        put_flow,
+        del_flow,
+        flows,
+        map_names::FLOWS4,
+        NatKey4,
+        FlowEntry4
+    );
+    hash_map_ops!(
+        put_frag,
+        del_frag,
+        frags,
+        map_names::FRAG4,
+        FragKey4,
+        NatEntry4
+    );
+    hash_map_ops!(
         put_nat,
         del_nat,
         nat_entries,
@@ -93,14 +110,19 @@ impl Maps<'_> {
         NatEntry4
     );
 
-    /// Inserts `key` only if absent (`BPF_NOEXIST`); `false` if it exists. For claim keys.
-    pub fn insert_nat_if_absent(&mut self, key: NatKey4) -> Result<bool, DatapathError> {
+    /// Inserts `key` with `value` only if absent (`BPF_NOEXIST`); `false` if it exists. For
+    /// claim keys.
+    pub fn insert_nat_if_absent(
+        &mut self,
+        key: NatKey4,
+        value: NatEntry4,
+    ) -> Result<bool, DatapathError> {
         let name = map_names::NAT4;
         let mut m: HashMap<&mut MapData, NatKey4, NatEntry4> =
             self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
         // BPF_NOEXIST from uapi/linux/bpf.h.
         const BPF_NOEXIST: u64 = 1;
-        match m.insert(key, NatEntry4::default(), BPF_NOEXIST) {
+        match m.insert(key, value, BPF_NOEXIST) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(false)

@@ -21,6 +21,10 @@ pub enum ConditionType {
     /// Set (False) when a pod's address is in no known pod CIDR (the agent's `clusterCidrs`,
     /// the nodes' `spec.podCIDRs`): traffic to it would go through the gateway.
     ClusterCIDRs,
+    /// When the egress IP is the gateway node's own address: whether the host's ephemeral
+    /// ports (`ip_local_port_range` minus `ip_local_reserved_ports`) stay out of the NAT
+    /// range. Written by the gateway's agent.
+    HostPortsApart,
 }
 
 impl ConditionType {
@@ -33,6 +37,7 @@ impl ConditionType {
             ConditionType::TunnelProtected => "TunnelProtected",
             ConditionType::EgressIPDedicated => "EgressIPDedicated",
             ConditionType::ClusterCIDRs => "ClusterCIDRs",
+            ConditionType::HostPortsApart => "HostPortsApart",
         }
     }
 }
@@ -77,6 +82,11 @@ pub enum Reason {
     /// `Ready=False`: the gateway's kernel routes from the egress IP to a destination out of
     /// another interface than the one holding it, or not at all (seen by the gateway's agent).
     EgressIPUnrouted,
+    /// `HostPortsApart=True`: the host's ephemeral ports are outside the NAT range, or the
+    /// NAT ports among them are reserved.
+    OutsideEphemeralPorts,
+    /// `HostPortsApart=False`: the host can give its own connections NAT ports.
+    EphemeralPortsOverlap,
 }
 
 impl Reason {
@@ -103,6 +113,8 @@ impl Reason {
             Reason::NodeAddress => "NodeAddress",
             Reason::PodOutsideClusterCIDRs => "PodOutsideClusterCIDRs",
             Reason::EgressIPUnrouted => "EgressIPUnrouted",
+            Reason::OutsideEphemeralPorts => "OutsideEphemeralPorts",
+            Reason::EphemeralPortsOverlap => "EphemeralPortsOverlap",
         }
     }
 }

@@ -169,6 +169,28 @@ pub(super) fn resolve(
                     gw.name
                 ),
             ));
+            if let Some(h) = local.host_ports.as_ref().filter(|_| on_gateway) {
+                conds.push(match h.advice(ip) {
+                    Some(advice) => cond(
+                        ConditionType::HostPortsApart,
+                        false,
+                        Reason::EphemeralPortsOverlap,
+                        advice,
+                    ),
+                    None => cond(
+                        ConditionType::HostPortsApart,
+                        true,
+                        Reason::OutsideEphemeralPorts,
+                        format!(
+                            "the host's ephemeral ports (net.ipv4.ip_local_port_range {}-{}, less \
+                             reserved ports) are outside the NAT range {}-{}; ICMP echo \
+                             identifiers cannot be kept apart from the host's pings on a shared \
+                             address",
+                            h.ephemeral[0], h.ephemeral[1], h.nat[0], h.nat[1]
+                        ),
+                    ),
+                });
+            }
         }
         Some(ip)
     };

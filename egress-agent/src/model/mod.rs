@@ -30,6 +30,7 @@ pub mod condition;
 pub mod crd;
 mod gateway;
 mod ids;
+pub mod ports;
 pub mod selector;
 mod spec;
 mod tunnel;

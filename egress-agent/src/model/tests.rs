@@ -44,6 +44,7 @@ fn pod(ns: &str, name: &str, ip: [u8; 4], node: &str, l: &[(&str, &str)]) -> Pod
         node: Some(node.into()),
         ip: Some(Ipv4Addr::from(ip)),
         host_network: false,
+        uid: None,
     }
 }
 
@@ -1159,4 +1160,54 @@ fn an_egress_ip_that_is_the_gateway_nodes_own_address_is_not_dedicated() {
     let m = compute(&c, "gw", &local);
     assert!(condition(&m.status["mail"], "EgressIPDedicated").is_none());
     assert!(!m.desired.warnings.iter().any(|w| w.contains("NodeAddress")));
+}
+
+#[test]
+fn the_gateway_says_when_its_own_connections_can_take_nat_ports() {
+    let c = cluster();
+    let facts = |ephemeral: [u16; 2], reserved: Vec<[u16; 2]>| LocalFacts {
+        host_ports: Some(ports::HostPorts {
+            ephemeral,
+            reserved,
+            nat: [61000, 65535],
+        }),
+        ..Default::default()
+    };
+    // A host range widened over the NAT range (a common tuning): False, with what to set.
+    let m = compute(&c, "gw", &facts([1024, 65535], vec![]));
+    let h = condition(&m.status["mail"], "HostPortsApart").expect("condition");
+    assert_eq!(
+        (h.status.as_str(), h.reason.as_str()),
+        ("False", "EphemeralPortsOverlap")
+    );
+    assert!(h
+        .message
+        .contains("ip_local_reserved_ports=\"61000-65535\""));
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("EphemeralPortsOverlap")));
+    // Control: the same range with the NAT range reserved, and Linux's default range.
+    for f in [
+        facts([1024, 65535], vec![[61000, 65535]]),
+        facts([32768, 60999], vec![]),
+    ] {
+        let m = compute(&c, "gw", &f);
+        let h = condition(&m.status["mail"], "HostPortsApart").expect("condition");
+        assert_eq!(
+            (h.status.as_str(), h.reason.as_str()),
+            ("True", "OutsideEphemeralPorts")
+        );
+    }
+    // Only the gateway's agent knows its ports; a worker's are not the gateway's.
+    let m = compute(&c, "w1", &facts([1024, 65535], vec![]));
+    assert!(condition(&m.status["mail"], "HostPortsApart").is_none());
+    // A dedicated egress IP shares no ports with the host: no condition.
+    let mut c = c;
+    c.policies[0].spec.gateway.egress_ip = Some("192.0.2.100".into());
+    let mut f = facts([1024, 65535], vec![]);
+    f.interfaces = BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]);
+    let m = compute(&c, "gw", &f);
+    assert!(condition(&m.status["mail"], "HostPortsApart").is_none());
 }

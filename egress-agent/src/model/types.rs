@@ -45,11 +45,22 @@ pub struct Pod {
     pub node: Option<String>,
     pub ip: Option<Ipv4Addr>,
     pub host_network: bool,
+    /// The API object's uid, when the source has one: a pod deleted and created again under
+    /// the same name is another pod (its flows are not the old one's).
+    pub uid: Option<String>,
 }
 
 impl Pod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// What tells this pod from an earlier one with the same address: the uid, else the key.
+    pub fn identity(&self) -> String {
+        match &self.uid {
+            Some(uid) => format!("{}/{}", self.key(), uid),
+            None => self.key(),
+        }
     }
 }
 
@@ -83,6 +94,8 @@ pub struct LocalFacts {
     /// [`route_probe`] address): the interface they leave by, `None` if there is no route.
     /// A pair not looked up is not checked.
     pub routes: BTreeMap<(Ipv4Addr, Ipv4Addr), Option<String>>,
+    /// The host's ephemeral and reserved ports and the NAT range (`None`: not read).
+    pub host_ports: Option<super::ports::HostPorts>,
 }
 
 /// The address whose route stands for the destination `net` (`ip route get`): its first
