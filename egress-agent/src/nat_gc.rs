@@ -35,7 +35,12 @@ use crate::datapath::{Datapath, DatapathError};
 pub struct Timeouts {
     pub tcp_syn: u64,
     pub tcp_established: u64,
+    /// Both directions closed (FIN each way), or reset.
     pub tcp_closing: u64,
+    /// One direction closed by a FIN, the other still open (nf_conntrack's FIN_WAIT /
+    /// CLOSE_WAIT): the open side may still send for a while, as a server answering a
+    /// request whose sender shut its side does.
+    pub tcp_half_closed: u64,
     pub udp: u64,
     pub icmp: u64,
 }
@@ -46,6 +51,7 @@ impl Default for Timeouts {
             tcp_syn: 60,
             tcp_established: 6 * 3600,
             tcp_closing: 10,
+            tcp_half_closed: 120,
             udp: 60,
             icmp: 30,
         }
@@ -53,6 +59,22 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// Idle timeout of a flow whose forward entry is in `fwd` and reverse entry (when it has
+    /// one) in `rev`: each direction's FIN is its own (a half-closed flow lives on).
+    pub fn for_pair(&self, proto: u8, fwd: u8, rev: Option<u8>) -> u64 {
+        let Some(rev) = rev else {
+            return self.for_flow(proto, fwd);
+        };
+        if proto == IPPROTO_TCP && fwd != CT_RESET && rev != CT_RESET {
+            match (fwd == CT_CLOSING, rev == CT_CLOSING) {
+                (true, true) => return self.tcp_closing,
+                (true, false) | (false, true) => return self.tcp_half_closed,
+                (false, false) => {}
+            }
+        }
+        self.for_flow(proto, fwd.max(rev))
+    }
+
     /// Idle timeout of a flow in `state` (merged over both directions).
     pub fn for_flow(&self, proto: u8, state: u8) -> u64 {
         match (proto, state) {
@@ -93,9 +115,8 @@ pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> V
         let rev = by_key
             .get(&rkey)
             .filter(|r| r.addr == k.saddr && r.port == k.sport);
-        let state = rev.map_or(v.state, |r| r.state.max(v.state));
         let last = rev.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
-        if idle(last) > t.for_flow(k.proto, state) {
+        if idle(last) > t.for_pair(k.proto, v.state, rev.map(|r| r.state)) {
             out.push(*k);
             if rev.is_some() {
                 out.push(rkey);
@@ -479,14 +500,39 @@ mod tests {
             now - 900 * S,
         );
         assert!(expired(&est, now, &t).is_empty());
-        let closing = flow(
+        let closed = flow(
             IPPROTO_TCP,
             CT_CLOSING,
-            CT_ESTABLISHED,
+            CT_CLOSING,
             now - 11 * S,
             now - 20 * S,
         );
-        assert_eq!(expired(&closing, now, &t).len(), 2, "both directions go");
+        assert_eq!(expired(&closed, now, &t).len(), 2, "both directions go");
+        let reset = flow(IPPROTO_TCP, CT_NEW, CT_RESET, now - 11 * S, now - 11 * S);
+        assert_eq!(expired(&reset, now, &t).len(), 2);
+    }
+
+    /// A FIN closes one direction only: the other may still send (a server answering a
+    /// request whose client shut its side), so the flow is not cut after 10 idle seconds.
+    #[test]
+    fn a_half_closed_flow_lives_on_for_its_open_side() {
+        let t = Timeouts::default();
+        let now = 1000 * S;
+        for (f, r) in [(CT_CLOSING, CT_ESTABLISHED), (CT_NEW, CT_CLOSING)] {
+            let half = flow(IPPROTO_TCP, f, r, now - 60 * S, now - 60 * S);
+            assert!(expired(&half, now, &t).is_empty(), "{f} {r}: lives on");
+            let idle = flow(IPPROTO_TCP, f, r, now - 121 * S, now - 121 * S);
+            assert_eq!(expired(&idle, now, &t).len(), 2, "{f} {r}: FIN_WAIT over");
+        }
+        // Control: closed both ways, 10 s.
+        let closed = flow(
+            IPPROTO_TCP,
+            CT_CLOSING,
+            CT_CLOSING,
+            now - 11 * S,
+            now - 11 * S,
+        );
+        assert_eq!(expired(&closed, now, &t).len(), 2);
     }
 
     #[test]
