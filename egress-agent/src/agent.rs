@@ -286,6 +286,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 match load_config(&opts.source) {
                     Ok(c) => {
                         info!("configuration reloaded");
+                        if c.map_sizes != cfg.map_sizes {
+                            // Never silently ignored: maps are sized when they are loaded.
+                            warn!(
+                                old = ?cfg.map_sizes,
+                                new = ?c.map_sizes,
+                                "mapSizes changed: it takes effect when the agent restarts \
+                                 (the maps are then migrated, entries kept where they fit)"
+                            );
+                        }
                         cfg = c;
                     }
                     Err(e) => warn!("keeping the previous configuration: {e:#}"),

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod datapath;
+pub mod fault;
 pub mod inspect;
 pub mod kube_source;
 pub mod metrics;

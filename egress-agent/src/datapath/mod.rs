@@ -14,6 +14,7 @@
 mod attach;
 mod load;
 mod maps;
+pub mod pinned;
 mod probe;
 mod stats;
 
