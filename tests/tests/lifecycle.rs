@@ -518,11 +518,69 @@ fn pinned_maps_of_an_older_layout_are_migrated_or_replaced_with_a_log_line() {
     );
 }
 
-/// Runs `egress-agent cleanup` on `agent`'s node (its pins, its namespace).
+/// The uninstall manifest, `deploy/cleanup.yaml`.
+fn cleanup_manifest() -> serde_json::Value {
+    serde_norway::from_str(include_str!("../../deploy/cleanup.yaml")).expect("cleanup.yaml")
+}
+
+/// The arguments `deploy/cleanup.yaml` runs the agent's image with, on every node.
+fn manifest_cleanup_args() -> Vec<String> {
+    let m = cleanup_manifest();
+    let c = &m["spec"]["template"]["spec"]["initContainers"][0];
+    c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_uninstall_manifest_runs_cleanup_where_the_agent_pins_and_is_never_applied_with_it() {
+    let m = cleanup_manifest();
+    assert_eq!(m["kind"], "DaemonSet");
+    let args = manifest_cleanup_args();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("cleanup"),
+        "{args:?}"
+    );
+    // The host's bpffs is where the agent pins (its default pin root).
+    let mounts = m["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .clone();
+    assert!(
+        mounts.iter().any(|v| v["mountPath"]
+            .as_str()
+            .is_some_and(|p| egress_agent::datapath::DEFAULT_PIN_ROOT.starts_with(p))),
+        "{mounts:?}"
+    );
+    // Tolerates every taint: every node the agent may have run on.
+    assert_eq!(
+        m["spec"]["template"]["spec"]["tolerations"][0]["operator"],
+        "Exists"
+    );
+    // Applying the deployment must never clean the nodes.
+    let k: serde_json::Value =
+        serde_norway::from_str(include_str!("../../deploy/kustomization.yaml"))
+            .expect("kustomization");
+    assert!(
+        !k["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r == "cleanup.yaml"),
+        "cleanup.yaml must not be part of kustomization.yaml"
+    );
+}
+
+/// Runs `egress-agent cleanup` on `agent`'s node (its pins, its namespace), with the arguments
+/// of `deploy/cleanup.yaml`.
 fn cleanup(agent: &Agent) -> String {
     let out = command_in(&agent.ns, agent_binary())
         .expect("node namespace")
-        .arg("cleanup")
+        .args(manifest_cleanup_args())
         .arg("--pin-root")
         .arg(&agent.pin_root)
         .output()
