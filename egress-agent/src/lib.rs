@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod fault;
 pub mod inspect;
 pub mod kube_source;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod nat_gc;

@@ -101,11 +101,16 @@ enum Cmd {
     Crd,
     /// Remove the datapath from this node: unpin maps and links (detaching the programs),
     /// delete our legacy tc filters (only ours: our priority and handles) and the tunnel
-    /// device. Translated flows break; stop the agent first.
+    /// device. Translated flows break. Waits for an agent still running on this pin root to
+    /// stop (up to --wait-s), and keeps one from starting until it is done (the uninstall:
+    /// deploy/cleanup.yaml).
     Cleanup {
         /// The tunnel device to delete.
         #[arg(long, default_value = "egw0")]
         device: String,
+        /// How long to wait for an agent on this pin root to stop, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
     },
     /// Check a mail domain's SPF record and reverse DNS against the egress IPs.
     #[command(subcommand)]
@@ -206,7 +211,18 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", model::crd::crd_yaml());
             Ok(())
         }
-        Cmd::Cleanup { device } => {
+        Cmd::Cleanup { device, wait_s } => {
+            let root = cli.pin_root.display();
+            let _lock =
+                egress_agent::lock::lock(&cli.pin_root, Duration::from_secs(wait_s), || {
+                    println!("waiting for the agent on {root} to stop");
+                })?
+                .with_context(|| {
+                    format!(
+                        "an agent still runs on {root} after {wait_s} s: stop it first (it would \
+                     attach again what cleanup removes)"
+                    )
+                })?;
             // Legacy tc filters (kernels below 6.6) are not pinned: remove ours everywhere.
             for (ifname, program) in egress_agent::datapath::remove_all_legacy_filters() {
                 println!("removed the {program} filter from {ifname}");

@@ -535,6 +535,16 @@ fn manifest_cleanup_args() -> Vec<String> {
         .collect()
 }
 
+/// The manifest's arguments with `--wait-s` as given.
+fn cleanup_args_waiting(secs: &str) -> Vec<String> {
+    let mut args = manifest_cleanup_args();
+    if let Some(i) = args.iter().position(|a| a == "--wait-s") {
+        args.drain(i..i + 2);
+    }
+    args.extend(["--wait-s".to_owned(), secs.to_owned()]);
+    args
+}
+
 #[test]
 fn the_uninstall_manifest_runs_cleanup_where_the_agent_pins_and_is_never_applied_with_it() {
     let m = cleanup_manifest();
@@ -910,4 +920,61 @@ fn cleanup_leaves_no_program_no_pin_and_no_tunnel_device() {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// A cleanup started while the agent still runs (a node leaving the agent's selection: its
+/// pod terminating while the cleanup's starts) waits until the agent is gone, then removes
+/// everything; one that cannot wait refuses and removes nothing.
+#[test]
+fn cleanup_waits_for_a_running_agent_and_removes_nothing_before() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &spec(""));
+    let mut agents = start_all(&lab, &cfg);
+    let gw = agents.get_mut("gateway").expect("gateway agent");
+    wait_ready(gw);
+
+    // Control: with no time to wait, a cleanup beside a running agent refuses.
+    let out = command_in(&gw.ns, agent_binary())
+        .expect("node namespace")
+        .args(cleanup_args_waiting("0"))
+        .arg("--pin-root")
+        .arg(&gw.pin_root)
+        .output()
+        .expect("cleanup");
+    assert!(
+        !out.status.success(),
+        "cleanup beside a running agent: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("an agent still runs"),
+        "{out:?}"
+    );
+    programs_if_complete(&lab, "gateway", false).expect("nothing removed");
+
+    let mut waiting = command_in(&gw.ns, agent_binary())
+        .expect("node namespace")
+        .args(cleanup_args_waiting("60"))
+        .arg("--pin-root")
+        .arg(&gw.pin_root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cleanup");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiting.try_wait().expect("cleanup").is_none(),
+        "cleanup must wait while the agent runs"
+    );
+    programs_if_complete(&lab, "gateway", false).expect("nothing removed while waiting");
+    gw.kill();
+    let out = waiting.wait_with_output().expect("cleanup");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("waiting for the agent") && said.contains("deleted egw0"),
+        "{said}"
+    );
+    let left = progs::tcx_programs(&gw.ns);
+    assert!(left.is_empty(), "programs left: {left:#?}");
+    assert!(!gw.pin_root.join("maps").exists() && !gw.pin_root.join("links").exists());
 }
