@@ -157,8 +157,7 @@ pub fn expected_shapes(
     object: &[u8],
     sizes: &MapSizes,
 ) -> Result<BTreeMap<&'static str, MapShape>, DatapathError> {
-    let obj = aya_obj::Object::parse(object)
-        .map_err(|e| DatapathError::Kernel(format!("parsing the eBPF object: {e}")))?;
+    let obj = aya_obj::Object::parse(object).map_err(|e| DatapathError::Object(e.to_string()))?;
     let mut out = BTreeMap::new();
     for name in map_names::ALL {
         let m = obj.maps.get(name).ok_or(DatapathError::MissingMap(name))?;
@@ -499,9 +498,13 @@ pub fn finish(
     let mut pins = Vec::new();
     for m in migrations {
         let (fd, shape) = new_fd(m.name)?;
-        let done = copy_entries(m.old.as_fd(), &m.old_shape, fd.as_fd(), &shape).map_err(|e| {
-            DatapathError::Kernel(format!("copying the entries of map {}: {e}", m.name))
-        })?;
+        let done =
+            copy_entries(m.old.as_fd(), &m.old_shape, fd.as_fd(), &shape).map_err(|source| {
+                DatapathError::Migrate {
+                    name: m.name,
+                    source,
+                }
+            })?;
         if done.skipped > 0 {
             warn!(
                 map = m.name,
