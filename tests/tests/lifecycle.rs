@@ -978,3 +978,88 @@ fn cleanup_waits_for_a_running_agent_and_removes_nothing_before() {
     assert!(left.is_empty(), "programs left: {left:#?}");
     assert!(!gw.pin_root.join("maps").exists() && !gw.pin_root.join("links").exists());
 }
+
+/// An upgrade whose NAT entry layout changed: the table cannot be kept, so it is replaced (a
+/// warning naming it and what changed), the programs use the new one, new connections work
+/// as the egress IP, and a connection that was open is reset cleanly (its next packet is
+/// translated afresh or refused: an answer either way, never a hang or a wrong mapping).
+#[test]
+fn a_nat_table_of_another_layout_is_replaced_and_its_flows_reset_cleanly() {
+    require_root();
+    let lab = Lab::up(&LabSpec::default()).expect("lab up");
+    let cfg = write_config(&lab, &spec(""));
+    let mut agents = start_all(&lab, &cfg);
+    let server = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 25);
+    let gw_ip = IpAddr::V4(lab.gateway().external_ip);
+    let mut flows: Vec<(String, TcpStream)> = [W1_POD, GW_POD]
+        .into_iter()
+        .map(|pod| (pod.to_owned(), open_flow(&lab, &server, pod).0))
+        .collect();
+    let gw = agents.get_mut("gateway").expect("gateway agent");
+    wait_ready(gw);
+    let programs = wait_programs(&lab, gw, false, &BTreeSet::new());
+    gw.kill();
+    // What the older build left pinned: a NAT table whose entries were 8 bytes smaller.
+    let pin = map_path(gw, map_names::NAT4);
+    let real = progs::pinned_map(&pin).expect("NAT map");
+    std::fs::remove_file(&pin).expect("unpin");
+    drop(progs::create_pinned_map(
+        &pin,
+        progs::LRU_HASH,
+        real.key_size,
+        real.value_size - 8,
+        real.max_entries,
+    ));
+    gw.restart().expect("restart");
+    let after = wait_programs(&lab, gw, false, &ids(&programs));
+    wait_ready(gw);
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains(&format!(
+                "pinned map EGW_NAT4 does not fit this build (value size {} -> {})",
+                real.value_size - 8,
+                real.value_size
+            ))),
+        "no warning naming the NAT table and what changed:\n{log}"
+    );
+    let nat = progs::pinned_map(&pin).expect("NAT map");
+    assert_eq!(nat.value_size, real.value_size, "the new layout");
+    assert!(
+        after
+            .values()
+            .all(|p| !progs::prog_map_ids(p.id).contains(&real.id)),
+        "a program still uses the old table"
+    );
+    // Open connections: answered either way (kept, or reset), never left hanging.
+    for (pod, s) in &mut flows {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = s.write_all(b"RCPT TO:<c@example.org>");
+        let mut got = [0u8; 23];
+        let r = s.read_exact(&mut got);
+        eprintln!("{pod}: the open connection after the reset: {r:?}");
+        match r {
+            Ok(()) => assert_eq!(&got, b"RCPT TO:<c@example.org>", "{pod}"),
+            // Seen here: the server answers the freshly translated packet with a reset.
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                ),
+                "{pod}: the open connection is neither kept nor reset after its NAT entry was \
+                 lost: {e}"
+            ),
+        }
+    }
+    // Whatever the server accepted meanwhile came from the egress IP.
+    for p in server.peers_so_far() {
+        assert_eq!(p.ip(), gw_ip);
+    }
+    check_new_connection(&lab, &server, W1_POD, gw_ip);
+    check_new_connection(&lab, &server, GW_POD, gw_ip);
+    assert!(gw.inspect("nat").is_ok(), "inspect reads the new table");
+}
