@@ -67,8 +67,11 @@ enum Cmd {
         /// interface of the IPv4 default route.
         #[arg(long, env = "EGRESS_UPLINK")]
         uplink: Option<String>,
-        /// Serve /metrics, /healthz and /readyz here; `off` to disable.
-        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "0.0.0.0:9479")]
+        /// Serve /metrics, /healthz and /readyz here (ADDRESS:PORT; an IPv6 address with or
+        /// without brackets); `off` to disable. Loopback by default: a host-network pod would
+        /// otherwise serve on every address of the node, public ones included (the DaemonSet
+        /// binds the node's InternalIP, from the downward API's status.hostIP).
+        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9479")]
         metrics_addr: String,
         /// How often to check the configuration file for changes, in milliseconds.
         #[arg(long, default_value_t = 100)]
@@ -169,8 +172,8 @@ fn real_main(cli: Cli) -> Result<()> {
         } => {
             let metrics_addr = match metrics_addr.as_str() {
                 "off" | "" => None,
-                a => Some(a.parse().with_context(|| {
-                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 0.0.0.0:9479) or off")
+                a => Some(parse_listen_addr(a).with_context(|| {
+                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 127.0.0.1:9479) or off")
                 })?),
             };
             let source = match config {
@@ -249,5 +252,34 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Spf(cmd) => Ok(egress_agent::spf::run(cmd, &cli.pin_root)?),
+    }
+}
+
+/// `ADDRESS:PORT`, also with an IPv6 address without brackets (`fd00::1:9479`, as
+/// `$(HOST_IP):9479` expands on an IPv6 node).
+fn parse_listen_addr(a: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(addr) = a.parse() {
+        return Ok(addr);
+    }
+    let (ip, port) = a.rsplit_once(':').context("no port")?;
+    Ok(std::net::SocketAddr::new(ip.parse()?, port.parse()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_addr;
+
+    #[test]
+    fn listen_addresses_with_and_without_brackets() {
+        for (a, want) in [
+            ("127.0.0.1:9479", "127.0.0.1:9479"),
+            ("10.0.0.5:9479", "10.0.0.5:9479"),
+            ("[fd00::5]:9479", "[fd00::5]:9479"),
+            ("fd00::5:9479", "[fd00::5]:9479"),
+        ] {
+            assert_eq!(parse_listen_addr(a).expect(a).to_string(), want);
+        }
+        assert!(parse_listen_addr("9479").is_err());
+        assert!(parse_listen_addr("localhost:x").is_err());
     }
 }
