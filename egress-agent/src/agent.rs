@@ -391,7 +391,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     // of them Ready here.
                     let local = model::LocalFacts {
                         interfaces: netdev::ipv4_addresses(&handle).await.unwrap_or_default(),
-                        underlay: None,
+                        ..Default::default()
                     };
                     let mut new = model::compute(&cluster, &opts.node, &local).status;
                     status::datapath_unavailable(&mut new, fault);

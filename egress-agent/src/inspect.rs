@@ -242,17 +242,22 @@ pub struct PrefixRow {
     pub action: &'static str,
     pub gateway: Ipv4Addr,
     pub egress_ip: Ipv4Addr,
+    /// On the gateway, when the egress IP is on another interface than the uplink: that
+    /// interface (by name when it still exists) and its MTU.
+    pub egress_interface: Option<String>,
+    pub egress_mtu: u16,
     pub tx_packets: u64,
     pub tx_bytes: u64,
 }
 
 impl PrefixRow {
-    const COLUMNS: [Col; 5] = [
+    const COLUMNS: [Col; 6] = [
         right("ID", 4),
         left("DESTINATION", 18),
         left("ACTION", 9),
         left("GATEWAY", 15),
-        left("EGRESS IP", 0),
+        left("EGRESS IP", 15),
+        left("LEAVES BY", 0),
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -270,6 +275,11 @@ impl PrefixRow {
             self.action.to_owned(),
             dash(self.gateway),
             dash(self.egress_ip),
+            match (&self.egress_interface, self.action) {
+                (_, "excluded") => "-".to_owned(),
+                (Some(i), _) => format!("{i} (mtu {})", self.egress_mtu),
+                (None, _) => "uplink".to_owned(),
+            },
         ]
     }
 }
@@ -369,12 +379,28 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
             },
             gateway: ip4_from(v.gateway_ip4),
             egress_ip: ip4_from(v.egress_ip4),
+            egress_interface: (v.egress_ifindex != 0).then(|| interface_name(v.egress_ifindex)),
+            egress_mtu: v.egress_mtu,
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
         });
     }
     rows.sort_by(|a, b| (a.policy, &a.destination).cmp(&(b.policy, &b.destination)));
     output(&rows, as_json, || policies_text(&status, &stats, &rows))
+}
+
+/// The name of interface `ifindex`, or `#<ifindex>` when there is none (any more).
+fn interface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The text of `inspect policies`: per policy its status (when known) and traffic on this
@@ -606,6 +632,8 @@ mod tests {
             } else {
                 "0.0.0.0"
             }),
+            egress_interface: None,
+            egress_mtu: 0,
             tx_packets: 1460,
             tx_bytes: 52526540,
         };
@@ -616,6 +644,8 @@ mod tests {
         ];
         rows.push(PrefixRow {
             policy: 7,
+            egress_interface: Some("eth2".into()),
+            egress_mtu: 1300,
             ..row("203.0.113.0/24", "gateway")
         });
         assert_eq!(
@@ -627,11 +657,11 @@ broken                  - False  GatewayNotFound  -            -                
 mail                   53 True   Active           gateway      192.0.2.10          1        1460       52526540
 ?                       7 ?                       -            -                   -           0              0
 
-  ID DESTINATION        ACTION    GATEWAY         EGRESS IP
-  53 10.244.0.0/16      excluded  -               -
-  53 10.96.0.0/12       excluded  -               -
-  53 198.51.100.0/24    gateway   192.0.2.10      192.0.2.10
-   7 203.0.113.0/24     gateway   192.0.2.10      192.0.2.10
+  ID DESTINATION        ACTION    GATEWAY         EGRESS IP       LEAVES BY
+  53 10.244.0.0/16      excluded  -               -               -
+  53 10.96.0.0/12       excluded  -               -               -
+  53 198.51.100.0/24    gateway   192.0.2.10      192.0.2.10      uplink
+   7 203.0.113.0/24     gateway   192.0.2.10      192.0.2.10      eth2 (mtu 1300)
 "
         );
     }

@@ -441,7 +441,43 @@ const LINK_FOLLOW_UPS: [std::time::Duration; 3] = [
     std::time::Duration::from_secs(3),
 ];
 
-/// Wakes the receiver whenever a link, an IPv4 address or an IPv4 route changes (the CNI
+/// The interface the kernel routes a packet from `src` to `dst` out of, as `ip route get DST
+/// from SRC` answers (policy routing included); `None` when it has no route.
+pub async fn route_out(
+    handle: &Handle,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Result<Option<String>, NetdevError> {
+    use futures::StreamExt;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .source_prefix(src, 32)
+        .build();
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(msg));
+    // A lookup, not a dump.
+    req.header.flags = NLM_F_REQUEST;
+    let mut answers = handle.clone().request(req)?;
+    let mut oif = None;
+    while let Some(m) = answers.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+            }
+            // ENETUNREACH, EHOSTUNREACH: no route.
+            NetlinkPayload::Error(e) if e.code.is_some() => return Ok(None),
+            _ => {}
+        }
+    }
+    let Some(oif) = oif else { return Ok(None) };
+    Ok(link_names(handle).await?.remove(&oif))
+}
+
+/// Wakes the receiver whenever a link, an IPv4 address, an IPv4 route or rule changes (the CNI
 /// adding or removing a pod's veth, a /32 route, an egress address moving), again a little
 /// after each burst of link events (`LINK_FOLLOW_UPS`), or when a watched neighbour's MAC
 /// changes.
@@ -452,8 +488,12 @@ pub fn watch_changes(
     use netlink_packet_route::RouteNetlinkMessage;
     use rtnetlink::sys::AsyncSocket;
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
-    let groups =
-        libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_NEIGH;
+    // Rules too: policy routing decides where an egress IP's packets leave.
+    let groups = libc::RTMGRP_LINK
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV4_RULE
+        | libc::RTMGRP_NEIGH;
     conn.socket_mut()
         .socket_mut()
         .bind(&rtnetlink::sys::SocketAddr::new(0, groups as u32))?;

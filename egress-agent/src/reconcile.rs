@@ -271,8 +271,9 @@ impl Reconciler {
     ) -> Result<usize> {
         let mut local = model::LocalFacts {
             interfaces: netdev::ipv4_addresses(&self.handle).await?,
-            underlay: None,
+            ..Default::default()
         };
+        local.routes = self.egress_routes(cluster, &local.interfaces).await?;
         let this_ip = cluster
             .nodes
             .iter()
@@ -286,7 +287,7 @@ impl Reconciler {
         }
         let m = model::compute(cluster, &self.node, &local);
         *computed = Some(m.status);
-        let d = m.desired;
+        let mut d = m.desired;
         if d.warnings != self.warnings {
             for w in &d.warnings {
                 warn!("{w}");
@@ -304,7 +305,18 @@ impl Reconciler {
             facts: local.underlay.context("no underlay")?,
         };
         self.tunnel_protected = d.tunnel.as_ref().map(|p| p.protected);
-        let mut changes = self.sync_devices(cfg, &d, node_ip, &underlay).await?;
+        let (mut changes, egress_ifs) = self
+            .sync_devices(cfg, &d, node_ip, &underlay, &local.interfaces)
+            .await?;
+        // Translated packets leave through the interface their egress IP is on.
+        for v in d.policies.values_mut() {
+            if v.gateway_ip4 == ip4(node_ip) {
+                if let Some(&(ifindex, mtu)) = egress_ifs.get(&v.egress_ip4) {
+                    v.egress_ifindex = ifindex;
+                    v.egress_mtu = mtu;
+                }
+            }
+        }
         let previous = self
             .dp
             .maps()
@@ -382,16 +394,59 @@ impl Reconciler {
         })
     }
 
+    /// The kernel's routes from each local address a policy names as its egress IP (or by
+    /// its interface) to each of the policy's destinations (see `model::LocalFacts::routes`).
+    async fn egress_routes(
+        &self,
+        cluster: &model::Cluster,
+        interfaces: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ) -> Result<BTreeMap<(Ipv4Addr, Ipv4Addr), Option<String>>> {
+        let local: BTreeSet<Ipv4Addr> = interfaces.values().flatten().copied().collect();
+        let mut routes = BTreeMap::new();
+        for p in &cluster.policies {
+            let g = &p.spec.gateway;
+            let egress: Vec<Ipv4Addr> = match (&g.egress_ip, &g.interface) {
+                (Some(ip), _) => ip.parse().into_iter().collect(),
+                (None, Some(ifname)) => interfaces
+                    .get(ifname)
+                    .into_iter()
+                    .flatten()
+                    .take(1)
+                    .copied()
+                    .collect(),
+                (None, None) => Vec::new(),
+            };
+            for ip in egress.into_iter().filter(|ip| local.contains(ip)) {
+                for d in p
+                    .spec
+                    .destination_cidrs
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                {
+                    let probe = model::route_probe(d);
+                    if let std::collections::btree_map::Entry::Vacant(e) = routes.entry((ip, probe))
+                    {
+                        e.insert(netdev::route_out(&self.handle, ip, probe).await?);
+                    }
+                }
+            }
+        }
+        Ok(routes)
+    }
+
     /// The tunnel device (bound to the underlay), the node configuration, the tunnel program
-    /// (attached again by every start), and `egw_from_wire` on the underlay (every node) and
-    /// on the uplink (while this node is a gateway).
+    /// (attached again by every start), and `egw_from_wire` on the underlay (every node), on
+    /// the uplink and on every other interface holding an egress IP of a policy this node is
+    /// the gateway of. Returns the changes and those other interfaces: egress IP -> (ifindex,
+    /// MTU).
     async fn sync_devices(
         &mut self,
         cfg: &AgentConfig,
         d: &Desired,
         node_ip: Ipv4Addr,
         underlay: &Underlay,
-    ) -> Result<usize> {
+        interfaces: &BTreeMap<String, Vec<Ipv4Addr>>,
+    ) -> Result<(usize, BTreeMap<u32, (u32, u16)>)> {
         let mut changes = 0;
         let tunnel_if = netdev::ensure_vxlan(
             &self.handle,
@@ -464,7 +519,35 @@ impl Reconciler {
         crate::fault::step("tunnel");
         // The underlay's gate on every node; reverse NAT on a gateway's uplink.
         let mut want_wire = BTreeMap::from([(underlay.facts.interface.clone(), underlay.ifindex)]);
+        let mut egress_ifs = BTreeMap::new();
         if is_gateway {
+            // An egress IP on another interface than the uplink (a second NIC): its packets
+            // leave there and its replies arrive there.
+            let egress_ips: BTreeSet<u32> = d
+                .policies
+                .values()
+                .filter(|v| v.gateway_ip4 == ip4(node_ip) && v.egress_ip4 != 0)
+                .map(|v| v.egress_ip4)
+                .collect();
+            for (name, ips) in interfaces.iter().filter(|(n, _)| **n != uplink_name) {
+                let held: Vec<u32> = ips
+                    .iter()
+                    .map(|ip| ip4(*ip))
+                    .filter(|ip| egress_ips.contains(ip))
+                    .collect();
+                if held.is_empty() {
+                    continue;
+                }
+                let Some(ifindex) = netdev::ifindex(&self.handle, name).await? else {
+                    continue;
+                };
+                let mtu = netdev::mtu(&self.handle, name)
+                    .await?
+                    .and_then(|m| u16::try_from(m).ok())
+                    .unwrap_or(0);
+                want_wire.insert(name.clone(), ifindex);
+                egress_ifs.extend(held.into_iter().map(|ip| (ip, (ifindex, mtu))));
+            }
             want_wire.insert(uplink_name, uplink_if);
         }
         changes += sync_links(
@@ -484,7 +567,7 @@ impl Reconciler {
             "underlay egress check attached",
         )?;
         crate::fault::step("wire");
-        Ok(changes)
+        Ok((changes, egress_ifs))
     }
 
     /// Marks the datapath ready (`CFG_F_READY`: until then every program passes traffic

@@ -6,9 +6,9 @@ mod user;
 pub use user::{decode_policy_key, policy_key};
 
 /// `PolicyValue::action`: send through the gateway and SNAT to the egress IP.
-pub const ACTION_VIA_GATEWAY: u32 = 1;
+pub const ACTION_VIA_GATEWAY: u16 = 1;
 /// `PolicyValue::action`: leave by the normal path (excluded CIDRs, cluster CIDRs).
-pub const ACTION_EXCLUDED: u32 = 2;
+pub const ACTION_EXCLUDED: u16 = 2;
 
 /// Largest policy id (ids index the per-policy counters; 0 means "no policy").
 pub const MAX_POLICIES: u32 = 1024;
@@ -33,12 +33,18 @@ crate::assert_size!(PolicyKey4, 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyValue {
-    /// `ACTION_*`.
-    pub action: u32,
+    /// `ACTION_*`. (A u32 before `egress_mtu` was cut from it: on little-endian hosts an
+    /// older agent's value reads the same, with an MTU of 0.)
+    pub action: u16,
+    /// On the gateway, with `egress_ifindex`: that interface's MTU (0: unknown, not checked).
+    pub egress_mtu: u16,
     /// Underlay address of the gateway node (network byte order).
     pub gateway_ip4: u32,
     /// Source address after SNAT (network byte order).
     pub egress_ip4: u32,
-    pub _pad: u32,
+    /// On the gateway: the interface translated packets leave through, when the egress IP is
+    /// on another interface than the uplink (a second NIC); 0: the uplink. The reconciler
+    /// sets it, from the interfaces' addresses.
+    pub egress_ifindex: u32,
 }
 crate::assert_size!(PolicyValue, 16);

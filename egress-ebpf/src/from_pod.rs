@@ -11,7 +11,7 @@ use egress_common::{
 use crate::{
     counters::{count_drop, count_tx},
     flows::{self, Opened},
-    gateway::{self, snat_and_send},
+    gateway::{self, snat_and_send, Exit},
     icmp, l3,
     maps::{config, LookupCopy, EGW_ENDPOINTS4},
     nat::SnatTarget,
@@ -64,10 +64,11 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return icmp::send_time_exceeded(ctx, cfg, &p);
     }
     if pol.gateway_ip4 == cfg.node_ip4 {
-        // The uplink is this packet's next link: an oversize DF packet is answered here.
-        if !gateway::fits_uplink(ctx, cfg, &p)? {
+        // The link out is this packet's next one: an oversize DF packet is answered here.
+        let exit = Exit::of(cfg, &pol);
+        if !gateway::fits(ctx, &p, exit)? {
             count_drop(DropReason::FragNeeded);
-            return icmp::send_frag_needed(ctx, cfg, &p, cfg.uplink_mtu.into());
+            return icmp::send_frag_needed(ctx, cfg, &p, exit.mtu);
         }
         let t = SnatTarget {
             egress_ip: pol.egress_ip4,
@@ -77,7 +78,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         // A translated flow is one the pod opened: only a packet of no translated flow needs
         // the flow table, and a flow the pod opens is recorded there (so that `egw_to_pod`
         // never takes its answers for a peer's flow).
-        return snat_and_send(ctx, cfg, &p, &t, || match flows::lookup(&p) {
+        return snat_and_send(ctx, cfg, &p, &t, exit, || match flows::lookup(&p) {
             Opened::ByPeer => Ok(false),
             Opened::ByPod(flow) => {
                 flows::record(&p, flow, cfg.node_ip4, ep.policy_id);

@@ -13,7 +13,7 @@ use egress_common::{
 use crate::{
     counters::{count_drop, count_rx},
     flows,
-    gateway::{self, snat_and_send},
+    gateway::{self, snat_and_send, Exit},
     icmp,
     maps::{config, LookupCopy, EGW_ENDPOINTS4, EGW_REMOTE_EP4},
     nat::SnatTarget,
@@ -61,9 +61,10 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         return redirect_to_tunnel(ctx, cfg, remote, vni);
     }
     // An oversize DF packet for the uplink is answered through the tunnel, as the TTL is.
-    if !gateway::fits_uplink(ctx, cfg, &p)? {
+    let exit = Exit::of(cfg, &pol);
+    if !gateway::fits(ctx, &p, exit)? {
         count_drop(DropReason::FragNeeded);
-        icmp::make_frag_needed(ctx, cfg, &p, cfg.uplink_mtu.into())?;
+        icmp::make_frag_needed(ctx, cfg, &p, exit.mtu)?;
         return redirect_to_tunnel(ctx, cfg, remote, vni);
     }
     let t = SnatTarget {
@@ -72,7 +73,7 @@ pub fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         policy_id: vni,
     };
     // The source node decided that the pod opened this flow.
-    snat_and_send(ctx, cfg, &p, &t, || Ok(true))
+    snat_and_send(ctx, cfg, &p, &t, exit, || Ok(true))
 }
 
 /// A packet for local pod `ep` from gateway `remote` with `vni`: delivered only to a selected

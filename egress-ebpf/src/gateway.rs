@@ -2,7 +2,7 @@
 //! reverse-translated reply to its pod (on this node, or through the tunnel to its node).
 
 use aya_ebpf::programs::TcContext;
-use egress_common::{config::Config, counters::DropReason, nat::NatEntry4};
+use egress_common::{config::Config, counters::DropReason, nat::NatEntry4, policy::PolicyValue};
 
 use crate::{
     counters::{count_rx, count_tx},
@@ -16,13 +16,38 @@ use crate::{
     NEXT,
 };
 
-/// Whether `p` fits the uplink (its MTU unknown: yes). `Ok(false)`: too big with DF set, to be
-/// answered with fragmentation-needed; too big and fragmentable is a counted drop (a tc
-/// program cannot fragment).
+/// The link a translated packet leaves by: the uplink, or the interface that holds the
+/// policy's egress IP when that is another one (a second NIC).
+#[derive(Clone, Copy)]
+pub struct Exit {
+    pub ifindex: u32,
+    /// 0: unknown (not checked).
+    pub mtu: u32,
+}
+
+impl Exit {
+    #[inline(always)]
+    pub fn of(cfg: &Config, pol: &PolicyValue) -> Exit {
+        if pol.egress_ifindex != 0 {
+            Exit {
+                ifindex: pol.egress_ifindex,
+                mtu: pol.egress_mtu.into(),
+            }
+        } else {
+            Exit {
+                ifindex: cfg.uplink_ifindex,
+                mtu: cfg.uplink_mtu.into(),
+            }
+        }
+    }
+}
+
+/// Whether `p` fits the link it leaves by (its MTU unknown: yes). `Ok(false)`: too big with
+/// DF set, to be answered with fragmentation-needed; too big and fragmentable is a counted
+/// drop (a tc program cannot fragment).
 #[inline(always)]
-pub fn fits_uplink(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<bool, DropReason> {
-    let mtu = u32::from(cfg.uplink_mtu);
-    if mtu == 0 || l3::wire_l3_len(ctx, p) <= mtu {
+pub fn fits(ctx: &TcContext, p: &Packet4, exit: Exit) -> Result<bool, DropReason> {
+    if exit.mtu == 0 || l3::wire_l3_len(ctx, p) <= exit.mtu {
         return Ok(true);
     }
     if p.frag_off & IP_DF == 0 {
@@ -31,15 +56,16 @@ pub fn fits_uplink(ctx: &TcContext, cfg: &Config, p: &Packet4) -> Result<bool, D
     Ok(false)
 }
 
-/// Translates the source of a pod's packet for `t` and sends it out of the uplink, one hop
-/// (TTL) on. A packet of no translated flow is sent only if `opens()` says it may open one;
-/// else it is left to the stack (`NEXT`).
+/// Translates the source of a pod's packet for `t` and sends it out of `exit`, one hop (TTL)
+/// on. A packet of no translated flow is sent only if `opens()` says it may open one; else it
+/// is left to the stack (`NEXT`).
 #[inline(always)]
 pub fn snat_and_send(
     ctx: &TcContext,
     cfg: &Config,
     p: &Packet4,
     t: &SnatTarget,
+    exit: Exit,
     opens: impl FnOnce() -> Result<bool, DropReason>,
 ) -> Result<i32, DropReason> {
     if p.ttl <= 1 {
@@ -56,8 +82,8 @@ pub fn snat_and_send(
             return Ok(NEXT);
         };
         // What the internet may send back must fit the uplink.
-        if cfg.uplink_mtu as u32 > TCPIP_HLEN {
-            tcp::clamp_mss(ctx, p, cfg.uplink_mtu - TCPIP_HLEN as u16)?;
+        if exit.mtu > TCPIP_HLEN {
+            tcp::clamp_mss(ctx, p, (exit.mtu - TCPIP_HLEN) as u16)?;
         }
         let e = NatEntry4 {
             addr: m.addr,
@@ -70,7 +96,9 @@ pub fn snat_and_send(
         rewrite(ctx, p, Side::Src, m.addr, m.port)?;
     }
     count_tx(t.policy_id, ctx.len());
-    redirect_neigh(cfg.uplink_ifindex)
+    // The kernel's route lookup (from the egress IP, out of that link: policy routing
+    // applies) picks the next hop.
+    redirect_neigh(exit.ifindex)
 }
 
 /// Hands a reverse-translated packet (flow `e`) to the pod, on this node or through the

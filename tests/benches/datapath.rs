@@ -460,8 +460,9 @@ fn put_flow(dp: &mut Datapath, f: &Flow, now: u64) {
 /// The small cases: every program path on a worker and a gateway with the default map sizes,
 /// and the floor.
 fn small_cases(p: &Params) -> (Floor, Vec<CaseReport>) {
-    let worker = datapath(WORKER);
-    let mut gateway = datapath(GATEWAY);
+    // Two nodes at once: each a load of its own (the shared one is one node at a time).
+    let worker = datapath_sized(&MapSizes::default(), WORKER);
+    let mut gateway = datapath_sized(&MapSizes::default(), GATEWAY);
 
     // An established flow of a pod on the gateway node: SYN out, reply in.
     let (rc, syn) = run(

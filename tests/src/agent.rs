@@ -203,9 +203,10 @@ impl Agent {
         Ok(serde_json::from_str(&self.inspect_text(what, true)?)?)
     }
 
-    /// Runs `egress-agent inspect <what>` (the table, or with `json` the JSON text).
+    /// Runs `egress-agent inspect <what>` (the table, or with `json` the JSON text) on the
+    /// agent's node (its network namespace: interface names are the node's).
     pub fn inspect_text(&self, what: &str, json: bool) -> Result<String> {
-        let mut cmd = std::process::Command::new(agent_binary());
+        let mut cmd = command_in(&self.ns, agent_binary())?;
         cmd.args(["inspect", what]);
         if json {
             cmd.arg("--json");

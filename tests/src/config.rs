@@ -15,6 +15,9 @@ pub struct ConfigSpec<'a> {
     /// The policy's egress IP (default: the gateway node's address; with a private underlay,
     /// its public one, which the file names as the node's extra address).
     pub egress_ip: Option<Ipv4Addr>,
+    /// `gateway.interface` instead of an egress IP: the gateway's interface whose first
+    /// address is the egress IP.
+    pub interface: Option<&'a str>,
     /// The policy's destination CIDRs (default: the internet segment, 198.51.100.0/24).
     pub destinations: Option<&'a [&'a str]>,
     /// The policy's excluded CIDRs.
@@ -61,7 +64,9 @@ pub fn write_config(lab: &Lab, spec: &ConfigSpec) -> PathBuf {
     let egress_ip = spec
         .egress_ip
         .or((gateway.external_ip != gateway.underlay_ip).then_some(gateway.external_ip));
-    if let Some(ip) = egress_ip {
+    if let Some(i) = spec.interface {
+        y += &format!("        interface: {i}\n");
+    } else if let Some(ip) = egress_ip {
         y += &format!("        egressIP: {ip}\n");
     }
     y += "pods:\n";

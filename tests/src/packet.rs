@@ -63,9 +63,20 @@ pub fn require_root() {
 /// and seeded anew (see [`datapath`]).
 static SHARED: Mutex<Option<Datapath>> = Mutex::new(None);
 
+thread_local! {
+    /// Whether this thread holds its turn on [`SHARED`].
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A test's turn on the shared datapath: the datapath, to itself until dropped.
 pub struct Node {
     turn: MutexGuard<'static, Option<Datapath>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        HOLDING.set(false);
+    }
 }
 
 impl Deref for Node {
@@ -85,8 +96,15 @@ impl DerefMut for Node {
 /// emptied first, so nothing of an earlier test is left: no flow, no NAT entry, no counter.
 pub fn datapath(this_node: Ipv4Addr) -> Node {
     require_root();
+    // A second turn in the same thread would wait for itself forever.
+    assert!(
+        !HOLDING.get(),
+        "this thread holds the shared datapath already: a second node at once needs a load \
+         of its own (datapath_sized)"
+    );
     // A test that failed during its turn poisons the lock; the maps are emptied anyway.
     let mut turn = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    HOLDING.set(true);
     if turn.is_none() {
         *turn = Some(Datapath::load(&MapSizes::default(), None).expect("load datapath"));
     }
@@ -156,7 +174,8 @@ fn seed(dp: &mut Datapath, this_node: Ipv4Addr) {
         action: ACTION_VIA_GATEWAY,
         gateway_ip4: ip4(GATEWAY),
         egress_ip4: ip4(EGRESS),
-        _pad: 0,
+        egress_mtu: 0,
+        egress_ifindex: 0,
     };
     m.put_policy(&policy_key(POLICY, Ipv4Addr::UNSPECIFIED, 0), via)
         .expect("policy");

@@ -7,13 +7,18 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    time::Duration,
 };
 
 use egress_tests::{
-    agent::{start_all, Agent},
+    agent::{start_all, time_scale, Agent},
+    attack::Capture,
     config::{write_config, ConfigSpec},
     lab::{exec, require_root, Cni, Lab, LabSpec, Underlay, INTERNET_HOST},
-    net::{bulk_download, bulk_upload, tcp_roundtrip, udp_roundtrip, BulkServer, TcpEcho, UdpEcho},
+    net::{
+        bulk_download, bulk_upload, eventually, tcp_roundtrip, udp_roundtrip, BulkServer, TcpEcho,
+        UdpEcho,
+    },
 };
 
 const SELECTED: [&str; 3] = ["pod-gateway-0", "pod-worker1-0", "pod-worker2-0"];
@@ -285,7 +290,7 @@ fn learned_path_mtu(ns: &str, to: SocketAddrV4, len: usize) -> i32 {
         assert_eq!(rc, 0, "IP_MTU_DISCOVER");
         s.connect(to).expect("connect");
         let _ = s.send(&vec![0x5a; len]);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(300));
         let _ = s.send(&vec![0x5a; len]);
         let mut mtu: libc::c_int = 0;
         let mut l = size_of::<libc::c_int>() as libc::socklen_t;
@@ -366,4 +371,147 @@ fn a_narrow_uplink_past_the_gateway_is_learned_by_the_pods() {
             "{p}: download through a 1400-byte uplink: {down:?}"
         );
     }
+}
+
+/// The egress IP on a second NIC of the gateway (its own link to the isp, with policy routing
+/// from that address, as a cloud's extra interface is set up): translated packets of a
+/// gateway-local pod and of a worker's pod leave through that NIC as the egress IP, never
+/// through the uplink, and the replies, arriving there, reach the pods. The NIC's own MTU
+/// (narrower than the uplink's) is what the pods learn.
+#[test]
+fn an_egress_ip_on_a_second_nic_is_used_end_to_end() {
+    second_nic(false);
+}
+
+/// The same with `gateway.interface: eth2` instead of the address.
+#[test]
+fn a_gateway_interface_on_a_second_nic_is_used_end_to_end() {
+    second_nic(true);
+}
+
+fn second_nic(by_interface: bool) {
+    require_root();
+    let lab = Lab::up(&LabSpec {
+        underlay: Underlay::Private,
+        ..LabSpec::default()
+    })
+    .expect("lab up");
+    let gw = lab.gateway();
+    let isp = &lab.isp().ns;
+    let second = Ipv4Addr::new(203, 0, 113, 10);
+    let sh = |ns: &str, cmd: &str| {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        exec(ns, &args).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    };
+    sh(
+        isp,
+        &format!(
+            "ip link add gwnic2 type veth peer name eth2 netns {}",
+            gw.ns
+        ),
+    );
+    sh(isp, "ip addr add 203.0.113.1/24 dev gwnic2");
+    sh(isp, "ip link set gwnic2 mtu 1300 up");
+    sh(&gw.ns, &format!("ip addr add {second}/24 dev eth2"));
+    sh(&gw.ns, "ip link set eth2 mtu 1300 up");
+    sh(
+        &gw.ns,
+        "ip route add default via 203.0.113.1 dev eth2 table 100",
+    );
+    let cfg = write_config(
+        &lab,
+        &ConfigSpec {
+            selected: &SELECTED,
+            destinations: Some(&EVERYWHERE),
+            egress_ip: Some(second),
+            interface: by_interface.then_some("eth2"),
+            ..ConfigSpec::default()
+        },
+    );
+    let agents = start_all(&lab, &cfg);
+    let gw_agent = agents.get(&gw.name).expect("the gateway's agent");
+    // Without policy routing the kernel sends the egress IP's packets out of the uplink while
+    // their replies would come to eth2: the policy is refused, not half-working.
+    let t = Duration::from_secs(20) * time_scale();
+    let refused = eventually(t, || {
+        ready_condition(&gw_agent.state_dir).filter(|(s, _, _)| s == "False")
+    });
+    let (_, reason, message) =
+        refused.unwrap_or_else(|| panic!("not refused; log:\n{}", gw_agent.log()));
+    assert_eq!(reason, "EgressIPUnrouted", "{message}");
+    assert!(
+        message.contains("eth2") && message.contains("eth0"),
+        "{message}"
+    );
+    // The rule the message asks for: the agent sees it and takes the policy.
+    sh(&gw.ns, &format!("ip rule add from {second} lookup 100"));
+    let ready = eventually(t, || {
+        ready_condition(&gw_agent.state_dir).filter(|(s, _, _)| s == "True")
+    });
+    assert!(ready.is_some(), "not taken; log:\n{}", gw_agent.log());
+    let policies = gw_agent.inspect("policies").expect("inspect policies");
+    let via = policies
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["action"] == "gateway"))
+        .unwrap_or_else(|| panic!("{policies:#}"));
+    assert_eq!(
+        (
+            via["egress_ip"].as_str(),
+            via["egress_interface"].as_str(),
+            via["egress_mtu"].as_u64()
+        ),
+        (Some("203.0.113.10"), Some("eth2"), Some(1300)),
+        "{via:#}"
+    );
+    let inet = TcpEcho::start(&lab.internet().ns, INTERNET_HOST, 8025);
+    let filter = format!("tcp and host {} and port 8025", INTERNET_HOST);
+    for p in ["pod-gateway-0", "pod-worker1-0"] {
+        let nic2 = Capture::start(&gw.ns, "eth2", &filter);
+        let uplink = Capture::start(&gw.ns, &gw.uplink, &filter);
+        let r = tcp_roundtrip(&lab.pod(p).ns, inet.addr, b"mail from a second NIC");
+        assert_eq!(
+            r.as_deref().ok(),
+            Some(&b"mail from a second NIC"[..]),
+            "{p}: {r:?}"
+        );
+        assert_eq!(inet.next_peer().ip(), IpAddr::V4(second), "{p}");
+        let (nic2, uplink) = (
+            nic2.stop(Duration::from_millis(300)),
+            uplink.stop(Duration::ZERO),
+        );
+        let out = format!("{second}.");
+        assert!(
+            nic2.iter().any(|l| l.contains(&format!("IP {out}"))),
+            "{p}: nothing left through eth2 as {second}: {nic2:?}"
+        );
+        assert!(
+            nic2.iter().any(|l| l.contains(&format!("> {out}"))),
+            "{p}: no reply arrived on eth2: {nic2:?}"
+        );
+        assert!(uplink.is_empty(), "{p}: the uplink carried {uplink:?}");
+    }
+    // The second NIC's MTU, not the uplink's, is the one past the gateway.
+    let to = SocketAddrV4::new(INTERNET_HOST, 9999);
+    for p in ["pod-gateway-0", "pod-worker1-0"] {
+        assert!(
+            learned_path_mtu(&lab.pod(p).ns, to, 1200) > 1300,
+            "{p}: control"
+        );
+        assert_eq!(learned_path_mtu(&lab.pod(p).ns, to, 1350), 1300, "{p}");
+    }
+}
+
+/// The "mail" policy's Ready condition in an agent's status file: (status, reason, message).
+fn ready_condition(state_dir: &std::path::Path) -> Option<(String, String, String)> {
+    let text = std::fs::read_to_string(state_dir.join("policies.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let c = v["mail"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["message"].as_str().unwrap_or("").to_owned(),
+    ))
 }

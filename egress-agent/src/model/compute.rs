@@ -123,7 +123,9 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
             action: ACTION_VIA_GATEWAY,
             gateway_ip4: ip4(a.gateway_ip),
             egress_ip4: a.egress_ip.map_or(0, ip4),
-            _pad: 0,
+            // The reconciler sets these on the gateway (it knows the interfaces).
+            egress_mtu: 0,
+            egress_ifindex: 0,
         };
         let never = never_via_gateway(a, &cluster_cidrs, &d.node_addresses);
         // An exclusion wins over every destination inside it, however specific: the trie

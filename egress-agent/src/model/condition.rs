@@ -74,6 +74,9 @@ pub enum Reason {
     NodeAddress,
     /// `ClusterCIDRs=False`: pods outside every known pod CIDR.
     PodOutsideClusterCIDRs,
+    /// `Ready=False`: the gateway's kernel routes from the egress IP to a destination out of
+    /// another interface than the one holding it, or not at all (seen by the gateway's agent).
+    EgressIPUnrouted,
 }
 
 impl Reason {
@@ -99,6 +102,7 @@ impl Reason {
             Reason::RoutedPublicUnderlay => "RoutedPublicUnderlay",
             Reason::NodeAddress => "NodeAddress",
             Reason::PodOutsideClusterCIDRs => "PodOutsideClusterCIDRs",
+            Reason::EgressIPUnrouted => "EgressIPUnrouted",
         }
     }
 }

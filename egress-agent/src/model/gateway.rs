@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     condition::{cond, ConditionType, Reason, Status},
+    route_probe,
     spec::check_spec,
     LocalFacts, Node, Policy, PolicyCondition, PolicyStatus, Selector,
 };
@@ -171,6 +172,10 @@ pub(super) fn resolve(
         }
         Some(ip)
     };
+    if let (true, Some(ip)) = (on_gateway, egress_ip) {
+        check_routes(ip, &c.destinations, local)
+            .map_err(|m| not_ready(Reason::EgressIPUnrouted, m))?;
+    }
     if ready_msg.is_empty() {
         ready_msg = format!("gateway {} ({gateway_ip})", gw.name);
     }
@@ -190,4 +195,38 @@ pub(super) fn resolve(
         },
         conds,
     ))
+}
+
+/// On the gateway: translated packets leave out of the interface that holds the egress IP
+/// (the kernel's route lookup from the egress IP picks the next hop there), so the kernel must
+/// route from the egress IP to every destination out of that interface. Where it does not (a
+/// second NIC without policy routing), packets would leave nowhere while replies arrive: the
+/// policy is refused instead. An egress IP on no interface (routed to the node) and pairs the
+/// agent did not look up are not checked.
+fn check_routes(ip: Ipv4Addr, destinations: &[Ipv4Net], local: &LocalFacts) -> Result<(), String> {
+    let Some(holder) = local
+        .interfaces
+        .iter()
+        .find(|(_, a)| a.contains(&ip))
+        .map(|(n, _)| n)
+    else {
+        return Ok(());
+    };
+    for d in destinations {
+        let probe = route_probe(*d);
+        match local.routes.get(&(ip, probe)) {
+            Some(Some(out)) if out != holder => {
+                return Err(format!(
+                    "{ip} is on {holder}, but the kernel routes from it to {d} out of {out}: add a route from {ip} out of {holder} (ip rule add from {ip} lookup <table>; ip route add default via <router> dev {holder} table <table>)"
+                ))
+            }
+            Some(None) => {
+                return Err(format!(
+                    "{ip} is on {holder}, but the kernel has no route from it to {d}"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! | a pod matched by two policies | the older policy (creation time, then name) gets it | `PodConflict=True` on the younger one |
 //! | `egressIP` not among the gateway's known addresses | still programmed (the address may be routed to the node without being configured) | `EgressIPOnGateway=False`, `EgressIPNotOnGateway` (seen by the gateway's agent, which also knows its interfaces; other nodes say `Unknown`) |
 //! | `interface` missing or without IPv4 on the gateway (known only there) | the gateway does not SNAT for the policy (its tunnel packets are dropped and counted) | `Ready=False`, `InterfaceNotFound` |
+//! | the gateway's kernel routes from the egress IP to a destination out of another interface than the one holding it, or not at all (a second NIC without policy routing; known only there) | as `InterfaceNotFound` | `Ready=False`, `EgressIPUnrouted` |
 //! | IPv6 CIDRs | ignored (the datapath is IPv4 for now) | `IPv6Ignored=True` |
 //! | more than 1023 policies | the youngest get no datapath id, not programmed | `Ready=False`, `TooManyPolicies` |
 //!
@@ -44,8 +45,8 @@ pub use ids::allocate_ids;
 pub use selector::{Labels, Selector, SelectorError};
 pub use tunnel::{protection, Protection, UnderlayFacts};
 pub use types::{
-    Cluster, Desired, LocalFacts, LocalPod, Model, Namespace, Node, Pod, Policy, PolicyStatus,
-    NAMESPACE_NAME_LABEL,
+    route_probe, Cluster, Desired, LocalFacts, LocalPod, Model, Namespace, Node, Pod, Policy,
+    PolicyStatus, NAMESPACE_NAME_LABEL,
 };
 
 #[cfg(test)]

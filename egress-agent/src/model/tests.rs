@@ -787,6 +787,40 @@ fn interface_egress_ip_is_resolved_on_the_gateway_only() {
 }
 
 #[test]
+fn an_egress_ip_the_gateway_does_not_route_out_of_its_interface_is_refused() {
+    let second = Ipv4Addr::new(203, 0, 113, 10);
+    let mut c = cluster();
+    c.policies[0].spec.gateway.egress_ip = Some(second.to_string());
+    let probe = route_probe("0.0.0.0/0".parse().unwrap());
+    assert_eq!(probe, Ipv4Addr::new(0, 0, 0, 1));
+    let facts = |out: Option<Option<&str>>| LocalFacts {
+        interfaces: BTreeMap::from([("eth0".into(), vec![GW]), ("eth2".into(), vec![second])]),
+        routes: out
+            .map(|o| BTreeMap::from([((second, probe), o.map(str::to_owned))]))
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    // Control: policy routing sends it out of eth2, where it is.
+    let m = compute(&c, "gw", &facts(Some(Some("eth2"))));
+    assert_eq!(ready(&m, "mail").0, "True");
+    assert!(!m.desired.policies.is_empty());
+    // Out of another interface: replies would come back to eth2 for packets that never left.
+    for out in [Some("eth0"), None] {
+        let m = compute(&c, "gw", &facts(Some(out)));
+        let r = condition(&m.status["mail"], "Ready").unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "EgressIPUnrouted"),
+            "{out:?}"
+        );
+        assert!(r.message.contains("eth2"), "{}", r.message);
+        assert!(m.desired.policies.is_empty(), "{out:?}: not programmed");
+    }
+    // Not looked up (the routes are the gateway agent's to see): not judged.
+    assert_eq!(ready(&compute(&c, "gw", &facts(None)), "mail").0, "True");
+}
+
+#[test]
 fn ids_are_stable_whatever_the_order_and_the_node() {
     let mut c = cluster();
     c.policies.push(policy(

@@ -79,6 +79,20 @@ pub struct Cluster {
 pub struct LocalFacts {
     pub interfaces: BTreeMap<String, Vec<Ipv4Addr>>,
     pub underlay: Option<UnderlayFacts>,
+    /// The kernel's routes from a local egress IP to a policy destination (its
+    /// [`route_probe`] address): the interface they leave by, `None` if there is no route.
+    /// A pair not looked up is not checked.
+    pub routes: BTreeMap<(Ipv4Addr, Ipv4Addr), Option<String>>,
+}
+
+/// The address whose route stands for the destination `net` (`ip route get`): its first
+/// address after the network's own (for 0.0.0.0/0, 0.0.0.1: the default route).
+pub fn route_probe(net: Ipv4Net) -> Ipv4Addr {
+    if net.prefix_len() >= 31 {
+        net.network()
+    } else {
+        Ipv4Addr::from(u32::from(net.network()) + 1)
+    }
 }
 
 /// A local pod: its address, and its policy if an active one selects it.

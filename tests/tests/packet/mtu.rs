@@ -6,8 +6,10 @@
 //! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
 //! without it.
 
+use egress_agent::datapath::policy_key;
 use egress_common::{
     config::Config,
+    policy::PolicyValue,
     program_names::{FROM_POD, FROM_WIRE},
 };
 use egress_tests::packet::*;
@@ -136,4 +138,55 @@ fn a_gateway_local_pods_syn_and_its_syn_ack_are_clamped_to_the_uplink() {
         POD_A_IF,
     );
     assert_eq!(tcp_mss(&out), Some(1460));
+}
+
+/// The egress IP on a second NIC (the policy names its interface and MTU): that MTU, not the
+/// uplink's, decides; a worker pod's packet arriving through the tunnel is held to it too.
+#[test]
+fn an_egress_interface_of_its_own_has_its_own_mtu() {
+    const NIC2_MTU: u16 = 1300;
+    let mut dp = narrow_gateway();
+    let key = policy_key(POLICY, std::net::Ipv4Addr::UNSPECIFIED, 0);
+    let via = dp
+        .maps()
+        .policies()
+        .expect("policies")
+        .into_iter()
+        .find(|(k, _)| k.data() == key.data() && k.prefix_len() == key.prefix_len())
+        .map(|(_, v)| v)
+        .expect("the policy");
+    dp.maps()
+        .put_policy(
+            &key,
+            PolicyValue {
+                egress_ifindex: UPLINK_IF + 1,
+                egress_mtu: NIC2_MTU,
+                ..via
+            },
+        )
+        .expect("policy");
+    // 1350 bytes: under the uplink's 1400, over the second NIC's 1300.
+    let pkt = udp(POD_A, INTERNET, 40000, 9000, &[0x5a; 1322]);
+    let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_eq!((out[34], out[35]), (3, 4), "dest unreachable / frag needed");
+    assert_eq!(be16(&out, 34 + 6), NIC2_MTU);
+    assert_eq!(drops(&dp, "frag_needed"), 1);
+
+    // A SYN is clamped to it.
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_syn(POD_A, INTERNET, 40000, 25, 1460),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(tcp_mss(&out), Some(NIC2_MTU - 40));
+
+    // Control: what fits it is translated.
+    let fits = udp(POD_A, INTERNET, 40001, 9000, &[0x5a; 1272]);
+    let (rc, out) = run(&dp, FROM_POD, &fits, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(src_ip(&out), EGRESS);
+    assert_eq!(drops(&dp, "frag_needed"), 1);
 }
