@@ -22,7 +22,7 @@ use crate::{
     config::AgentConfig,
     datapath::{kernel_release, Datapath},
     kube_source::KubeSource,
-    metrics,
+    lock, metrics,
     model::{self, PolicyStatus},
     nat_gc::{NatGc, CLAIM_STALE_NS},
     netdev,
@@ -255,6 +255,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr} (--metrics-addr)"))?;
     }
+    // One agent per pin root, and never beside a running `cleanup` (see `lock`).
+    let mut said = false;
+    let _lock = loop {
+        match lock::try_lock(&opts.pin_root)
+            .with_context(|| format!("locking {}", opts.pin_root.display()))?
+        {
+            Some(l) => break l,
+            None if !said => {
+                warn!(
+                    pin_root = %opts.pin_root.display(),
+                    "another agent or a cleanup works on this pin root: waiting until it is done"
+                );
+                said = true;
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let feed = start_feed(&opts.source, cfg.cluster.cluster_cidrs.clone(), &tx).await?;
     let handle = netdev::connect()?;
@@ -294,6 +312,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 match load_config(&opts.source) {
                     Ok(c) => {
                         info!("configuration reloaded");
+                        if c.map_sizes != cfg.map_sizes {
+                            // Never silently ignored: maps are sized when they are loaded.
+                            warn!(
+                                old = ?cfg.map_sizes,
+                                new = ?c.map_sizes,
+                                "mapSizes changed: it takes effect when the agent restarts \
+                                 (the maps are then migrated, entries kept where they fit)"
+                            );
+                        }
                         cfg = c;
                     }
                     Err(e) => warn!("keeping the previous configuration: {e:#}"),

@@ -4,8 +4,10 @@
 pub mod agent;
 pub mod config;
 pub mod datapath;
+pub mod fault;
 pub mod inspect;
 pub mod kube_source;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod nat_gc;

@@ -67,8 +67,11 @@ enum Cmd {
         /// interface of the IPv4 default route.
         #[arg(long, env = "EGRESS_UPLINK")]
         uplink: Option<String>,
-        /// Serve /metrics, /healthz and /readyz here; `off` to disable.
-        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "0.0.0.0:9479")]
+        /// Serve /metrics, /healthz and /readyz here (ADDRESS:PORT; an IPv6 address with or
+        /// without brackets); `off` to disable. Loopback by default: a host-network pod would
+        /// otherwise serve on every address of the node, public ones included (the DaemonSet
+        /// binds the node's InternalIP, from the downward API's status.hostIP).
+        #[arg(long, env = "EGRESS_METRICS_ADDR", default_value = "127.0.0.1:9479")]
         metrics_addr: String,
         /// How often to check the configuration file for changes, in milliseconds.
         #[arg(long, default_value_t = 100)]
@@ -101,11 +104,16 @@ enum Cmd {
     Crd,
     /// Remove the datapath from this node: unpin maps and links (detaching the programs),
     /// delete our legacy tc filters (only ours: our priority and handles) and the tunnel
-    /// device. Translated flows break; stop the agent first.
+    /// device. Translated flows break. Waits for an agent still running on this pin root to
+    /// stop (up to --wait-s), and keeps one from starting until it is done (the uninstall:
+    /// deploy/cleanup.yaml).
     Cleanup {
         /// The tunnel device to delete.
         #[arg(long, default_value = "egw0")]
         device: String,
+        /// How long to wait for an agent on this pin root to stop, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
     },
     /// Check a mail domain's SPF record and reverse DNS against the egress IPs.
     #[command(subcommand)]
@@ -164,8 +172,8 @@ fn real_main(cli: Cli) -> Result<()> {
         } => {
             let metrics_addr = match metrics_addr.as_str() {
                 "off" | "" => None,
-                a => Some(a.parse().with_context(|| {
-                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 0.0.0.0:9479) or off")
+                a => Some(parse_listen_addr(a).with_context(|| {
+                    format!("--metrics-addr {a}: give ADDRESS:PORT (e.g. 127.0.0.1:9479) or off")
                 })?),
             };
             let source = match config {
@@ -206,7 +214,18 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", model::crd::crd_yaml());
             Ok(())
         }
-        Cmd::Cleanup { device } => {
+        Cmd::Cleanup { device, wait_s } => {
+            let root = cli.pin_root.display();
+            let _lock =
+                egress_agent::lock::lock(&cli.pin_root, Duration::from_secs(wait_s), || {
+                    println!("waiting for the agent on {root} to stop");
+                })?
+                .with_context(|| {
+                    format!(
+                        "an agent still runs on {root} after {wait_s} s: stop it first (it would \
+                     attach again what cleanup removes)"
+                    )
+                })?;
             // Legacy tc filters (kernels below 6.6) are not pinned: remove ours everywhere.
             for (ifname, program) in egress_agent::datapath::remove_all_legacy_filters() {
                 println!("removed the {program} filter from {ifname}");
@@ -233,5 +252,34 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Spf(cmd) => Ok(egress_agent::spf::run(cmd, &cli.pin_root)?),
+    }
+}
+
+/// `ADDRESS:PORT`, also with an IPv6 address without brackets (`fd00::1:9479`, as
+/// `$(HOST_IP):9479` expands on an IPv6 node).
+fn parse_listen_addr(a: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(addr) = a.parse() {
+        return Ok(addr);
+    }
+    let (ip, port) = a.rsplit_once(':').context("no port")?;
+    Ok(std::net::SocketAddr::new(ip.parse()?, port.parse()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_addr;
+
+    #[test]
+    fn listen_addresses_with_and_without_brackets() {
+        for (a, want) in [
+            ("127.0.0.1:9479", "127.0.0.1:9479"),
+            ("10.0.0.5:9479", "10.0.0.5:9479"),
+            ("[fd00::5]:9479", "[fd00::5]:9479"),
+            ("fd00::5:9479", "[fd00::5]:9479"),
+        ] {
+            assert_eq!(parse_listen_addr(a).expect(a).to_string(), want);
+        }
+        assert!(parse_listen_addr("9479").is_err());
+        assert!(parse_listen_addr("localhost:x").is_err());
     }
 }

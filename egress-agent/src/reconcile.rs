@@ -2,7 +2,15 @@
 //! computes for it. One pass is `reconcile`: the model first, then `sync_devices` (the tunnel
 //! device, the node configuration, the tunnel and uplink programs), `sync_attachments` (the
 //! pod interfaces) and `sync_maps` (endpoints, nodes, remote endpoints, policies), each writing
-//! only the differences (`Diff`).
+//! only the differences (`Diff`), and `mark_ready`.
+//!
+//! Every start attaches every program (the sets of attachments start empty), the tunnel's
+//! included, so an upgrade's programs replace the old ones everywhere. The datapath is marked
+//! ready (`CFG_F_READY`, and so `/readyz` and the policies' Ready) only by a pass that
+//! attached everything; a restart keeps a ready datapath ready. After its first complete pass
+//! an agent sweeps what earlier runs left behind that is no longer wanted: pinned links and
+//! legacy filters of ours on interfaces that are gone or no longer ours (a pod's veth, a
+//! former gateway's uplink, an old uplink or tunnel device).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -215,6 +223,11 @@ pub struct Reconciler {
     /// The tunnel device `egw_from_tunnel` was attached to by this process (every start
     /// attaches it again: an upgrade brings a new program).
     tunnel_link: Option<u32>,
+    /// The tunnel device's name, as of that attachment.
+    tunnel_device: String,
+    /// Whether this process has swept what earlier runs left attached or pinned that is no
+    /// longer wanted (once, after its first complete pass).
+    swept: bool,
     /// On-link peers and the MAC the datapath holds for each (neighbour events about them
     /// wake the reconciler).
     neighbours: netdev::WatchedNeighbours,
@@ -259,6 +272,8 @@ impl Reconciler {
             wire_links: BTreeMap::new(),
             wire_out_links: BTreeMap::new(),
             tunnel_link: None,
+            tunnel_device: String::new(),
+            swept: false,
             neighbours: Default::default(),
             tunnel_protected: None,
             warnings: Vec::new(),
@@ -407,6 +422,7 @@ impl Reconciler {
         }
         let (endpoints, links) = local_endpoints(&d.pods, &found.by_ip);
         changes += self.sync_attachments(&links)?;
+        crate::fault::step("pods");
         let nodes = self.node_entries(&d, &underlay).await?;
         let local: HashSet<Ipv4Addr> = d.pods.iter().map(|p| p.ip).collect();
         let owners = pod_owners(&cluster.pods, |ip| {
@@ -414,6 +430,7 @@ impl Reconciler {
         });
         self.flush_departed(&d, &endpoints, owners)?;
         changes += self.sync_maps(&d, &endpoints, &nodes)?;
+        changes += self.mark_ready()?;
         Ok(changes)
     }
 
@@ -538,8 +555,12 @@ impl Reconciler {
             .await?
             .and_then(|m| u16::try_from(m).ok())
             .unwrap_or(0);
+        // Ready stays as it is: a restarted agent keeps the running datapath ready (its
+        // flows go on); a first start marks it ready only once every attachment of the pass
+        // is in place (`mark_ready`).
+        let have = self.dp.config()?;
         let want = Config {
-            flags: CFG_F_READY | if is_gateway { CFG_F_GATEWAY } else { 0 },
+            flags: (have.flags & CFG_F_READY) | if is_gateway { CFG_F_GATEWAY } else { 0 },
             node_ip4: ip4(node_ip),
             tunnel_ifindex: tunnel_if,
             uplink_ifindex: uplink_if,
@@ -552,7 +573,7 @@ impl Reconciler {
             uplink_mtu,
             _pad: [0; 4],
         };
-        if self.dp.config()? != want {
+        if have != want {
             self.dp.set_config(&want)?;
             info!(
                 node = %self.node,
@@ -566,11 +587,18 @@ impl Reconciler {
             );
             changes += 1;
         }
+        crate::fault::step("config");
+        // Every start attaches the tunnel program afresh (`tunnel_link` starts empty): an
+        // upgrade's new program replaces the old one, and a start killed before this point
+        // left the device without one.
         if self.tunnel_link != Some(tunnel_if) {
             self.dp.attach(FROM_TUNNEL, &cfg.tunnel.device)?;
+            info!(interface = %cfg.tunnel.device, "tunnel program attached");
             self.tunnel_link = Some(tunnel_if);
+            self.tunnel_device = cfg.tunnel.device.clone();
             changes += 1;
         }
+        crate::fault::step("tunnel");
         // The underlay's gate on every node; reverse NAT on a gateway's uplink.
         let mut want_wire = BTreeMap::from([(underlay.facts.interface.clone(), underlay.ifindex)]);
         let mut egress_ifs = BTreeMap::new();
@@ -620,7 +648,44 @@ impl Reconciler {
             &want_out,
             "underlay egress check attached",
         )?;
+        crate::fault::step("wire");
         Ok((changes, egress_ifs))
+    }
+
+    /// Marks the datapath ready (`CFG_F_READY`: until then every program passes traffic
+    /// untouched) once a pass has attached everything and filled the maps; then, once per
+    /// start, sweeps what earlier runs left that is no longer wanted (`Datapath::sweep`).
+    fn mark_ready(&mut self) -> Result<usize> {
+        let mut changes = 0;
+        let mut cfg = self.dp.config()?;
+        if cfg.flags & CFG_F_READY == 0 {
+            cfg.flags |= CFG_F_READY;
+            self.dp.set_config(&cfg)?;
+            info!("datapath marked ready: every program attached");
+            changes += 1;
+        }
+        crate::fault::step("ready");
+        if !self.swept {
+            let mut wanted: BTreeSet<(&'static str, String)> = BTreeSet::new();
+            for (program, links) in [
+                (FROM_POD, &self.pod_links),
+                (TO_POD, &self.pod_out_links),
+                (FROM_WIRE, &self.wire_links),
+                (TO_WIRE, &self.wire_out_links),
+            ] {
+                wanted.extend(links.keys().map(|name| (program, name.clone())));
+            }
+            if self.tunnel_link.is_some() {
+                wanted.insert((FROM_TUNNEL, self.tunnel_device.clone()));
+            }
+            for (program, ifname, what) in self.dp.sweep(&wanted) {
+                info!(interface = %ifname, %program, "swept: {what} no longer wanted");
+                changes += 1;
+            }
+            self.swept = true;
+            crate::fault::step("swept");
+        }
+        Ok(changes)
     }
 
     /// The node map: every node address and egress IP (pods never reach the tunnel port

@@ -12,4 +12,5 @@ pub mod microbench;
 pub mod neighbours;
 pub mod net;
 pub mod packet;
+pub mod progs;
 pub mod rawbpf;

@@ -342,6 +342,39 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes every attachment of ours that is not in `wanted` (program, interface): pinned
+    /// TCX links under `<pin_root>/links/` (an interface that is gone, or no longer ours),
+    /// and legacy filters of ours (our priority, a program's handle) on every interface of
+    /// this network namespace. Returns (program, interface, what) of each one removed.
+    pub fn sweep(
+        &mut self,
+        wanted: &std::collections::BTreeSet<(&'static str, String)>,
+    ) -> Vec<(String, String, &'static str)> {
+        let mut removed = Vec::new();
+        let is_wanted =
+            |program: &str, ifname: &str| wanted.iter().any(|(p, i)| *p == program && i == ifname);
+        if let Some(dir) = self.pin_root.as_ref().map(|r| r.join("links")) {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                // Also a program an older build had and this one lacks.
+                let Some((program, ifname)) = file.split_once('@') else {
+                    continue;
+                };
+                if !is_wanted(program, ifname) && fs::remove_file(entry.path()).is_ok() {
+                    removed.push((program.to_owned(), ifname.to_owned(), "pinned link"));
+                }
+            }
+        }
+        for ifname in interface_names() {
+            for program in program_names::ALL {
+                if !is_wanted(program, &ifname) && remove_legacy_filter(program, &ifname) {
+                    removed.push((program.to_owned(), ifname.clone(), "legacy filter"));
+                }
+            }
+        }
+        removed
+    }
+
     /// Detaches `program` from `ifname`: removes its pinned TCX link and its legacy filter
     /// (ours only: our priority and handle), whichever is there.
     pub fn detach(&mut self, program: &str, ifname: &str) {

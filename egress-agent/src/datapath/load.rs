@@ -15,7 +15,7 @@ use aya::{
 use egress_common::{map_names, program_names};
 use thiserror::Error;
 
-use super::{Datapath, DatapathError, MapSizes, TcMode};
+use super::{pinned, Datapath, DatapathError, MapSizes, TcMode};
 
 /// The eBPF object, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
@@ -153,6 +153,11 @@ impl Datapath {
             }
             None => None,
         };
+        // Pinned maps of another shape are migrated or replaced, never reused as they are.
+        let migrations = match &maps_dir {
+            Some(dir) => pinned::prepare(dir, &pinned::expected_shapes(object, sizes)?)?,
+            None => Vec::new(),
+        };
         let mut ebpf = Self::loader(sizes, maps_dir.as_deref()).load(object)?;
         for name in program_names::ALL {
             let prog: &mut SchedClassifier = ebpf
@@ -168,6 +173,18 @@ impl Datapath {
         }
         // What the verifier does not check: the tunnel key's size is accepted at run time.
         super::probe::tunnel_key().map_err(DatapathError::Kernel)?;
+        crate::fault::step("loaded");
+        if let Some(dir) = &maps_dir {
+            pinned::finish(migrations, |name| {
+                let path = dir.join(name);
+                pinned::pinned_shape(&path)
+                    .map_err(|source| DatapathError::PinDir {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .ok_or(DatapathError::MissingMap(name))
+            })?;
+        }
         let probe = {
             let name = program_names::ALL[0];
             let prog: &SchedClassifier = ebpf

@@ -14,6 +14,7 @@
 mod attach;
 mod load;
 mod maps;
+pub mod pinned;
 mod probe;
 mod stats;
 
@@ -76,6 +77,16 @@ pub enum DatapathError {
     },
     #[error("this kernel lacks what the programs need: {0}")]
     Kernel(String),
+    #[error("parsing the eBPF object's maps: {0}")]
+    Object(String),
+    #[error(
+        "migrating the pinned map {name} (its old pin stays, the next start tries again): {source}"
+    )]
+    Migrate {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
