@@ -139,8 +139,9 @@ fn inject_claim(pin_root: &Path, remote: SocketAddrV4, egress: SocketAddrV4, sta
     key.extend(remote.port().to_be_bytes());
     key.extend(egress.port().to_be_bytes());
     key.extend([17, 1, 0, 0]); // proto UDP, kind NAT_KEY_CLAIM, padding
-    let mut value = [0u8; 24];
-    value[16..].copy_from_slice(&stamp_ns.to_ne_bytes()); // last_seen_ns
+    let mut value = vec![0u8; size_of::<egress_common::nat::NatEntry4>()];
+    let at = std::mem::offset_of!(egress_common::nat::NatEntry4, last_seen_ns);
+    value[at..at + 8].copy_from_slice(&stamp_ns.to_ne_bytes());
     let out = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(pin_root.join("maps/EGW_NAT4"))
