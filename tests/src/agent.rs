@@ -289,3 +289,19 @@ impl Drop for Agent {
         self.kill();
     }
 }
+
+/// The "mail" policy's Ready condition in an agent's status file (`<state dir>/policies.json`):
+/// (status, reason, message).
+pub fn ready_condition(state_dir: &Path) -> Option<(String, String, String)> {
+    let text = std::fs::read_to_string(state_dir.join("policies.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let c = v["mail"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["message"].as_str().unwrap_or("").to_owned(),
+    ))
+}

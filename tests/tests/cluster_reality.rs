@@ -11,7 +11,7 @@ use std::{
 };
 
 use egress_tests::{
-    agent::{start_all, time_scale, Agent},
+    agent::{ready_condition, start_all, time_scale, Agent},
     attack::Capture,
     config::{write_config, ConfigSpec},
     lab::{exec, require_root, Cni, Lab, LabSpec, Underlay, INTERNET_HOST},
@@ -499,19 +499,4 @@ fn second_nic(by_interface: bool) {
         );
         assert_eq!(learned_path_mtu(&lab.pod(p).ns, to, 1350), 1300, "{p}");
     }
-}
-
-/// The "mail" policy's Ready condition in an agent's status file: (status, reason, message).
-fn ready_condition(state_dir: &std::path::Path) -> Option<(String, String, String)> {
-    let text = std::fs::read_to_string(state_dir.join("policies.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let c = v["mail"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["reason"].as_str()?.to_owned(),
-        c["message"].as_str().unwrap_or("").to_owned(),
-    ))
 }

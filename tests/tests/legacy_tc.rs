@@ -10,12 +10,11 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{IpAddr, SocketAddrV4, TcpStream, UdpSocket},
-    path::Path,
     time::Duration,
 };
 
 use egress_tests::{
-    agent::{agent_binary, start_all_with_env, time_scale, Agent},
+    agent::{agent_binary, ready_condition, start_all_with_env, time_scale, Agent},
     config::{write_config, ConfigSpec},
     fake_api::{self, FakeApi},
     lab::{command_in, exec, in_netns, require_root, Lab, LabSpec, INTERNET_HOST},
@@ -430,21 +429,6 @@ fn http_get(ns: &str, path: &str) -> Option<(u16, String)> {
         let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
         Some((code, body))
     })
-}
-
-/// The "mail" policy's Ready condition in the agent's status file: (status, reason, message).
-fn ready_condition(state_dir: &Path) -> Option<(String, String, String)> {
-    let text = std::fs::read_to_string(state_dir.join("policies.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let c = v["mail"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["reason"].as_str()?.to_owned(),
-        c["message"].as_str().unwrap_or("").to_owned(),
-    ))
 }
 
 fn kernel_release() -> String {

@@ -17,6 +17,7 @@ mod maps;
 pub mod pinned;
 mod probe;
 mod stats;
+mod sys;
 
 use std::{io, path::PathBuf};
 

@@ -36,7 +36,7 @@ use std::{
 use egress_common::map_names;
 use tracing::{info, warn};
 
-use super::{DatapathError, MapSizes};
+use super::{sys::Attr, DatapathError, MapSizes};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -181,44 +181,6 @@ pub fn expected_shapes(
         );
     }
     Ok(out)
-}
-
-/// `union bpf_attr` as bytes.
-#[repr(C, align(8))]
-struct Attr([u8; 128]);
-
-impl Attr {
-    fn new() -> Attr {
-        Attr([0; 128])
-    }
-
-    fn u32(&mut self, off: usize, v: u32) -> &mut Attr {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-
-    fn u64(&mut self, off: usize, v: u64) -> &mut Attr {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-
-    fn bpf(&mut self, cmd: libc::c_long) -> io::Result<i64> {
-        // SAFETY: the buffer is valid for its size; the pointers in it point at buffers of the
-        // caller that live (and are large enough, see the callers) for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                self.0.as_mut_ptr(),
-                self.0.len() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    }
 }
 
 /// Opens the object pinned at `path` (`BPF_OBJ_GET`).

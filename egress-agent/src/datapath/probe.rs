@@ -13,41 +13,14 @@ use std::{
     os::fd::{FromRawFd, OwnedFd, RawFd},
 };
 
+use super::sys::Attr;
+
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_FUNC_SKB_SET_TUNNEL_KEY: i32 = 21;
 /// `sizeof(struct bpf_tunnel_key)` with `local_ipv4` (Linux 6.0): what the programs pass.
 pub const TUNNEL_KEY_SIZE: i32 = 44;
-
-/// `union bpf_attr` as bytes.
-#[repr(C, align(8))]
-struct Attr([u8; 128]);
-
-impl Attr {
-    fn put(&mut self, off: usize, v: &[u8]) -> &mut Attr {
-        self.0[off..off + v.len()].copy_from_slice(v);
-        self
-    }
-
-    fn bpf(&mut self, cmd: libc::c_long) -> io::Result<i64> {
-        // SAFETY: the buffer is valid for its size; the pointers in it point at buffers that
-        // live for the duration of the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                self.0.as_mut_ptr(),
-                self.0.len() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    }
-}
 
 /// One eBPF instruction.
 fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
@@ -75,7 +48,7 @@ pub fn tunnel_key() -> Result<(), String> {
     prog.extend(insn(0x85, 0, 0, 0, BPF_FUNC_SKB_SET_TUNNEL_KEY)); // call
     prog.extend(insn(0x95, 0, 0, 0, 0)); // exit
     let license = c"GPL";
-    let mut a = Attr([0; 128]);
+    let mut a = Attr::new();
     a.put(0, &BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes())
         .put(4, &((prog.len() / 8) as u32).to_ne_bytes())
         .put(8, &(prog.as_ptr() as u64).to_ne_bytes())
@@ -87,7 +60,7 @@ pub fn tunnel_key() -> Result<(), String> {
     // SAFETY: a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let packet = [0u8; 64];
-    let mut t = Attr([0; 128]);
+    let mut t = Attr::new();
     t.put(
         0,
         &(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes(),
