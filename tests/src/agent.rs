@@ -243,6 +243,25 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits until the agent has saved its policy status (`<state dir>/policies.json`): it
+    /// does so after its first pass, after the endpoints are programmed.
+    pub fn wait_status(&self, timeout: Duration) -> Result<()> {
+        let timeout = timeout * time_scale();
+        let start = Instant::now();
+        let path = self.state_dir.join("policies.json");
+        while !path.exists() {
+            if start.elapsed() > timeout {
+                bail!(
+                    "agent on {} saved no status in {timeout:?}; log:\n{}",
+                    self.node,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
 }
 
 impl Agent {
@@ -280,6 +299,8 @@ pub fn start_all_with_env(
         let pods = lab.pods().iter().filter(|p| p.node == a.node).count();
         a.wait_endpoints(pods, Duration::from_secs(20))
             .expect("agent programs its pods");
+        a.wait_status(Duration::from_secs(20))
+            .expect("agent saves its status");
     }
     agents
 }
