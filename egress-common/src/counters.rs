@@ -82,6 +82,9 @@ pub enum DropReason {
     /// A packet to translate that is larger than the gateway's uplink MTU and may be
     /// fragmented (no DF, or a later fragment): a tc program cannot fragment it.
     UplinkTooBig = 151,
+    /// The NAT table is full: a new flow could not get its entries (existing flows are never
+    /// evicted by the datapath; the agent makes room, see its NAT collector).
+    NatTableFull = 152,
 }
 
 /// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
@@ -95,7 +98,7 @@ pub const NAT_STAT_COUNT: u32 = 2;
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons.
-pub const DROP_REASON_COUNT: u32 = 24;
+pub const DROP_REASON_COUNT: u32 = 25;
 /// Size of the drop counter array: room for reasons to come, so that a pinned counter map
 /// keeps its shape when an upgrade adds one.
 pub const DROP_SLOTS: u32 = 64;
@@ -127,6 +130,7 @@ impl DropReason {
         DropReason::TunnelUnsolicited,
         DropReason::TunnelNotOurs,
         DropReason::UplinkTooBig,
+        DropReason::NatTableFull,
     ];
 
     /// Index into the drop counter array.

@@ -29,8 +29,10 @@ pub static EGW_NODES4: HashMap<u32, NodeInfo, 16384> = HashMap::new();
 #[btf_map]
 pub static EGW_REMOTE_EP4: HashMap<u32, RemoteEndpoint, 65536> = HashMap::new();
 
+/// Both directions of every translated flow, and claims (see `nat`). Not an LRU: only whole
+/// flows may go, and the agent decides which.
 #[btf_map]
-pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
+pub static EGW_NAT4: HashMap<NatKey4, NatEntry4, 262144> = HashMap::new();
 
 /// The later fragments of a translated datagram, both ways (value: the flow's entry for that
 /// direction, see `frag`). Short-lived; the LRU makes room.

@@ -110,8 +110,8 @@ impl Maps<'_> {
         NatEntry4
     );
 
-    /// Inserts `key` with `value` only if absent (`BPF_NOEXIST`); `false` if it exists. For
-    /// claim keys.
+    /// Inserts `key` with `value` only if absent (`BPF_NOEXIST`); `false` if it exists, or if
+    /// the table is full (no room for it now: try again later). For claim keys.
     pub fn insert_nat_if_absent(
         &mut self,
         key: NatKey4,
@@ -124,7 +124,9 @@ impl Maps<'_> {
         const BPF_NOEXIST: u64 = 1;
         match m.insert(key, value, BPF_NOEXIST) {
             Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Err(MapError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST | libc::E2BIG)) =>
+            {
                 Ok(false)
             }
             Err(source) => Err(DatapathError::Map { name, source }),

@@ -30,6 +30,7 @@ impl DropReason {
             DropReason::TunnelUnsolicited => "tunnel_unsolicited",
             DropReason::TunnelNotOurs => "tunnel_not_ours",
             DropReason::UplinkTooBig => "uplink_too_big",
+            DropReason::NatTableFull => "nat_table_full",
         }
     }
 

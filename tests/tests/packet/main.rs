@@ -9,6 +9,7 @@ mod from_wire;
 mod icmp;
 mod inbound;
 mod mtu;
+mod nat_table;
 mod port_reuse;
 mod snat;
 mod tcp_window;
