@@ -126,6 +126,11 @@ impl UdpEcho {
             .expect("no datagram reached the server")
     }
 
+    /// The peer addresses of the datagrams received so far and not yet taken.
+    pub fn peers_so_far(&self) -> Vec<SocketAddr> {
+        self.peers.try_iter().collect()
+    }
+
     /// The source of the next datagram, if one arrives within `wait`.
     pub fn peer_within(&self, wait: Duration) -> Option<SocketAddr> {
         self.peers.recv_timeout(wait).ok()
