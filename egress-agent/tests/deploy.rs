@@ -2,6 +2,11 @@
 //! README says: least-privilege RBAC, an unprivileged DaemonSet with the capabilities it needs,
 //! the Mailu example policy doing what it should.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
 
 use egress_agent::{

@@ -24,6 +24,11 @@
 //! gateway address; a pod spoofing the egress IP on the gateway node; a pod's forged ARP does
 //! not change the MAC the gate checks. And the captures the attacks rely on are checked too.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},

@@ -2,6 +2,11 @@
 //! connections, path MTU discovery through the tunnel and past a smaller internet link,
 //! forged tunnel packets and spoofed sources, NAT expiry and a full NAT table.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},

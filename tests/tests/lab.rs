@@ -1,6 +1,11 @@
 //! The lab itself, without any agent: it reproduces the problem this project solves, and it
 //! cleans up after itself. Needs root; without it every test fails saying so.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     os::unix::process::ExitStatusExt,

@@ -5,6 +5,11 @@
 //!
 //! Lab tests: they need root and fail with a clear message without it.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::HashMap,
     io::{Read, Write},
