@@ -165,14 +165,7 @@ pub fn expected_shapes(
     let mut out = BTreeMap::new();
     for name in map_names::ALL {
         let m = obj.maps.get(name).ok_or(DatapathError::MissingMap(name))?;
-        let max_entries = match name {
-            map_names::NAT4 => sizes.nat,
-            map_names::ENDPOINTS4 => sizes.endpoints,
-            map_names::REMOTE_EP4 => sizes.remote_endpoints,
-            map_names::POLICY4 => sizes.policies,
-            map_names::NODES4 => sizes.nodes,
-            _ => m.max_entries(),
-        };
+        let max_entries = sizes.of_map(name).unwrap_or_else(|| m.max_entries());
         out.insert(
             name,
             MapShape {

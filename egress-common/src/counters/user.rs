@@ -31,6 +31,7 @@ impl DropReason {
             DropReason::TunnelNotOurs => "tunnel_not_ours",
             DropReason::UplinkTooBig => "uplink_too_big",
             DropReason::NatTableFull => "nat_table_full",
+            DropReason::Ipv6Refused => "ipv6_refused",
         }
     }
 

@@ -13,6 +13,7 @@ mod from_pod;
 mod from_wire;
 mod icmp;
 mod inbound;
+mod ipv6;
 mod mtu;
 mod nat_table;
 mod port_reuse;
