@@ -3,7 +3,7 @@
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
-pub use user::{decode_policy_key, policy_key};
+pub use user::{decode_policy_key, decode_policy_key6, policy_key, policy_key6};
 
 /// `PolicyValue::action`: send through the gateway and SNAT to the egress IP.
 pub const ACTION_VIA_GATEWAY: u16 = 1;
