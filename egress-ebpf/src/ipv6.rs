@@ -2,10 +2,11 @@
 //! selected pod's IPv6 packet to a destination of its policy must not leave from its node's
 //! own IPv6 address: that is the SPF failure the gateway exists to prevent, and nothing would
 //! report it. A policy in `ipv6: refuse` mode (the default) has its IPv6 destinations
-//! programmed with `ACTION_REFUSE` (`EGW_POLICY6`); such a packet is answered at once with an
-//! ICMPv6 destination unreachable, administratively prohibited (RFC 4443), so that the pod's
-//! TCP connect fails at once (EACCES) and a mail server moves on to the MX's IPv4 address
-//! instead of waiting for a timeout. Neighbour discovery, MLD, link-local and multicast
+//! programmed with `ACTION_REFUSE` (`EGW_POLICY6`); such a packet is answered at once: a TCP
+//! SYN with a RST (the connect fails at once, ECONNREFUSED; see `reset` for why not ICMPv6),
+//! anything else with an ICMPv6 destination unreachable, administratively prohibited
+//! (RFC 4443), so that a mail server moves on to the MX's IPv4 address instead of waiting for
+//! a timeout. Neighbour discovery, MLD, link-local and multicast
 //! traffic is never touched; everything else keeps the normal path.
 
 use aya_ebpf::{
@@ -33,9 +34,20 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 const IP6_HLEN: usize = 40;
 const ICMP6_HLEN: usize = 8;
 /// Quoted in the answer: the packet's IPv6 header and the 8 bytes after it (the ports, and
-/// TCP's sequence number, which the pod's kernel checks before it fails the connect).
+/// TCP's sequence number, which the pod's kernel checks before it fails the connect)...
 const QUOTE: usize = IP6_HLEN + 8;
+/// ...or, from packets that long, 20 (a TCP header without options). The kernel cuts a packet
+/// no shorter than the end of the checksum its sender left to the hardware (a pod's TCP
+/// segment: CHECKSUM_PARTIAL, the TCP checksum ends 18 bytes into the TCP header), and a
+/// quote must reach that far.
+const QUOTE_LONG: usize = IP6_HLEN + 20;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
+const TCP_HLEN: usize = 20;
+const TCP_FLAGS: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_RST: u8 = 0x04;
 const ICMP6_DST_UNREACH: u8 = 1;
 const ICMP6_ADMIN_PROHIBITED: u8 = 1;
 /// ICMPv6 types from 128 on are informational; below, errors (never answered with one).
@@ -138,31 +150,111 @@ pub fn from_pod6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::Ipv6Refused);
     }
     count_drop(DropReason::Ipv6Refused);
-    refuse(ctx)?;
+    if h[NEXT_HDR] == IPPROTO_TCP
+        && ctx
+            .load::<u8>(L4 + TCP_FLAGS)
+            .map_err(|_| DropReason::Malformed)?
+            & (TCP_SYN | TCP_ACK)
+            == TCP_SYN
+    {
+        reset(ctx)?;
+        return send_back(ctx);
+    }
+    if (ctx.len() as usize) >= ETH_HLEN + QUOTE_LONG {
+        refuse::<QUOTE_LONG>(ctx)?;
+    } else {
+        refuse::<QUOTE>(ctx)?;
+    }
     send_back(ctx)
 }
 
-/// Turns the packet into the ICMPv6 destination unreachable (administratively prohibited)
-/// that answers it: from the destination it was refused for, to the pod, quoting its first
-/// `QUOTE` bytes, Ethernet addresses swapped. Built in the packet itself: its tail cut to the
-/// quote, room for the new headers made in front of it.
+/// Turns a TCP SYN into the RST that refuses it (as nftables' `reject with tcp reset`): from
+/// the destination, acknowledging the SYN, Ethernet addresses swapped. A TCP connect ends at
+/// once (ECONNREFUSED): an ICMPv6 error would too from a router, but one sent back on the
+/// SYN's own way in reaches the socket while `connect()` still holds it, and Linux then keeps
+/// it as a soft error (`tcp_v6_err`): the connect would fail only at the first retransmission,
+/// a second later. A RST waits in the socket's backlog and ends it on release.
 #[inline(always)]
-fn refuse(ctx: &TcContext) -> Result<(), DropReason> {
+fn reset(ctx: &TcContext) -> Result<(), DropReason> {
+    const LEN: usize = L4 + TCP_HLEN;
+    // The kernel keeps what a CHECKSUM_PARTIAL segment's checksum covers: 18 bytes of TCP.
     // SAFETY: plain helper call on our skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + QUOTE) as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, LEN as u32, 0) } != 0 {
         return Err(DropReason::Rewrite);
     }
-    ctx.adjust_room((IP6_HLEN + ICMP6_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)
-        .map_err(|_| DropReason::Rewrite)?;
-    const TOTAL: usize = ETH_HLEN + IP6_HLEN + ICMP6_HLEN + QUOTE;
-    const Q: usize = L4 + ICMP6_HLEN;
-    let h = head::<TOTAL>(ctx).ok_or(DropReason::Rewrite)?;
+    let h = head::<LEN>(ctx).ok_or(DropReason::Rewrite)?;
     // SAFETY: `head` checked the bounds; the program owns the packet's bytes.
     let h = unsafe { &mut *h };
     for i in 0..6 {
         h.swap(i, i + 6);
     }
-    let len = ((ICMP6_HLEN + QUOTE) as u16).to_be_bytes();
+    for i in 0..16 {
+        h.swap(SRC + i, DST + i);
+    }
+    h[V6 + 4] = 0;
+    h[V6 + 5] = TCP_HLEN as u8;
+    h[V6 + 7] = HOP_LIMIT;
+    let t = L4;
+    h.swap(t, t + 2);
+    h.swap(t + 1, t + 3);
+    let seq = u32::from_be_bytes([h[t + 4], h[t + 5], h[t + 6], h[t + 7]]);
+    let ack = seq.wrapping_add(1).to_be_bytes();
+    h[t + 8..t + 12].copy_from_slice(&ack);
+    h[t + 12] = (TCP_HLEN as u8 / 4) << 4;
+    h[t + TCP_FLAGS] = TCP_RST | TCP_ACK;
+    let start = h.as_mut_ptr();
+    // Sequence number, window, checksum and urgent pointer zero (word stores: a zeroing
+    // loop would become a `memset` call, a frame the 6.1 stack count adds).
+    // SAFETY: inside the bounds `head` checked.
+    unsafe {
+        start.add(t + 4).cast::<u32>().write_unaligned(0);
+        start.add(t + 14).cast::<u16>().write_unaligned(0);
+        start.add(t + 16).cast::<u32>().write_unaligned(0);
+    }
+    // SAFETY: both ranges lie inside the packet (`head`); the helper only reads them.
+    let sum = unsafe {
+        let s = bpf_csum_diff(core::ptr::null_mut(), 0, start.add(SRC).cast(), 32, 0);
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            start.add(L4).cast(),
+            TCP_HLEN as u32,
+            s as u32,
+        )
+    };
+    if sum < 0 {
+        return Err(DropReason::Rewrite);
+    }
+    let pseudo = u64::from(u16::from_ne_bytes([0, TCP_HLEN as u8]))
+        + u64::from(u16::from_ne_bytes([0, IPPROTO_TCP]));
+    let check = csum::fold(sum as u64 + pseudo).to_ne_bytes();
+    h[t + 16] = check[0];
+    h[t + 17] = check[1];
+    Ok(())
+}
+
+/// Turns the packet into the ICMPv6 destination unreachable (administratively prohibited)
+/// that answers it: from the destination it was refused for, to the pod, quoting its first
+/// `N` bytes, Ethernet addresses swapped. Built in the packet itself: its tail cut to the
+/// quote, room for the new headers made in front of it.
+#[inline(always)]
+fn refuse<const N: usize>(ctx: &TcContext) -> Result<(), DropReason> {
+    // SAFETY: plain helper call on our skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + N) as u32, 0) } != 0 {
+        return Err(DropReason::Rewrite);
+    }
+    ctx.adjust_room((IP6_HLEN + ICMP6_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| DropReason::Rewrite)?;
+    const Q: usize = L4 + ICMP6_HLEN;
+    // Every byte written lies in the first `QUOTE` bytes of the quote.
+    let h = head::<{ Q + QUOTE }>(ctx).ok_or(DropReason::Rewrite)?;
+    // SAFETY: `head` checked the bounds; the program owns the packet's bytes.
+    let h = unsafe { &mut *h };
+    for i in 0..6 {
+        h.swap(i, i + 6);
+    }
+    let msg = ICMP6_HLEN + N;
+    let len = (msg as u16).to_be_bytes();
     h[V6..SRC].copy_from_slice(&[0x60, 0, 0, 0, len[0], len[1], IPPROTO_ICMPV6, HOP_LIMIT]);
     // From the refused destination (the quote's), to the pod (the quote's source).
     for i in 0..16 {
@@ -172,25 +264,31 @@ fn refuse(ctx: &TcContext) -> Result<(), DropReason> {
     h[L4..Q].copy_from_slice(&[ICMP6_DST_UNREACH, ICMP6_ADMIN_PROHIBITED, 0, 0, 0, 0, 0, 0]);
     // The checksum: pseudo header (both addresses, the upper-layer length, the next header)
     // and the whole message, summed where they lie.
-    let start = h.as_mut_ptr();
-    // SAFETY: both ranges lie inside the packet (`head`); the helper only reads them.
+    if ctx.data() + L4 + msg > ctx.data_end() {
+        ctx.pull_data((L4 + msg) as u32)
+            .map_err(|_| DropReason::Rewrite)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + L4 + msg > end {
+        return Err(DropReason::Rewrite);
+    }
+    // SAFETY: both ranges lie inside the packet (checked above); the helper only reads them.
     let sum = unsafe {
-        let s = bpf_csum_diff(core::ptr::null_mut(), 0, start.add(SRC).cast(), 32, 0);
+        let s = bpf_csum_diff(core::ptr::null_mut(), 0, (start + SRC) as *mut u32, 32, 0);
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
-            start.add(L4).cast(),
-            (ICMP6_HLEN + QUOTE) as u32,
+            (start + L4) as *mut u32,
+            msg as u32,
             s as u32,
         )
     };
     if sum < 0 {
         return Err(DropReason::Rewrite);
     }
-    let pseudo = u64::from(u16::from_ne_bytes([0, (ICMP6_HLEN + QUOTE) as u8]))
+    let pseudo = u64::from(u16::from_ne_bytes([0, msg as u8]))
         + u64::from(u16::from_ne_bytes([0, IPPROTO_ICMPV6]));
     let check = csum::fold(sum as u64 + pseudo).to_ne_bytes();
-    h[L4 + 2] = check[0];
-    h[L4 + 3] = check[1];
-    Ok(())
+    ctx.store(L4 + 2, &check, 0)
+        .map_err(|_| DropReason::Rewrite)
 }

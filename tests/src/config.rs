@@ -27,6 +27,8 @@ pub struct ConfigSpec<'a> {
     pub only_pods: Option<&'a [&'a str]>,
     /// Top-level YAML put in front (e.g. `nat:` timeouts, `mapSizes:`).
     pub extra: &'a str,
+    /// The policy's `ipv6:` mode (`refuse`, `pass`); absent: the default.
+    pub ipv6: Option<&'a str>,
 }
 
 /// Writes the configuration to `<lab dir>/agent.yaml` (write and rename, as an editor or a
@@ -58,6 +60,9 @@ pub fn write_config(lab: &Lab, spec: &ConfigSpec) -> PathBuf {
     y += &format!("      destinationCIDRs: [{destinations}]\n");
     if !spec.excluded.is_empty() {
         y += &format!("      excludedCIDRs: [{}]\n", spec.excluded.join(", "));
+    }
+    if let Some(mode) = spec.ipv6 {
+        y += &format!("      ipv6: {mode}\n");
     }
     y += "      gateway:\n        nodeSelector: { matchLabels: { egress-gateway: \"true\" } }\n";
     let gateway = lab.gateway();

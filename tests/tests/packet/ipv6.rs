@@ -65,6 +65,18 @@ fn syn6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     out
 }
 
+/// A TCP segment of an established flow (ACK).
+fn ack6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .tcp(40000, 25, 7001, 64240)
+        .ack(9001)
+        .write(&mut out, b"MAIL FROM")
+        .expect("build");
+    out
+}
+
 fn udp6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
@@ -91,11 +103,17 @@ fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, typ: u8, body: &[u8]) -> Vec<u8> {
 
 /// The ICMPv6 checksum of `msg` (its checksum field zero) between `src` and `dst`.
 fn icmp6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
+    l4_checksum6(src, dst, IPPROTO_ICMPV6, msg)
+}
+
+/// The checksum of upper-layer message `msg` (its checksum field zero) over the IPv6 pseudo
+/// header.
+fn l4_checksum6(src: &[u8; 16], dst: &[u8; 16], next: u8, msg: &[u8]) -> u16 {
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(src);
     pseudo.extend_from_slice(dst);
     pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
     pseudo.extend_from_slice(msg);
     if pseudo.len() % 2 == 1 {
         pseudo.push(0);
@@ -111,15 +129,20 @@ fn icmp6_checksum(src: &[u8; 16], dst: &[u8; 16], msg: &[u8]) -> u16 {
 }
 
 /// Asserts `out` is the administratively-prohibited answer to `pkt`, from its destination to
-/// its source, quoting its first 48 bytes, with a valid checksum.
+/// its source, quoting its first 60 bytes (48 of a shorter packet), with a valid checksum.
 fn assert_refusal(pkt: &[u8], out: &[u8]) {
-    assert_eq!(out.len(), 14 + 40 + 8 + 48, "{out:02x?}");
+    let quote = if pkt.len() >= 14 + 60 { 60 } else { 48 };
+    assert_eq!(out.len(), 14 + 40 + 8 + quote, "{out:02x?}");
     assert_eq!(&out[0..6], &pkt[6..12], "to the pod's MAC");
     assert_eq!(&out[6..12], &pkt[0..6], "from the host side");
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
     let ip = &out[14..54];
     assert_eq!(ip[0] >> 4, 6);
-    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 56, "payload length");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+        8 + quote,
+        "payload length"
+    );
     assert_eq!(ip[6], IPPROTO_ICMPV6);
     assert_eq!(ip[7], 64, "hop limit");
     assert_eq!(
@@ -137,8 +160,8 @@ fn assert_refusal(pkt: &[u8], out: &[u8]) {
     assert_eq!(&msg[4..8], &[0; 4]);
     assert_eq!(
         &msg[8..],
-        &pkt[14..14 + 48],
-        "the quote: the packet's first 48 bytes"
+        &pkt[14..14 + quote],
+        "the quote: the packet's first bytes"
     );
     let mut zeroed = msg.to_vec();
     zeroed[2..4].copy_from_slice(&[0, 0]);
@@ -151,10 +174,54 @@ fn assert_refusal(pkt: &[u8], out: &[u8]) {
     );
 }
 
+/// Asserts `out` is the RST that refuses SYN `pkt`: from its destination to its source,
+/// ports swapped, acknowledging the SYN, with a valid checksum.
+fn assert_reset(pkt: &[u8], out: &[u8]) {
+    assert_eq!(out.len(), 14 + 40 + 20, "{out:02x?}");
+    assert_eq!(&out[0..6], &pkt[6..12]);
+    assert_eq!(&out[6..12], &pkt[0..6]);
+    let ip = &out[14..54];
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 20, "payload length");
+    assert_eq!((ip[6], ip[7]), (6, 64), "TCP, hop limit 64");
+    assert_eq!(
+        &ip[8..24],
+        &pkt[14 + 24..14 + 40],
+        "from the refused destination"
+    );
+    assert_eq!(&ip[24..40], &pkt[14 + 8..14 + 24], "to the pod");
+    let (t, o) = (&out[54..74], &pkt[54..]);
+    assert_eq!(&t[0..2], &o[2..4], "from the destination port");
+    assert_eq!(&t[2..4], &o[0..2], "to the pod's port");
+    assert_eq!(&t[4..8], &[0; 4], "sequence number");
+    let syn_seq = u32::from_be_bytes([o[4], o[5], o[6], o[7]]);
+    assert_eq!(
+        u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        syn_seq.wrapping_add(1),
+        "acknowledges the SYN"
+    );
+    assert_eq!((t[12], t[13]), (0x50, 0x14), "20 bytes, RST + ACK");
+    let mut zeroed = t.to_vec();
+    zeroed[16..18].copy_from_slice(&[0, 0]);
+    let src: [u8; 16] = ip[8..24].try_into().expect("16");
+    let dst: [u8; 16] = ip[24..40].try_into().expect("16");
+    assert_eq!(
+        u16::from_be_bytes([t[16], t[17]]),
+        l4_checksum6(&src, &dst, 6, &zeroed),
+        "TCP checksum"
+    );
+}
+
 #[test]
-fn a_selected_pods_ipv6_to_a_refused_destination_is_answered_at_once_as_prohibited() {
+fn a_selected_pods_ipv6_to_a_refused_destination_is_answered_at_once() {
     let dp = refusing();
-    for pkt in [syn6(POD_A6, MX6), udp6(POD_A6, MX6)] {
+    // A connect: reset (it fails at once).
+    let syn = syn6(POD_A6, MX6);
+    let (rc, out) = run(&dp, FROM_POD, &syn, POD_A_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the pod");
+    assert_reset(&syn, &out);
+    assert_eq!(drops(&dp, "ipv6_refused"), 1);
+    // Anything else: administratively prohibited.
+    for pkt in [udp6(POD_A6, MX6), ack6(POD_A6, MX6)] {
         let before = drops(&dp, "ipv6_refused");
         let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
         assert_eq!(rc, TC_ACT_REDIRECT, "sent back to the pod");
@@ -223,7 +290,7 @@ fn neighbour_discovery_link_local_and_multicast_are_never_refused() {
     }
     assert_eq!(drops(&dp, "ipv6_refused"), 0);
     // Control: with ::/0 refused, an ordinary packet is refused.
-    let pkt = syn6(POD_A6, MX6);
+    let pkt = udp6(POD_A6, MX6);
     let (rc, out) = run(&dp, FROM_POD, &pkt, POD_A_IF);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_refusal(&pkt, &out);
