@@ -49,6 +49,9 @@ pub struct Agent {
     /// Extra environment of the agent process (test knobs such as
     /// `EGRESS_FORCE_LEGACY_TC=1`), kept across restarts.
     pub env: Vec<(String, String)>,
+    /// The agent binary it runs (`None`: this build's, [`agent_binary`]), kept across
+    /// restarts.
+    pub bin: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -66,6 +69,19 @@ impl Agent {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Result<Agent> {
+        Agent::start_binary(lab, node, config, env, None)
+    }
+
+    /// `start_with_env` with another agent binary (`None`: this build's): an earlier build,
+    /// for the upgrade test. It is kept across restarts; set [`Agent::bin`] to `None` and
+    /// restart to upgrade to this build.
+    pub fn start_binary(
+        lab: &Lab,
+        node: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+        bin: Option<&Path>,
+    ) -> Result<Agent> {
         let n = lab.node(node);
         let pin_root = lab.pin_root(node);
         let log = lab.dir().join(format!("agent-{node}.log"));
@@ -80,6 +96,7 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            bin: bin.map(Path::to_owned),
             child: None,
             log,
         };
@@ -118,6 +135,7 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            bin: None,
             child: None,
             log: lab.dir().join(format!("agent-{node}.log")),
         };
@@ -126,7 +144,7 @@ impl Agent {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = agent_binary();
+        let bin = self.bin.clone().unwrap_or_else(agent_binary);
         if !bin.exists() {
             bail!(
                 "agent binary {} not found: build it with `cargo build -p egress-agent`",

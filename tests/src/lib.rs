@@ -20,5 +20,6 @@ pub mod microbench;
 pub mod neighbours;
 pub mod net;
 pub mod packet;
+pub mod previous;
 pub mod progs;
 pub mod rawbpf;

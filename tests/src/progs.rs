@@ -248,3 +248,59 @@ pub fn mount_bpffs(dir: &Path) {
         .expect("mount");
     assert!(st.success(), "mount -t bpf {}", dir.display());
 }
+
+/// The hooks of lab node `node` that carry one program of ours each, `<interface>/<direction>`
+/// -> program name: the underlay's two, the tunnel's, and two per pod veth of the node.
+/// `uplink_reply`: the gateway's uplink, when it is not the underlay, carries `egw_from_wire`.
+pub fn expected_hooks(
+    lab: &crate::lab::Lab,
+    node: &str,
+    uplink_reply: bool,
+) -> BTreeMap<String, &'static str> {
+    let n = lab.node(node);
+    let mut want = BTreeMap::from([
+        (format!("{}/ingress", n.underlay_dev), "egw_from_wire"),
+        (format!("{}/egress", n.underlay_dev), "egw_to_wire"),
+        ("egw0/ingress".to_owned(), "egw_from_tunnel"),
+    ]);
+    if uplink_reply {
+        want.insert(format!("{}/ingress", n.uplink), "egw_from_wire");
+    }
+    for p in lab.pods().iter().filter(|p| p.node == node) {
+        want.insert(format!("{}/ingress", p.host_veth), "egw_from_pod");
+        want.insert(format!("{}/egress", p.host_veth), "egw_to_pod");
+    }
+    want
+}
+
+/// The TCX programs on `node`'s hooks, if they are exactly [`expected_hooks`]: one per hook,
+/// nothing on any other hook, and every hook of a program showing the same one (one load);
+/// else what is wrong.
+pub fn programs_if_complete(
+    lab: &crate::lab::Lab,
+    node: &str,
+    uplink_reply: bool,
+) -> Result<BTreeMap<String, Prog>, String> {
+    let have = tcx_programs(&lab.node(node).ns);
+    let want = expected_hooks(lab, node, uplink_reply);
+    let mut out = BTreeMap::new();
+    let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
+    for (hook, progs) in &have {
+        let Some(program) = want.get(hook) else {
+            return Err(format!("{node}: unexpected programs on {hook}: {progs:?}"));
+        };
+        if progs.len() != 1 || progs[0].name != *program {
+            return Err(format!(
+                "{node}: {hook} carries {progs:?}, not one {program}"
+            ));
+        }
+        if *ids.entry(program).or_insert(progs[0].id) != progs[0].id {
+            return Err(format!("{node}: {program} of two loads: {have:?}"));
+        }
+        out.insert(hook.clone(), progs[0].clone());
+    }
+    if let Some(missing) = want.keys().find(|h| !have.contains_key(*h)) {
+        return Err(format!("{node}: no program on {missing}; have {have:?}"));
+    }
+    Ok(out)
+}

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod kernels;
+mod previous;
 mod setup;
 mod stack;
 
@@ -32,6 +33,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF object that the agent embeds.
     BuildEbpf,
+    /// Build the previous release (a fixed earlier commit: its agent and eBPF object) for the
+    /// upgrade test, into target/previous/<commit>/; once built, it is not built again.
+    BuildPrevious,
     /// The one test command: fmt, clippy (userspace and bpf), unit, packet and lab tests,
     /// then the kernel matrix (see `kernels`).
     Test {
@@ -114,6 +118,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BuildEbpf => {
             setup::ebpf_toolchain()?;
             build_ebpf()
+        }
+        Cmd::BuildPrevious => {
+            setup::ebpf_toolchain()?;
+            previous::build().map(drop)
         }
         Cmd::Test {
             filter,
@@ -223,9 +231,12 @@ fn test(filter: Option<String>) -> Result<()> {
              will fail. Run `sudo -E cargo xtask test`."
         );
     }
+    // The upgrade test starts agents of the previous release.
+    let previous = previous::build()?;
     println!("xtask: unit, packet and lab tests");
     let mut c = cargo();
-    c.args(["test", "--workspace", "--exclude", "egress-ebpf"]);
+    c.args(["test", "--workspace", "--exclude", "egress-ebpf"])
+        .env(egress_tests::previous::DIR_ENV, previous);
     if let Some(f) = filter {
         c.args(["--", &f]);
     }
