@@ -14,7 +14,7 @@ use crate::{
     conntrack::refresh,
     csum::{self, word},
     maps::EGW_NAT4,
-    parse::{Packet4, ICMP_CSUM, IP_CSUM_OFF, IP_DST_OFF, TCP_CSUM, UDP_CSUM},
+    parse::{Packet4, ICMP_CSUM, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, TCP_CSUM, UDP_CSUM},
     quote::quoted,
 };
 
@@ -30,6 +30,13 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
     let (h, iip, il4, port_off) = (q.ip, q.ip_off, q.l4_off, q.port_off);
     let (isaddr, isport, proto) = (q.key.saddr, q.key.sport, q.key.proto);
     if isaddr != p.daddr {
+        return Ok(None);
+    }
+    // Only what lies inside the datagram is the quote: bytes past its total length (a link
+    // trailer) are neither read as its ports nor rewritten (the ICMP checksum does not cover
+    // them).
+    let end = IP_OFF + usize::from(p.tot_len);
+    if port_off + 2 > end {
         return Ok(None);
     }
     // The reverse entry: the quoted packet's key as its reply would carry it.
@@ -78,17 +85,27 @@ pub fn reverse_icmp_error(ctx: &TcContext, p: &Packet4) -> Result<Option<NatEntr
         csum::l4_replace(ctx, icsum, isport.into(), e.port.into(), 2)?;
     }
 
-    fix_quoted_l4_csum(ctx, proto, il4, (isaddr, isport), (e.addr, e.port), icsum)?;
+    fix_quoted_l4_csum(
+        ctx,
+        proto,
+        il4,
+        end,
+        (isaddr, isport),
+        (e.addr, e.port),
+        icsum,
+    )?;
     Ok(Some(e))
 }
 
-/// Updates the quoted packet's L4 checksum (when the quote holds it) for its source changed
-/// from `old` to `new` (address, port), and the ICMP checksum at `icsum` for that change.
+/// Updates the quoted packet's L4 checksum (when the quote, which ends at `end`, holds it) for
+/// its source changed from `old` to `new` (address, port), and the ICMP checksum at `icsum`
+/// for that change.
 #[inline(always)]
 fn fix_quoted_l4_csum(
     ctx: &TcContext,
     proto: u8,
     il4: usize,
+    end: usize,
     old: (u32, u16),
     new: (u32, u16),
     icsum: usize,
@@ -98,6 +115,9 @@ fn fix_quoted_l4_csum(
         IPPROTO_TCP => il4 + TCP_CSUM,
         _ => il4 + ICMP_CSUM,
     };
+    if l4_check_off + 2 > end {
+        return Ok(());
+    }
     let Ok(old_check) = ctx.load::<u16>(l4_check_off) else {
         return Ok(());
     };

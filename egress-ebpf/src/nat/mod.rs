@@ -23,7 +23,7 @@ use aya_ebpf::programs::TcContext;
 use egress_common::{
     config::Config,
     counters::DropReason,
-    nat::{NatEntry4, NatKey4},
+    nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
     proto::IPPROTO_TCP,
 };
 
@@ -116,6 +116,11 @@ fn find_existing(ctx: &TcContext, p: &Packet4, key: &NatKey4, egress_ip: u32) ->
 pub fn reverse_lookup(ctx: &TcContext, p: &Packet4) -> Option<NatEntry4> {
     let key = p.nat_key();
     let e = EGW_NAT4.get_ptr_mut(key)?;
+    // A packet carrying a pod's own tuple finds the forward entry: no reply, hands off.
+    // SAFETY: valid map value pointer.
+    if unsafe { (*e).flags } & NAT_F_REVERSE == 0 {
+        return None;
+    }
     if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_RST | TCP_FIN) != 0 {
         // SAFETY: valid map value pointer.
         let fkey = unsafe { key.forward_of((*e).addr, (*e).port) };
