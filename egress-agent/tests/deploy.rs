@@ -240,15 +240,17 @@ fn the_mailu_policy_sends_postfix_through_the_labelled_gateway_as_5_75_247_168()
     assert_eq!(st.gateway_node.as_deref(), Some("gw"));
     assert_eq!(st.egress_ip.as_deref(), Some("5.75.247.168"));
     assert_eq!(st.selected_pods, 2);
-    // Every condition holds, but one: the reference deployment sends as the gateway node's own
-    // address, which its own traffic and unselected pods share (a warning, not an error).
+    // Every condition holds, but two: the reference deployment sends as the gateway node's own
+    // address, which its own traffic and unselected pods share (a warning, not an error), and
+    // its IPv6 is refused (the gateway does not translate IPv6 yet).
     assert!(
-        st.conditions
-            .iter()
-            .all(|c| c.status == "True"
-                || (c.type_ == "EgressIPDedicated" && c.reason == "NodeAddress")),
+        st.conditions.iter().all(|c| c.status == "True"
+            || (c.type_ == "EgressIPDedicated" && c.reason == "NodeAddress")
+            || (c.type_ == "IPv6Egress" && c.reason == "IPv6Refused")),
         "{st:?}"
     );
+    let v6 = m.desired.policies6[&(st.datapath_id.unwrap(), "::/0".parse().unwrap())];
+    assert_eq!(v6.action, egress_common::policy::ACTION_REFUSE);
     let selected: Vec<_> = m
         .desired
         .pods

@@ -62,8 +62,9 @@ pub(super) fn resolve(
                 Reason::IPv6Refused,
                 format!(
                     "the gateway does not translate IPv6 yet: selected pods' IPv6 to {list} is \
-                     answered with ICMPv6 administratively prohibited (they fall back to IPv4 \
-                     at once) instead of leaving from their node's own address"
+                     refused at once (a connect with a reset, anything else with ICMPv6 \
+                     administratively prohibited), so that they fall back to IPv4, instead of \
+                     leaving from their node's own address"
                 ),
             ),
             Ipv6Mode::Pass => cond(
