@@ -6,6 +6,7 @@
 mod fragments;
 mod from_pod;
 mod from_wire;
+mod fuzz_found;
 mod icmp;
 mod inbound;
 mod mtu;
