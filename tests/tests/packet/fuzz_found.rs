@@ -5,8 +5,12 @@
 //! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
 //! without it.
 
-use egress_common::program_names::{FROM_POD, FROM_WIRE};
+use egress_common::{
+    nat::{CT_ESTABLISHED, CT_NEW},
+    program_names::{FROM_POD, FROM_WIRE},
+};
 use egress_tests::packet::*;
+use etherparse::PacketBuilder;
 
 /// A later fragment on the uplink that carries a pod's own datagram key (source the pod,
 /// destination the remote: not a reply, something only a sender on the uplink's link can
@@ -51,6 +55,96 @@ fn a_later_fragment_on_the_uplink_never_follows_a_pods_answer_to_a_peer() {
     assert_eq!(out, f2);
     // Control: the pod's later fragment keeps its normal path.
     assert_eq!(run(&dp, FROM_POD, &f2, POD_A_IF), (TCX_NEXT, f2.clone()));
+}
+
+/// A packet on the uplink carrying a pod's own forward tuple (source the pod, destination the
+/// remote) matches no reply and must leave the flow's state alone. `egw_from_wire` finds the
+/// forward entry by the packet's tuple and refreshes it (`nat::reverse_lookup` touches before
+/// it checks `NAT_F_REVERSE`): a RST makes the flow reset (its port may go to another flow
+/// 100 ms later; the collector ends it after 10 s idle), a plain packet ESTABLISHED.
+#[test]
+#[ignore = "hole: egw_from_wire's reverse lookup refreshes (state, last seen) the forward \
+            entry a packet with a pod's own tuple names before checking NAT_F_REVERSE \
+            (egress-ebpf/src/nat/mod.rs, reverse_lookup)"]
+fn a_packet_on_the_uplink_with_a_pods_own_tuple_leaves_its_flow_alone() {
+    let mut dp = datapath(GATEWAY);
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_segment(POD_A, INTERNET, 62000, 25, "S"),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let fwd = key(POD_A, INTERNET, 62000, 25, 6);
+    let before = nat_entry(&mut dp, fwd).expect("forward entry");
+    assert_eq!(before.state, CT_NEW);
+    for flags in ["R", "A"] {
+        let forged = tcp_segment(POD_A, INTERNET, 62000, 25, flags);
+        assert_eq!(
+            run(&dp, FROM_WIRE, &forged, UPLINK_IF),
+            (TCX_NEXT, forged.clone())
+        );
+        assert_eq!(
+            nat_entry(&mut dp, fwd),
+            Some(before),
+            "{flags}: the forward entry changed"
+        );
+    }
+    // Control: the real answer, on the egress tuple, establishes the flow.
+    let rev = key(INTERNET, EGRESS, 25, sport(&out), 6);
+    let synack = tcp_segment(INTERNET, EGRESS, 25, sport(&out), "SA");
+    assert_eq!(run(&dp, FROM_WIRE, &synack, UPLINK_IF).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        nat_entry(&mut dp, rev).expect("reverse").state,
+        CT_ESTABLISHED
+    );
+}
+
+/// An ICMP error whose frame holds bytes past its IPv4 total length (a link-layer trailer)
+/// comes out with a valid ICMP checksum. The reverse translation rewrites the quoted TCP
+/// checksum where the buffer holds it, in the trailer here (a 28-byte quote ends before the
+/// TCP checksum), and adds that change to the ICMP checksum, which covers only the total
+/// length: the pod's stack drops the error as corrupt (a fragmentation-needed lost: PMTU
+/// discovery stalls). The same when a short total length cuts the quote (seed
+/// 0x656777313366757a, round 0 packet 2884).
+#[test]
+#[ignore = "hole: the reverse translation of an ICMP error rewrites quoted fields past the \
+            IPv4 total length and counts them in the ICMP checksum \
+            (egress-ebpf/src/nat/icmp.rs, fix_quoted_l4_csum: bound by the total length)"]
+fn an_icmp_error_with_bytes_past_its_total_length_keeps_a_valid_checksum() {
+    let dp = datapath(GATEWAY);
+    let (rc, out) = run(
+        &dp,
+        FROM_POD,
+        &tcp_segment(POD_A, INTERNET, 62000, 25, "S"),
+        POD_A_IF,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let quote = &out[L3..L3 + 28];
+    let b = PacketBuilder::ethernet2(HOST_MAC, POD_MAC)
+        .ipv4(INTERNET.octets(), EGRESS.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Host,
+        ));
+    let mut err = Vec::new();
+    b.write(&mut err, quote).expect("build");
+    // Control: without a trailer the error comes out whole.
+    let (rc, back) = run(&dp, FROM_WIRE, &err, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(dst_ip(&back), POD_A);
+    assert_checksums(&back);
+    // With one: the same, and the trailer as it was.
+    let trailer = [0xa5u8; 12];
+    err.extend_from_slice(&trailer);
+    let (rc, back) = run(&dp, FROM_WIRE, &err, UPLINK_IF);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(dst_ip(&back), POD_A);
+    assert_checksums(&back);
+    assert_eq!(
+        back[back.len() - trailer.len()..],
+        trailer,
+        "trailer rewritten"
+    );
 }
 
 /// A SYN whose TCP header claims options past the IPv4 total length (a header length that
