@@ -295,6 +295,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut gc = tokio::time::interval(opts.gc_interval);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nat_gc = NatGc::default();
+    // After an eviction pass: the next one a second later (a flood fills the table fast).
+    const NAT_PRESSURE_RECHECK: Duration = Duration::from_secs(1);
     // When claims were seen: look at them again a second later (see `nat_gc`).
     let mut claim_check: Option<tokio::time::Instant> = None;
     let mut trigger = Some(Trigger::Start);
@@ -428,19 +430,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             t = rx.recv() => trigger = t,
             _ = tokio::time::sleep(opts.resync) => trigger = Some(Trigger::Resync),
             _ = gc.tick() => if let Node::Up(rec) = &mut node {
-                match nat_gc.collect(rec.datapath(), &cfg.nat.timeouts) {
+                match nat_gc.collect(rec.datapath(), &cfg.nat.timeouts, cfg.map_sizes.nat) {
                     Ok(c) => {
                         health.nat_flows.store(c.live as i64, Ordering::Relaxed);
                         health
                             .nat_claims_collected
                             .fetch_add(c.claims_deleted as u64, Ordering::Relaxed);
-                        if c.expired > 0 || c.claims_deleted > 0 {
+                        health.nat_evicted.fetch_add(c.evicted as u64, Ordering::Relaxed);
+                        health
+                            .nat_split_repaired
+                            .fetch_add(c.split_repaired as u64, Ordering::Relaxed);
+                        if c.expired > 0 || c.claims_deleted > 0 || c.evicted > 0 {
                             info!(
                                 expired = c.expired,
+                                evicted = c.evicted,
                                 live = c.live,
                                 claims = c.claims_deleted,
                                 "NAT entries collected"
                             );
+                        }
+                        if c.evicted > 0 {
+                            // The table is filling up: look again soon, not in a full interval.
+                            gc.reset_after(NAT_PRESSURE_RECHECK);
                         }
                     }
                     Err(e) => warn!("NAT collection failed: {:#}", anyhow::Error::from(e)),

@@ -15,7 +15,10 @@ use egress_common::{
     endpoint::Endpoint,
     map_names,
     nat::{NatEntry4, NatKey4, NAT_F_REVERSE},
-    policy::{PolicyKey4, PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY, POLICY_ID_BITS},
+    policy::{
+        decode_policy_key6, PolicyKey4, PolicyKey6, PolicyValue, PolicyValue6, ACTION_EXCLUDED,
+        ACTION_REFUSE, ACTION_VIA_GATEWAY, POLICY_ID_BITS,
+    },
 };
 use serde::Serialize;
 
@@ -505,6 +508,34 @@ pub fn policies(pin_root: &Path, state_dir: &Path, as_json: bool) -> Result<Stri
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
         });
+    }
+    // The IPv6 prefixes (refused, or excluded from a refusal); absent from maps pinned by
+    // an agent older than IPv6 refusal.
+    if let Ok(map) = open_pinned_map(pin_root, map_names::POLICY6) {
+        let trie: LpmTrie<&MapData, PolicyKey6, PolicyValue6> = (&map).try_into()?;
+        for kv in trie.iter() {
+            let (k, v) = kv?;
+            let Some((id, dst, prefix)) = decode_policy_key6(&k) else {
+                continue;
+            };
+            let s = stats.get(&id).copied().unwrap_or_default();
+            rows.push(PrefixRow {
+                policy: id,
+                name: name_of.get(&id).copied().unwrap_or("").to_owned(),
+                destination: format!("{dst}/{prefix}"),
+                action: match v.action {
+                    ACTION_REFUSE => "refuse",
+                    ACTION_EXCLUDED => "excluded",
+                    _ => "unknown",
+                },
+                gateway: ip4_from(v.gateway_ip4),
+                egress_ip: ip4_from(0),
+                egress_interface: None,
+                egress_mtu: v.egress_mtu,
+                tx_packets: s.tx_packets,
+                tx_bytes: s.tx_bytes,
+            });
+        }
     }
     rows.sort_by(|a, b| (a.policy, &a.destination).cmp(&(b.policy, &b.destination)));
     output(&rows, as_json, || policies_text(&status, &stats, &rows))

@@ -5,10 +5,14 @@
 //! Everything that needs no API server (the conversions) is a plain function tested here; the
 //! watch machinery is tested against an in-process fake API server (`tests/kube_source.rs`).
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{Stream, StreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus},
@@ -154,6 +158,12 @@ impl KubeSource {
                 .copied()
                 .chain(served.flat_map(|s| service_cidrs(&s)))
                 .collect(),
+            cluster_cidrs6: self
+                .service_cidrs
+                .iter()
+                .flat_map(|s| s.state())
+                .flat_map(|s| service_cidrs6(&s))
+                .collect(),
             nodes: self.nodes.state().iter().map(|n| node(n)).collect(),
             namespaces: self
                 .namespaces
@@ -257,14 +267,32 @@ async fn service_cidrs_served(client: &Client) -> bool {
 
 /// The IPv4 CIDRs of a ServiceCIDR object.
 pub fn service_cidrs(s: &ServiceCIDR) -> Vec<Ipv4Net> {
+    service_cidrs_all(s)
+        .filter_map(|c| match c {
+            IpNet::V4(c) => Some(c),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The IPv6 CIDRs of a `ServiceCIDR` (dual-stack clusters).
+pub fn service_cidrs6(s: &ServiceCIDR) -> Vec<Ipv6Net> {
+    service_cidrs_all(s)
+        .filter_map(|c| match c {
+            IpNet::V6(c) => Some(c),
+            IpNet::V4(_) => None,
+        })
+        .collect()
+}
+
+fn service_cidrs_all(s: &ServiceCIDR) -> impl Iterator<Item = IpNet> + '_ {
     s.spec
         .as_ref()
         .and_then(|s| s.cidrs.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .filter_map(|c| c.parse::<IpNet>().ok())
         .map(|c| c.trunc())
-        .collect()
 }
 
 /// A namespace as `namespace` reads it: name and labels.
@@ -283,18 +311,33 @@ fn ipv4(s: &str) -> Option<Ipv4Addr> {
     s.parse().ok()
 }
 
-/// A node: InternalIP (the first IPv4 one), its other IPv4 addresses and its IPv4 pod CIDRs
-/// (`spec.podCIDRs`, or the older single `spec.podCIDR`).
+/// A node: InternalIP (the first IPv4 one), its other IPv4 addresses and its pod CIDRs
+/// (`spec.podCIDRs`, or the older single `spec.podCIDR`), and its IPv6 addresses and pod
+/// CIDRs (dual-stack clusters).
 pub fn node(n: &Node) -> model::Node {
     let spec = n.spec.as_ref();
-    let pod_cidrs = spec
+    let cidrs: Vec<IpNet> = spec
         .and_then(|s| s.pod_cidrs.clone())
         .filter(|c| !c.is_empty())
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
         .unwrap_or_default()
         .iter()
-        .filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .filter_map(|c| c.parse::<IpNet>().ok())
         .map(|c| c.trunc())
+        .collect();
+    let pod_cidrs = cidrs
+        .iter()
+        .filter_map(|c| match c {
+            IpNet::V4(c) => Some(*c),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let pod_cidrs6 = cidrs
+        .iter()
+        .filter_map(|c| match c {
+            IpNet::V6(c) => Some(*c),
+            IpNet::V4(_) => None,
+        })
         .collect();
     let addrs = n
         .status
@@ -311,6 +354,10 @@ pub fn node(n: &Node) -> model::Node {
         .filter_map(|a| ipv4(&a.address))
         .filter(|a| Some(*a) != ip)
         .collect();
+    let addresses6 = addrs
+        .iter()
+        .filter_map(|a| a.address.parse::<Ipv6Addr>().ok())
+        .collect();
     model::Node {
         name: n.name_any(),
         labels: n.labels().clone(),
@@ -318,6 +365,8 @@ pub fn node(n: &Node) -> model::Node {
         addresses,
         uplink: None,
         pod_cidrs,
+        pod_cidrs6,
+        addresses6,
     }
 }
 

@@ -17,3 +17,6 @@ pub mod reconcile;
 pub mod spf;
 pub mod status;
 pub mod table;
+
+// The binary's log output; the library only emits through `tracing`.
+use tracing_subscriber as _;

@@ -1,5 +1,10 @@
 //! `egress-agent`: the egress gateway's node agent and its CLI.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "the binary is a thin front of the library, which uses the package's dependencies"
+)]
+
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};

@@ -169,6 +169,10 @@ pub struct Health {
     pub nat_flows: AtomicI64,
     /// Claim entries left behind (an agent stopped mid-pass) that the NAT collection deleted.
     pub nat_claims_collected: AtomicU64,
+    /// Flows evicted from a NAT table that filled up (whole flows, see `nat_gc::evict`).
+    pub nat_evicted: AtomicU64,
+    /// Forward entries of split NAT flows deleted (never expected).
+    pub nat_split_repaired: AtomicU64,
     /// Entries of departed pods' flows deleted (NAT both ways, flows, fragments).
     pub departed_flushed: AtomicU64,
     /// 1 when tunnel packets on this node's underlay are protected against spoofed peers, 0
@@ -206,6 +210,8 @@ impl Default for Health {
             policy_names: RwLock::default(),
             nat_flows: AtomicI64::new(-1),
             nat_claims_collected: AtomicU64::new(0),
+            nat_evicted: AtomicU64::new(0),
+            nat_split_repaired: AtomicU64::new(0),
             departed_flushed: AtomicU64::new(0),
             tunnel_protected: AtomicI64::new(-1),
         }
@@ -339,6 +345,18 @@ impl Collector for DatapathCollector {
             "nat_claims_collected",
             "NAT claim entries left behind (an agent stopped mid-pass) and deleted a second after they were first seen",
             self.health.nat_claims_collected.load(Ordering::Relaxed),
+        )?;
+        single_counter(
+            &mut enc,
+            "nat_evictions",
+            "NAT flows evicted (both entries) because the table held more than 90 % of its capacity: the pods holding the most flows lose their least active ones first",
+            self.health.nat_evicted.load(Ordering::Relaxed),
+        )?;
+        single_counter(
+            &mut enc,
+            "nat_split_flows_repaired",
+            "NAT forward entries deleted because their reverse entry was gone or mapped another flow (never expected: a sign of a bug or of a migration into a smaller table)",
+            self.health.nat_split_repaired.load(Ordering::Relaxed),
         )?;
         single_counter(
             &mut enc,

@@ -26,10 +26,10 @@ use egress_common::{
         Endpoint, NodeInfo, RemoteEndpoint, EP_F_SELECTED, NODE_F_ADDRESS, NODE_F_ONLINK,
         NODE_F_PEER,
     },
-    policy::{decode_policy_key, policy_key},
+    policy::{decode_policy_key, decode_policy_key6, policy_key, policy_key6},
     program_names::{FROM_POD, FROM_TUNNEL, FROM_WIRE, TO_POD, TO_WIRE},
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -853,6 +853,26 @@ impl Reconciler {
             &mut maps,
             |m, (id, net), v| m.put_policy(&policy_key(id, net.network(), net.prefix_len()), v),
             |m, (id, net)| m.del_policy(&policy_key(id, net.network(), net.prefix_len())),
+        )?;
+        let have6 = maps.policies6()?.into_iter().filter_map(|(k, v)| {
+            let (id, dst, prefix) = decode_policy_key6(&k)?;
+            Some(((id, Ipv6Net::new(dst, prefix).ok()?), v))
+        });
+        changes += Diff::new(&d.policies6, have6).apply(
+            &mut maps,
+            |m, (id, net), v| m.put_policy6(&policy_key6(id, net.network(), net.prefix_len()), v),
+            |m, (id, net)| m.del_policy6(&policy_key6(id, net.network(), net.prefix_len())),
+        )?;
+        // The pod behind each local veth (IPv6 finds its pod's endpoint by it).
+        let veths: BTreeMap<u32, u32> = endpoints
+            .iter()
+            .filter(|(_, e)| e.ifindex != 0)
+            .map(|(ip, e)| (e.ifindex, *ip))
+            .collect();
+        changes += Diff::new(&veths, maps.veth_pods()?).apply(
+            &mut maps,
+            |m, k, v| m.put_veth_pod(k, v),
+            |m, k| m.del_veth_pod(k),
         )?;
         Ok(changes)
     }

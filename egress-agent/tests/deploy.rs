@@ -2,6 +2,11 @@
 //! README says: least-privilege RBAC, an unprivileged DaemonSet with the capabilities it needs,
 //! the Mailu example policy doing what it should.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
 
 use egress_agent::{
@@ -180,6 +185,7 @@ fn the_mailu_policy_sends_postfix_through_the_labelled_gateway_as_5_75_247_168()
         },
         uplink: None,
         pod_cidrs: vec![],
+        ..Default::default()
     };
     let pod = |ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)]| model::Pod {
         namespace: ns.into(),
@@ -195,6 +201,7 @@ fn the_mailu_policy_sends_postfix_through_the_labelled_gateway_as_5_75_247_168()
     };
     let cluster = model::Cluster {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        cluster_cidrs6: vec![],
         nodes: vec![
             node("gw", [10, 0, 0, 2], true),
             node("w1", [10, 0, 0, 3], false),

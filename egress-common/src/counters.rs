@@ -82,6 +82,13 @@ pub enum DropReason {
     /// A packet to translate that is larger than the gateway's uplink MTU and may be
     /// fragmented (no DF, or a later fragment): a tc program cannot fragment it.
     UplinkTooBig = 151,
+    /// The NAT table is full: a new flow could not get its entries (existing flows are never
+    /// evicted by the datapath; the agent makes room, see its NAT collector).
+    NatTableFull = 152,
+    /// A selected pod's IPv6 packet to a destination of its policy, which has no IPv6 egress:
+    /// answered with ICMPv6 destination unreachable (administratively prohibited) so that
+    /// the pod falls back to IPv4 at once, never leaving from its node's own IPv6 address.
+    Ipv6Refused = 153,
 }
 
 /// `EGW_NAT_STATS` index: candidate SNAT ports that were taken (by a flow or a host socket)
@@ -95,7 +102,7 @@ pub const NAT_STAT_COUNT: u32 = 2;
 /// First drop reason value.
 pub const DROP_REASON_BASE: u32 = 128;
 /// Number of drop reasons.
-pub const DROP_REASON_COUNT: u32 = 24;
+pub const DROP_REASON_COUNT: u32 = 26;
 /// Size of the drop counter array: room for reasons to come, so that a pinned counter map
 /// keeps its shape when an upgrade adds one.
 pub const DROP_SLOTS: u32 = 64;
@@ -127,6 +134,8 @@ impl DropReason {
         DropReason::TunnelUnsolicited,
         DropReason::TunnelNotOurs,
         DropReason::UplinkTooBig,
+        DropReason::NatTableFull,
+        DropReason::Ipv6Refused,
     ];
 
     /// Index into the drop counter array.

@@ -41,9 +41,14 @@ pub mod map_names {
     /// through a gateway (what may come back through the tunnel) or by the peer (the pod's
     /// answers keep the normal path).
     pub const FLOWS4: &str = "EGW_FLOWS4";
+    /// The IPv6 twin of `POLICY4`: `{policy id, IPv6 prefix}` -> what to do.
+    pub const POLICY6: &str = "EGW_POLICY6";
+    /// The pod behind each local pod veth (ifindex -> the pod's IPv4 address, its key in
+    /// `ENDPOINTS4`): how an IPv6 packet finds its pod's endpoint.
+    pub const VETH_PODS: &str = "EGW_VETH_PODS";
 
     /// Every map, in a stable order (pinning, inspection, clean-up).
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         ENDPOINTS4,
         POLICY4,
@@ -55,6 +60,8 @@ pub mod map_names {
         NAT_STATS,
         FRAG4,
         FLOWS4,
+        POLICY6,
+        VETH_PODS,
     ];
 }
 
@@ -108,6 +115,8 @@ impl_pod!(
     endpoint::RemoteEndpoint,
     policy::PolicyKey4,
     policy::PolicyValue,
+    policy::PolicyKey6,
+    policy::PolicyValue6,
     nat::NatKey4,
     nat::NatEntry4,
     nat::FragKey4,

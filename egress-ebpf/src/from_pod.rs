@@ -12,7 +12,7 @@ use crate::{
     counters::{count_drop, count_tx},
     flows::{self, Opened},
     gateway::{self, snat_and_send, Exit},
-    icmp, l3,
+    icmp, ipv6, l3,
     maps::{config, LookupCopy, EGW_ENDPOINTS4},
     nat::SnatTarget,
     parse::{parse4, Packet4, IP_DF},
@@ -28,7 +28,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(NEXT);
     };
     let Some(p) = parse4(ctx)? else {
-        return Ok(NEXT);
+        return ipv6::from_pod6(ctx);
     };
     trust::check_pod_packet(cfg, &p)?;
     // Only the pod behind this veth may send from it, with its own address: any other source

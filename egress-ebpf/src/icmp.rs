@@ -85,7 +85,7 @@ struct IcmpError {
 
 /// Sends the packet back out of the interface it came in on.
 #[inline(always)]
-fn send_back(ctx: &TcContext) -> Result<i32, DropReason> {
+pub fn send_back(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading a field of our own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call.

@@ -20,6 +20,7 @@ mod from_tunnel;
 mod from_wire;
 mod gateway;
 mod icmp;
+mod ipv6;
 mod l3;
 mod maps;
 mod nat;

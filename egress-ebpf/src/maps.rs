@@ -11,7 +11,7 @@ use egress_common::{
     endpoint::{Endpoint, NodeInfo, RemoteEndpoint},
     flow::FlowEntry4,
     nat::{FragKey4, NatEntry4, NatKey4},
-    policy::{PolicyKey4, PolicyValue, MAX_POLICIES},
+    policy::{PolicyKey4, PolicyKey6, PolicyValue, PolicyValue6, MAX_POLICIES},
 };
 
 #[btf_map]
@@ -23,14 +23,24 @@ pub static EGW_ENDPOINTS4: HashMap<u32, Endpoint, 16384> = HashMap::new();
 #[btf_map]
 pub static EGW_POLICY4: LpmTrie<PolicyKey4, PolicyValue, 16384> = LpmTrie::new();
 
+/// `{policy, IPv6 prefix}` -> what to do (see `ipv6`).
+#[btf_map]
+pub static EGW_POLICY6: LpmTrie<PolicyKey6, PolicyValue6, 16384> = LpmTrie::new();
+
+/// Local pod veth ifindex -> the pod's IPv4 address (its `EGW_ENDPOINTS4` key).
+#[btf_map]
+pub static EGW_VETH_PODS: HashMap<u32, u32, 16384> = HashMap::new();
+
 #[btf_map]
 pub static EGW_NODES4: HashMap<u32, NodeInfo, 16384> = HashMap::new();
 
 #[btf_map]
 pub static EGW_REMOTE_EP4: HashMap<u32, RemoteEndpoint, 65536> = HashMap::new();
 
+/// Both directions of every translated flow, and claims (see `nat`). Not an LRU: only whole
+/// flows may go, and the agent decides which.
 #[btf_map]
-pub static EGW_NAT4: LruHashMap<NatKey4, NatEntry4, 262144> = LruHashMap::new();
+pub static EGW_NAT4: HashMap<NatKey4, NatEntry4, 262144> = HashMap::new();
 
 /// The later fragments of a translated datagram, both ways (value: the flow's entry for that
 /// direction, see `frag`). Short-lived; the LRU makes room.

@@ -98,6 +98,11 @@
 //! ```
 //! Times are ns per packet unless named `_s` (seconds).
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     fs,

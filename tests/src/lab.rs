@@ -28,6 +28,29 @@
 //!     pod `eth0` 10.244.i.x/24, default via 10.244.i.1; the node side veth `vethN` is a port
 //!     of `cni0`, and no route leads to a single pod.
 //!
+//! Dual-stack (`LabSpec::ipv6`): every segment above also carries IPv6 from the documentation
+//! prefix 2001:db8::/32, mirroring the IPv4 plan: the IPv4 number is written as the last
+//! group (its decimal digits read as hex, so 192.0.2.11 becomes 2001:db8:200::11 and
+//! 10.244.1.2 becomes 2001:db8:244:1::2).
+//! - internet segment 2001:db8:5100::/64: isp ::1, internet host ::10.
+//! - nodes' public network 2001:db8:200::/64: isp ::1, node i ::(10+i) (its IPv6 ExternalIP,
+//!   and InternalIP with one shared network), IPv6 default route via the isp; the extra
+//!   egress IP is 2001:db8:200::100, deprecated (`preferred_lft 0`) so that the gateway's own
+//!   traffic and masquerade keep ::10 as their source.
+//! - private underlay 2001:db8:a00::/64: node i ::(10+i) (its IPv6 InternalIP).
+//! - pods: node i has 2001:db8:244:i::/64 (cluster 2001:db8:244::/48), pod 10.244.i.x is
+//!   2001:db8:244:i::x. `Cni::Routed`: the pod's `eth0` holds its /128 and routes via
+//!   `fe80::ecee:eeff:feee:eeee`, the link-local address Calico's host veths have (here added
+//!   to `lxcN` explicitly instead of derived from the MAC ee:ee:ee:ee:ee:ee); the node has a
+//!   /128 route to the pod. `Cni::Bridge`: `cni0` holds 2001:db8:244:i::1/64, the pod its /64
+//!   and routes via ::1.
+//! - host-gw routes to the other nodes' IPv6 pod CIDRs via their IPv6 InternalIPs, and each
+//!   node masquerades its pods' IPv6 leaving the cluster to its own IPv6 address (nftables
+//!   `ip6` family), as a CNI does: a pod's IPv6 is seen from the node's address.
+//! - IPv6 forwarding on the isp and the nodes; duplicate address detection off in every
+//!   namespace (addresses are usable at once); nothing relies on router solicitations or
+//!   advertisements (routes are static, and no namespace sends or accepts either).
+//!
 //! Every name is unique per lab (`egwlab-<id>-<role>`) and every address lives inside the
 //! lab's own namespaces, so two labs run side by side. Dropping the `Lab` removes it; after a
 //! crash `down` finds leftovers by prefix.
@@ -35,7 +58,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -64,6 +87,43 @@ pub const MAX_WORKERS: usize = 89;
 pub const MAX_PODS_PER_NODE: usize = 253;
 /// Secondary address on the gateway's uplink, usable as a dedicated egress IP.
 pub const EXTRA_EGRESS_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+/// The isp's IPv6 address on the nodes' public network (`LabSpec::ipv6`), every node's IPv6
+/// default gateway.
+pub const ISP_UNDERLAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 1);
+/// The isp's IPv6 address towards the internet host.
+pub const ISP_INTERNET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 1);
+/// The internet host's IPv6 address.
+pub const INTERNET_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x10);
+/// The cluster's IPv6 pod network; node `i` has `2001:db8:244:i::/64`.
+pub const CLUSTER_CIDR6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 0xdb8, 0x244, 0, 0, 0, 0, 0), 48);
+/// The IPv6 twin of `EXTRA_EGRESS_IP` on the gateway's uplink (deprecated, so never chosen as
+/// a source address by the kernel itself).
+pub const EXTRA_EGRESS_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x100);
+/// The pods' IPv6 default gateway with `Cni::Routed`: a link-local address on every node-side
+/// veth `lxcN`, the one Calico's host veths have (EUI-64 of ee:ee:ee:ee:ee:ee).
+pub const ROUTED_GATEWAY6: Ipv6Addr =
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// The IPv6 group that mirrors an IPv4 number: its decimal digits read as hex (11 -> 0x11),
+/// so that 192.0.2.11 and 2001:db8:200::11 read alike.
+fn mirror(n: u8) -> u16 {
+    u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex digits")
+}
+
+/// An address of the IPv6 plan: `prefix` (the first three groups) `:group4::host`, both
+/// mirrored.
+fn plan6(prefix: [u16; 3], group4: u8, host: u8) -> Ipv6Addr {
+    let [a, b, c] = prefix;
+    Ipv6Addr::new(a, b, c, mirror(group4), 0, 0, 0, mirror(host))
+}
+
+/// The nodes' public network, 2001:db8:200::/64.
+const PUBLIC6: [u16; 3] = [0x2001, 0xdb8, 0x200];
+/// The private underlay, 2001:db8:a00::/64.
+const PRIVATE6: [u16; 3] = [0x2001, 0xdb8, 0xa00];
+/// The pod network, 2001:db8:244::/48.
+const PODS6: [u16; 3] = [0x2001, 0xdb8, 0x244];
 
 /// The nodes' networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +178,10 @@ pub struct LabSpec {
     pub underlay: Underlay,
     /// How pods are wired to their node.
     pub cni: Cni,
+    /// Dual-stack: IPv6 on every segment besides IPv4 (see the module doc for the plan).
+    /// Off by default for now, so that tests counting packets or capturing on a lab see only
+    /// what they did before; it will become the default once the datapath handles IPv6.
+    pub ipv6: bool,
 }
 
 impl LabSpec {
@@ -159,6 +223,7 @@ impl Default for LabSpec {
             offloads_off: false,
             underlay: Underlay::Shared,
             cni: Cni::Routed,
+            ipv6: false,
         }
     }
 }
@@ -177,6 +242,12 @@ pub struct Node {
     /// The ExternalIP, on the uplink: 192.0.2.10 for the gateway, 192.0.2.(10 + i) for worker
     /// i. What the internet sees of the node (its masquerade address).
     pub external_ip: Ipv4Addr,
+    /// The IPv6 InternalIP (`LabSpec::ipv6`): 2001:db8:a00::(10 + i) on the private segment,
+    /// or the same as `external_ip6` with one shared network.
+    pub underlay_ip6: Option<Ipv6Addr>,
+    /// The IPv6 ExternalIP (`LabSpec::ipv6`): 2001:db8:200::(10 + i), the node's IPv6
+    /// masquerade address.
+    pub external_ip6: Option<Ipv6Addr>,
     /// The uplink device inside `ns` (default route, towards the internet): always `eth0`.
     pub uplink: String,
     /// The underlay device inside `ns`: `eth1` on the private segment, else `eth0`.
@@ -196,6 +267,16 @@ impl Node {
     pub fn pod_net(&self) -> (Ipv4Addr, u8) {
         (Ipv4Addr::new(10, 244, self.index, 0), 24)
     }
+
+    /// The IPv6 pod CIDR as text, `2001:db8:244:<index>::/64`, on a dual-stack lab.
+    pub fn pod_cidr6(&self) -> Option<String> {
+        self.pod_net6().map(|(net, len)| format!("{net}/{len}"))
+    }
+
+    /// The IPv6 pod CIDR as network address and prefix length, on a dual-stack lab.
+    pub fn pod_net6(&self) -> Option<(Ipv6Addr, u8)> {
+        self.external_ip6.map(|_| (plan6(PODS6, self.index, 0), 64))
+    }
 }
 
 /// A pod: a namespace with `eth0` 10.244.<node>.x, wired to its node as `LabSpec::cni` says.
@@ -205,10 +286,13 @@ pub struct Pod {
     /// Network namespace (`egwlab-<id>-<name>`).
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack lab: 2001:db8:244:<node>::x for 10.244.<node>.x.
+    pub ip6: Option<Ipv6Addr>,
     /// Name of the node it runs on.
     pub node: String,
     /// Node-side veth (in the node's namespace): `lxc<n>` with proxy ARP on and a /32 route
-    /// to `ip` (`Cni::Routed`), or `veth<n>`, a port of `cni0` (`Cni::Bridge`).
+    /// to `ip` (`Cni::Routed`; on a dual-stack lab also `ROUTED_GATEWAY6` and a /128 route to
+    /// `ip6`), or `veth<n>`, a port of `cni0` (`Cni::Bridge`).
     pub host_veth: String,
 }
 
@@ -218,6 +302,8 @@ pub struct Host {
     pub ns: String,
     /// Its main address (the isp: `ISP_UNDERLAY`; the internet host: `INTERNET_HOST`).
     pub ip: Ipv4Addr,
+    /// Its main IPv6 address on a dual-stack lab (`ISP_UNDERLAY6`, `INTERNET_HOST6`).
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// A running lab. Dropping it tears everything down (unless `keep` was called).
@@ -374,10 +460,12 @@ impl Lab {
             isp: Host {
                 ns: ns("isp"),
                 ip: ISP_UNDERLAY,
+                ip6: spec.ipv6.then_some(ISP_UNDERLAY6),
             },
             internet: Host {
                 ns: ns("inet"),
                 ip: INTERNET_HOST,
+                ip6: spec.ipv6.then_some(INTERNET_HOST6),
             },
             lan: (spec.underlay == Underlay::Private).then(|| ns("lan")),
             keep: false,
@@ -391,13 +479,43 @@ impl Lab {
     fn add_ns(&self, name: &str) -> Result<()> {
         ip(&["netns", "add", name])?;
         ipn(name, &["link", "set", "lo", "up"])?;
-        sysctl(
-            name,
-            &[
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ],
-        )
+        let mut kv: Vec<String> = ["all", "default"]
+            .map(|conf| format!("net.ipv4.conf.{conf}.rp_filter=0"))
+            .into();
+        if self.spec.ipv6 {
+            // Interfaces take their settings from `default` when they are created, or moved
+            // into this namespace (a pod's eth0). No DAD: an address is usable at once, a
+            // link-local one included; no router solicitation or advertisement: every route
+            // is static.
+            for conf in ["all", "default"] {
+                for setting in [
+                    "disable_ipv6=0",
+                    "accept_dad=0",
+                    "accept_ra=0",
+                    "router_solicitations=0",
+                ] {
+                    kv.push(format!("net.ipv6.conf.{conf}.{setting}"));
+                }
+            }
+        }
+        sysctl(name, &kv.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Routing on in `ns`: IPv4, and IPv6 on a dual-stack lab.
+    fn forwarding_on(&self, ns: &str) -> Result<()> {
+        if self.spec.ipv6 {
+            sysctl(
+                ns,
+                &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+            )
+        } else {
+            sysctl(ns, &["net.ipv4.ip_forward=1"])
+        }
+    }
+
+    /// `ip -6 addr add <addr> dev <dev> nodad` in `ns`.
+    fn addr6(ns: &str, addr: &str, dev: &str) -> Result<()> {
+        ipn(ns, &["-6", "addr", "add", addr, "dev", dev, "nodad"]).map(|_| ())
     }
 
     fn offload_off(&self, ns: &str, dev: &str) -> Result<()> {
@@ -414,10 +532,13 @@ impl Lab {
         let mtu = self.spec.underlay_mtu.to_string();
         // isp router
         self.add_ns(&isp)?;
-        sysctl(&isp, &["net.ipv4.ip_forward=1"])?;
+        self.forwarding_on(&isp)?;
         ipn(&isp, &["link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
         ipn(&isp, &["addr", "add", "192.0.2.1/24", "dev", "br0"])?;
         ipn(&isp, &["link", "set", "br0", "up"])?;
+        if self.spec.ipv6 {
+            Self::addr6(&isp, &format!("{ISP_UNDERLAY6}/64"), "br0")?;
+        }
         // internet host
         self.add_ns(&inet)?;
         let imtu = self.spec.internet_mtu.to_string();
@@ -433,6 +554,21 @@ impl Lab {
         ipn(&inet, &["addr", "add", "198.51.100.10/24", "dev", "eth0"])?;
         ipn(&inet, &["link", "set", "eth0", "up"])?;
         ipn(&inet, &["route", "add", "default", "via", "198.51.100.1"])?;
+        if self.spec.ipv6 {
+            Self::addr6(&isp, &format!("{ISP_INTERNET6}/64"), "inet0")?;
+            Self::addr6(&inet, &format!("{INTERNET_HOST6}/64"), "eth0")?;
+            ipn(
+                &inet,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &ISP_INTERNET6.to_string(),
+                ],
+            )?;
+        }
         self.offload_off(&isp, "inet0")?;
         self.offload_off(&inet, "eth0")?;
         // the private segment's switch
@@ -447,6 +583,7 @@ impl Lab {
         names.extend((1..=self.spec.workers).map(|i| format!("worker{i}")));
         for (i, name) in names.iter().enumerate() {
             let external_ip = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+            let external_ip6 = self.spec.ipv6.then(|| plan6(PUBLIC6, 0, 10 + i as u8));
             let private = self.lan.is_some();
             let node = Node {
                 name: name.clone(),
@@ -457,6 +594,12 @@ impl Lab {
                     external_ip
                 },
                 external_ip,
+                underlay_ip6: if private {
+                    external_ip6.map(|_| plan6(PRIVATE6, 0, 10 + i as u8))
+                } else {
+                    external_ip6
+                },
+                external_ip6,
                 uplink: "eth0".into(),
                 underlay_dev: if private { "eth1" } else { "eth0" }.into(),
                 index: i as u8,
@@ -476,11 +619,35 @@ impl Lab {
                         &other.underlay_ip.to_string(),
                     ],
                 )?;
+                if let (Some(cidr), Some(via)) = (other.pod_cidr6(), other.underlay_ip6) {
+                    ipn(
+                        &n.ns,
+                        &["-6", "route", "add", &cidr, "via", &via.to_string()],
+                    )?;
+                }
             }
         }
         if self.spec.extra_egress_ip {
             let gw = self.nodes[0].ns.clone();
             ipn(&gw, &["addr", "add", "192.0.2.100/24", "dev", "eth0"])?;
+            if self.spec.ipv6 {
+                // Deprecated: usable, but never the kernel's choice of source address (the
+                // newest global address would be, and the gateway's masquerade with it).
+                ipn(
+                    &gw,
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{EXTRA_EGRESS_IP6}/64"),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                        "preferred_lft",
+                        "0",
+                    ],
+                )?;
+            }
         }
         for n in self.nodes.clone() {
             for k in 0..self.spec.pods_per_node {
@@ -494,7 +661,7 @@ impl Lab {
         let isp = &self.isp.ns;
         let mtu = self.spec.underlay_mtu.to_string();
         self.add_ns(&n.ns)?;
-        sysctl(&n.ns, &["net.ipv4.ip_forward=1"])?;
+        self.forwarding_on(&n.ns)?;
         let port = format!("n{}", n.index);
         ipn(
             isp,
@@ -516,6 +683,20 @@ impl Lab {
         )?;
         ipn(&n.ns, &["link", "set", "eth0", "up"])?;
         ipn(&n.ns, &["route", "add", "default", "via", "192.0.2.1"])?;
+        if let Some(ip6) = n.external_ip6 {
+            Self::addr6(&n.ns, &format!("{ip6}/64"), "eth0")?;
+            ipn(
+                &n.ns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &ISP_UNDERLAY6.to_string(),
+                ],
+            )?;
+        }
         if self.spec.cni == Cni::Bridge {
             let (net, _) = n.pod_net();
             let gw = Ipv4Addr::new(net.octets()[0], net.octets()[1], net.octets()[2], 1);
@@ -525,6 +706,10 @@ impl Lab {
                 &["addr", "add", &format!("{gw}/24"), "dev", CNI_BRIDGE],
             )?;
             ipn(&n.ns, &["link", "set", CNI_BRIDGE, "up"])?;
+            if n.external_ip6.is_some() {
+                let gw6 = plan6(PODS6, n.index, 1);
+                Self::addr6(&n.ns, &format!("{gw6}/64"), CNI_BRIDGE)?;
+            }
         }
         self.offload_off(isp, &port)?;
         self.offload_off(&n.ns, "eth0")?;
@@ -548,6 +733,9 @@ impl Lab {
                 ],
             )?;
             ipn(&n.ns, &["link", "set", "eth1", "up"])?;
+            if let Some(ip6) = n.underlay_ip6 {
+                Self::addr6(&n.ns, &format!("{ip6}/64"), "eth1")?;
+            }
             self.offload_off(lan, &port)?;
             self.offload_off(&n.ns, "eth1")?;
         }
@@ -558,12 +746,29 @@ impl Lab {
                ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 oifname \"eth0\" masquerade\n\
              }\n\
            }\n";
+        // And of their IPv6, to the node's own IPv6 address, on a dual-stack lab.
+        let (net6, len6) = CLUSTER_CIDR6;
+        let rules6 = match n.external_ip6 {
+            Some(_) => format!(
+                "table ip6 lab_cni6 {{\n\
+                   chain postrouting {{\n\
+                     type nat hook postrouting priority srcnat; policy accept;\n\
+                     ip6 saddr {net6}/{len6} ip6 daddr != {net6}/{len6} oifname \"eth0\" \
+                       masquerade\n\
+                   }}\n\
+                 }}\n"
+            ),
+            None => String::new(),
+        };
         let mut child = Command::new("ip")
             .args(["netns", "exec", &n.ns, "nft", "-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())?;
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            format!("{rules}{rules6}").as_bytes(),
+        )?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
@@ -599,6 +804,9 @@ impl Lab {
             bail!("node {node} is full ({MAX_PODS_PER_NODE} pods)");
         }
         let ip = Ipv4Addr::new(10, 244, n.index, 2 + count as u8);
+        let ip6 = n
+            .external_ip6
+            .map(|_| plan6(PODS6, n.index, 2 + count as u8));
         self.next_veth += 1;
         let veth = match self.spec.cni {
             Cni::Routed => format!("lxc{}", self.next_veth),
@@ -608,6 +816,7 @@ impl Lab {
             name: name.to_owned(),
             ns,
             ip,
+            ip6,
             node: node.to_owned(),
             host_veth: veth.clone(),
         };
@@ -644,6 +853,13 @@ impl Lab {
                     ],
                 )?;
                 ipn(&n.ns, &["route", "add", &format!("{ip}/32"), "dev", veth])?;
+                if let Some(ip6) = pod.ip6 {
+                    Self::addr6(&n.ns, &format!("{ROUTED_GATEWAY6}/64"), veth)?;
+                    ipn(
+                        &n.ns,
+                        &["-6", "route", "add", &format!("{ip6}/128"), "dev", veth],
+                    )?;
+                }
                 ipn(&pod.ns, &["link", "set", "eth0", "up"])?;
                 std::thread::sleep(address_after);
                 ipn(
@@ -663,6 +879,22 @@ impl Lab {
                     ],
                 )?;
                 ipn(&pod.ns, &["route", "add", "default", "via", "169.254.1.1"])?;
+                if let Some(ip6) = pod.ip6 {
+                    Self::addr6(&pod.ns, &format!("{ip6}/128"), "eth0")?;
+                    ipn(
+                        &pod.ns,
+                        &[
+                            "-6",
+                            "route",
+                            "add",
+                            "default",
+                            "via",
+                            &ROUTED_GATEWAY6.to_string(),
+                            "dev",
+                            "eth0",
+                        ],
+                    )?;
+                }
             }
             Cni::Bridge => {
                 // As the bridge plugin does it: the veth joins the bridge first, the pod's
@@ -679,6 +911,14 @@ impl Lab {
                     &pod.ns,
                     &["route", "add", "default", "via", &gw.to_string()],
                 )?;
+                if let Some(ip6) = pod.ip6 {
+                    Self::addr6(&pod.ns, &format!("{ip6}/64"), "eth0")?;
+                    let gw6 = plan6(PODS6, n.index, 1);
+                    ipn(
+                        &pod.ns,
+                        &["-6", "route", "add", "default", "via", &gw6.to_string()],
+                    )?;
+                }
             }
         }
         self.offload_off(&n.ns, veth)?;
@@ -770,21 +1010,30 @@ impl Lab {
 
     /// Writes `describe.txt` (for `status`) and `lab.json` (for tools) into `dir()`.
     fn write_meta(&self) -> Result<()> {
+        let ipv6 = self.spec.ipv6;
         let json = serde_json::json!({
             "id": self.id,
             "namespaces": self.namespaces(),
-            "isp": { "ns": self.isp.ns, "underlay_ip": ISP_UNDERLAY, "internet_ip": ISP_INTERNET },
-            "internet": { "ns": self.internet.ns, "ip": self.internet.ip },
+            "isp": {
+                "ns": self.isp.ns, "underlay_ip": ISP_UNDERLAY, "internet_ip": ISP_INTERNET,
+                "underlay_ip6": self.isp.ip6, "internet_ip6": ipv6.then_some(ISP_INTERNET6),
+            },
+            "internet": { "ns": self.internet.ns, "ip": self.internet.ip, "ip6": self.internet.ip6 },
             "lan": self.lan,
+            "ipv6": ipv6,
             "extra_egress_ip": self.spec.extra_egress_ip.then_some(EXTRA_EGRESS_IP),
+            "extra_egress_ip6": (self.spec.extra_egress_ip && ipv6).then_some(EXTRA_EGRESS_IP6),
             "cni": match self.spec.cni { Cni::Routed => "routed", Cni::Bridge => "bridge" },
             "nodes": self.nodes.iter().map(|n| serde_json::json!({
                 "name": n.name, "ns": n.ns, "underlay_ip": n.underlay_ip,
                 "external_ip": n.external_ip, "uplink": n.uplink,
                 "underlay_dev": n.underlay_dev, "pod_cidr": n.pod_cidr(),
+                "underlay_ip6": n.underlay_ip6, "external_ip6": n.external_ip6,
+                "pod_cidr6": n.pod_cidr6(),
             })).collect::<Vec<_>>(),
             "pods": self.pods.iter().map(|p| serde_json::json!({
-                "name": p.name, "ns": p.ns, "ip": p.ip, "node": p.node, "host_veth": p.host_veth,
+                "name": p.name, "ns": p.ns, "ip": p.ip, "ip6": p.ip6, "node": p.node,
+                "host_veth": p.host_veth,
             })).collect::<Vec<_>>(),
         });
         fs::write(self.dir().join("describe.txt"), self.describe())?;
@@ -797,63 +1046,96 @@ impl Lab {
 
     /// Namespaces, addresses, and how to look around.
     pub fn describe(&self) -> String {
+        // " <IPv6 address>" after an IPv4 one, on a dual-stack lab.
+        fn and6(ip6: Option<impl std::fmt::Display>) -> String {
+            ip6.map(|a| format!(" {a}")).unwrap_or_default()
+        }
+        let ipv6 = self.spec.ipv6;
         let mut s = String::new();
         let _ = writeln!(s, "lab {}", self.id);
         let _ = writeln!(
             s,
-            "  {:<10} {:<30} 192.0.2.1 (nodes), 198.51.100.1 (internet)",
-            "isp", self.isp.ns
+            "  {:<10} {:<30} {ISP_UNDERLAY}{} (nodes), {ISP_INTERNET}{} (internet)",
+            "isp",
+            self.isp.ns,
+            and6(self.isp.ip6),
+            and6(ipv6.then_some(ISP_INTERNET6)),
         );
         let _ = writeln!(
             s,
-            "  {:<10} {:<30} {}",
-            "internet", self.internet.ns, INTERNET_HOST
+            "  {:<10} {:<30} {}{}",
+            "internet",
+            self.internet.ns,
+            self.internet.ip,
+            and6(self.internet.ip6)
         );
         if let Some(lan) = &self.lan {
             let _ = writeln!(
                 s,
-                "  {:<10} {lan:<30} private node segment 10.0.0.0/24",
-                "lan"
+                "  {:<10} {lan:<30} private node segment 10.0.0.0/24{}",
+                "lan",
+                and6(ipv6.then_some("2001:db8:a00::/64"))
             );
         }
         for n in &self.nodes {
             let underlay = if n.underlay_ip == n.external_ip {
                 String::new()
             } else {
-                format!(", underlay {} on {}", n.underlay_ip, n.underlay_dev)
+                format!(
+                    ", underlay {}{} on {}",
+                    n.underlay_ip,
+                    and6(n.underlay_ip6),
+                    n.underlay_dev
+                )
             };
             let _ = writeln!(
                 s,
-                "  {:<10} {:<30} {} uplink {}{underlay}, pods {}",
+                "  {:<10} {:<30} {}{} uplink {}{underlay}, pods {}{}",
                 n.name,
                 n.ns,
                 n.external_ip,
+                and6(n.external_ip6),
                 n.uplink,
-                n.pod_cidr()
+                n.pod_cidr(),
+                and6(n.pod_cidr6()),
             );
         }
         let _ = writeln!(
             s,
             "  {:<10} {}",
             "pods",
-            match self.spec.cni {
-                Cni::Routed => "routed veths lxcN (proxy ARP, a /32 route each), as Calico, Cilium",
-                Cni::Bridge => "veths vethN on the bridge cni0 (10.244.N.1/24), as flannel, k3s",
+            match (self.spec.cni, ipv6) {
+                (Cni::Routed, false) =>
+                    "routed veths lxcN (proxy ARP, a /32 route each), as Calico, Cilium",
+                (Cni::Routed, true) =>
+                    "routed veths lxcN (proxy ARP, a /32 and a /128 route each, IPv6 via \
+                     fe80::ecee:eeff:feee:eeee on lxcN), as Calico, Cilium",
+                (Cni::Bridge, false) =>
+                    "veths vethN on the bridge cni0 (10.244.N.1/24), as flannel, k3s",
+                (Cni::Bridge, true) =>
+                    "veths vethN on the bridge cni0 (10.244.N.1/24, 2001:db8:244:N::1/64), \
+                     as flannel, k3s",
             }
         );
         if self.spec.extra_egress_ip {
             let _ = writeln!(
                 s,
-                "  {:<10} {:<30} {EXTRA_EGRESS_IP} (secondary on the gateway's uplink)",
+                "  {:<10} {:<30} {EXTRA_EGRESS_IP}{} (secondary on the gateway's uplink)",
                 "egress ip",
-                self.gateway().ns
+                self.gateway().ns,
+                and6(ipv6.then_some(EXTRA_EGRESS_IP6)),
             );
         }
         for p in &self.pods {
             let _ = writeln!(
                 s,
-                "  {:<10} {:<30} {} on {} (node veth {})",
-                p.name, p.ns, p.ip, p.node, p.host_veth
+                "  {:<10} {:<30} {}{} on {} (node veth {})",
+                p.name,
+                p.ns,
+                p.ip,
+                and6(p.ip6),
+                p.node,
+                p.host_veth
             );
         }
         if let Some(p) = self.pods.first() {

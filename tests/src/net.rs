@@ -1,9 +1,16 @@
 //! Traffic helpers: servers and clients running inside lab namespaces (pure Rust sockets on
 //! threads that entered the namespace).
+//!
+//! Both families: a server started on an `Ipv4Addr` has a `SocketAddrV4` as its `addr`, one
+//! started on an `Ipv6Addr` a `SocketAddrV6` (and on an `IpAddr`, a `SocketAddr`); the clients
+//! take any of them.
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+        UdpSocket,
+    },
     sync::mpsc,
     thread::JoinHandle,
     time::Duration,
@@ -13,19 +20,57 @@ use crate::lab::in_netns;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An address a server listens on: `Ipv4Addr` (its socket address a `SocketAddrV4`),
+/// `Ipv6Addr` (`SocketAddrV6`) or `IpAddr` (`SocketAddr`).
+pub trait ServerIp: Copy {
+    /// The server's socket address.
+    type Addr: Copy + Into<SocketAddr> + Send + 'static;
+    fn with_port(self, port: u16) -> Self::Addr;
+}
+
+impl ServerIp for Ipv4Addr {
+    type Addr = SocketAddrV4;
+    fn with_port(self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self, port)
+    }
+}
+
+impl ServerIp for Ipv6Addr {
+    type Addr = SocketAddrV6;
+    fn with_port(self, port: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(self, port, 0, 0)
+    }
+}
+
+impl ServerIp for IpAddr {
+    type Addr = SocketAddr;
+    fn with_port(self, port: u16) -> SocketAddr {
+        SocketAddr::new(self, port)
+    }
+}
+
+/// The unspecified address of `to`'s family with port 0: what a client binds to.
+fn any_of(to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
 /// A TCP server in a namespace that, per connection, reports the peer address and echoes
 /// what it receives until the peer closes.
-pub struct TcpEcho {
-    pub addr: SocketAddrV4,
+pub struct TcpEcho<A = SocketAddrV4> {
+    pub addr: A,
     peers: mpsc::Receiver<SocketAddr>,
     _thread: JoinHandle<()>,
 }
 
-impl TcpEcho {
-    pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> TcpEcho {
-        let addr = SocketAddrV4::new(ip, port);
+impl<A: Copy + Into<SocketAddr>> TcpEcho<A> {
+    pub fn start<I: ServerIp<Addr = A>>(ns: &str, ip: I, port: u16) -> TcpEcho<A> {
+        let addr = ip.with_port(port);
+        let bind: SocketAddr = addr.into();
         let listener = in_netns(ns, move || {
-            TcpListener::bind(addr).expect("bind tcp server")
+            TcpListener::bind(bind).expect("bind tcp server")
         });
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || {
@@ -68,13 +113,18 @@ impl TcpEcho {
 /// connecting, as a client that picks its own port does).
 pub fn tcp_connect_from(
     ns: &str,
-    from: SocketAddrV4,
-    to: SocketAddrV4,
+    from: impl Into<SocketAddr>,
+    to: impl Into<SocketAddr>,
 ) -> std::io::Result<TcpStream> {
+    let (from, to) = (from.into(), to.into());
     in_netns(ns, move || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.bind(&SocketAddr::from(from).into())?;
-        s.connect_timeout(&SocketAddr::from(to).into(), TIMEOUT)?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        s.bind(&from.into())?;
+        s.connect_timeout(&to.into(), TIMEOUT)?;
         let s: TcpStream = s.into();
         s.set_read_timeout(Some(TIMEOUT))?;
         Ok(s)
@@ -82,10 +132,10 @@ pub fn tcp_connect_from(
 }
 
 /// Connects from namespace `ns`, sends `msg`, and returns the echo.
-pub fn tcp_roundtrip(ns: &str, to: SocketAddrV4, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let msg = msg.to_vec();
+pub fn tcp_roundtrip(ns: &str, to: impl Into<SocketAddr>, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (to, msg) = (to.into(), msg.to_vec());
     in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to.into(), TIMEOUT)?;
+        let mut s = TcpStream::connect_timeout(&to, TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.write_all(&msg)?;
         let mut got = vec![0u8; msg.len()];
@@ -95,16 +145,17 @@ pub fn tcp_roundtrip(ns: &str, to: SocketAddrV4, msg: &[u8]) -> std::io::Result<
 }
 
 /// A UDP server in a namespace that reports each datagram's source and echoes it back.
-pub struct UdpEcho {
-    pub addr: SocketAddrV4,
+pub struct UdpEcho<A = SocketAddrV4> {
+    pub addr: A,
     peers: mpsc::Receiver<SocketAddr>,
     _thread: JoinHandle<()>,
 }
 
-impl UdpEcho {
-    pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> UdpEcho {
-        let addr = SocketAddrV4::new(ip, port);
-        let sock = in_netns(ns, move || UdpSocket::bind(addr).expect("bind udp server"));
+impl<A: Copy + Into<SocketAddr>> UdpEcho<A> {
+    pub fn start<I: ServerIp<Addr = A>>(ns: &str, ip: I, port: u16) -> UdpEcho<A> {
+        let addr = ip.with_port(port);
+        let bind: SocketAddr = addr.into();
+        let sock = in_netns(ns, move || UdpSocket::bind(bind).expect("bind udp server"));
         let (tx, rx) = mpsc::channel();
         let t = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
@@ -126,6 +177,11 @@ impl UdpEcho {
             .expect("no datagram reached the server")
     }
 
+    /// The peer addresses of the datagrams received so far and not yet taken.
+    pub fn peers_so_far(&self) -> Vec<SocketAddr> {
+        self.peers.try_iter().collect()
+    }
+
     /// The source of the next datagram, if one arrives within `wait`.
     pub fn peer_within(&self, wait: Duration) -> Option<SocketAddr> {
         self.peers.recv_timeout(wait).ok()
@@ -133,10 +189,10 @@ impl UdpEcho {
 }
 
 /// Sends one datagram from `ns` and waits for the echo.
-pub fn udp_roundtrip(ns: &str, to: SocketAddrV4, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let msg = msg.to_vec();
+pub fn udp_roundtrip(ns: &str, to: impl Into<SocketAddr>, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (to, msg) = (to.into(), msg.to_vec());
     in_netns(ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(any_of(to))?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.connect(to)?;
         s.send(&msg)?;
@@ -216,16 +272,17 @@ fn send_stream(s: &mut TcpStream, len: u64, pace: Option<Duration>) -> std::io::
 /// A bulk-transfer server: each connection sends a 9-byte request `{dir, len}`: dir 0 = the
 /// client uploads `len` pattern bytes (the server verifies and answers `OK` or `BAD`),
 /// dir 1 = the server sends `len` pattern bytes.
-pub struct BulkServer {
-    pub addr: SocketAddrV4,
+pub struct BulkServer<A = SocketAddrV4> {
+    pub addr: A,
     _thread: JoinHandle<()>,
 }
 
-impl BulkServer {
-    pub fn start(ns: &str, ip: Ipv4Addr, port: u16) -> BulkServer {
-        let addr = SocketAddrV4::new(ip, port);
+impl<A: Copy + Into<SocketAddr>> BulkServer<A> {
+    pub fn start<I: ServerIp<Addr = A>>(ns: &str, ip: I, port: u16) -> BulkServer<A> {
+        let addr = ip.with_port(port);
+        let bind: SocketAddr = addr.into();
         let listener = in_netns(ns, move || {
-            TcpListener::bind(addr).expect("bind bulk server")
+            TcpListener::bind(bind).expect("bind bulk server")
         });
         let t = std::thread::spawn(move || {
             for s in listener.incoming() {
@@ -253,12 +310,13 @@ impl BulkServer {
 /// server received them intact.
 pub fn bulk_upload(
     ns: &str,
-    to: SocketAddrV4,
+    to: impl Into<SocketAddr>,
     len: u64,
     pace: Option<Duration>,
 ) -> std::io::Result<bool> {
+    let to = to.into();
     in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to.into(), TIMEOUT)?;
+        let mut s = TcpStream::connect_timeout(&to, TIMEOUT)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut req = [0u8; 9];
         req[1..].copy_from_slice(&len.to_be_bytes());
@@ -272,9 +330,14 @@ pub fn bulk_upload(
 
 /// Downloads `len` bytes into `ns`; `Ok(None)` when they arrived intact, else the first bad
 /// offset.
-pub fn bulk_download(ns: &str, from: SocketAddrV4, len: u64) -> std::io::Result<Option<u64>> {
+pub fn bulk_download(
+    ns: &str,
+    from: impl Into<SocketAddr>,
+    len: u64,
+) -> std::io::Result<Option<u64>> {
+    let from = from.into();
     in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&from.into(), TIMEOUT)?;
+        let mut s = TcpStream::connect_timeout(&from, TIMEOUT)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut req = [1u8; 9];
         req[1..].copy_from_slice(&len.to_be_bytes());
@@ -285,9 +348,10 @@ pub fn bulk_download(ns: &str, from: SocketAddrV4, len: u64) -> std::io::Result<
 
 /// Sends a datagram from `ns` to a port nothing listens on and returns the error the
 /// connected socket reports (ECONNREFUSED when the ICMP port-unreachable came back).
-pub fn udp_error(ns: &str, to: SocketAddrV4) -> Option<std::io::ErrorKind> {
+pub fn udp_error(ns: &str, to: impl Into<SocketAddr>) -> Option<std::io::ErrorKind> {
+    let to = to.into();
     in_netns(ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        let s = UdpSocket::bind(any_of(to)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.connect(to).ok()?;
         s.send(b"anyone?").ok()?;

@@ -160,6 +160,10 @@ fn seed(dp: &mut Datapath, this_node: Ipv4Addr) {
         },
     )
     .expect("endpoint");
+    // The pod behind each veth, as the reconciler writes it (IPv6 finds its pod by it).
+    for (ifindex, pod) in [(POD_A_IF, POD_A), (POD_B_IF, POD_B)] {
+        m.put_veth_pod(ifindex, ip4(pod)).expect("veth pod");
+    }
     for n in [GATEWAY, WORKER] {
         m.put_node(
             ip4(n),

@@ -4,6 +4,11 @@
 //! goes through the gateway. Connections opened towards a selected pod (a NodePort client from
 //! the internet) are answered from the address the client connected to.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},

@@ -1,6 +1,11 @@
 //! End to end: the real agent on every lab node, the real VXLAN tunnel and tc programs, real
 //! TCP, UDP and ICMP between pods and the internet host.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,

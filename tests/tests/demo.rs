@@ -1,6 +1,11 @@
 //! The demo's whole flow (`cargo xtask demo`), asserted: real SMTP from every pod to the
 //! internet host, SPF evaluated against the lab's DNS, before and after the agents start.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use egress_tests::{
     demo::{self, EGRESS_IP},
     lab::require_root,

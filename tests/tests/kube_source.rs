@@ -3,6 +3,11 @@
 //! last resourceVersion), a watch that answers `410 Gone` (the client relists), and the status
 //! written with server-side apply.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,

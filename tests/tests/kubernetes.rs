@@ -3,6 +3,11 @@
 //! the API moves its traffic onto the gateway and off again, deleting it removes its endpoint,
 //! and the policy status is written.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},

@@ -6,6 +6,11 @@
 //! attach says so (`Ready=False`, `DatapathUnavailable`; `/readyz` failing; a log line) and
 //! keeps running.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},

@@ -4,6 +4,11 @@
 //! What runs where is read from the kernel: the TCX programs on every interface of a node
 //! (`BPF_PROG_QUERY`), their ids and maps, and the pinned maps' shapes (`egress_tests::progs`).
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},

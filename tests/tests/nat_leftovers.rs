@@ -2,6 +2,11 @@
 //! address must never get the old flows' answers), and a claim entry left by an agent
 //! stopped mid-pass (collected after about a second, not kept for good).
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     path::Path,

@@ -2,6 +2,11 @@
 //! map sizes and pin paths by name and silently skips a name the object lacks, so a map
 //! renamed on one side only would otherwise go unnoticed until it mattered.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{env, path::PathBuf};
 
 use aya_obj::Object;

@@ -3,6 +3,11 @@
 //! chain, on a pod's veth and on the gateway's uplink, as a CNI's programs, the bandwidth
 //! plugin or a host firewall need. What ours take (redirect into the tunnel) ends there.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     net::{SocketAddrV4, UdpSocket},
     time::Duration,

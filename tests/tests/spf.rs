@@ -2,6 +2,11 @@
 //! namespace): a good record, a broken one, an egress IP the record misses and without PTR, a
 //! PTR that does not resolve back, no record, and more than 10 DNS lookups.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{net::Ipv4Addr, process::Stdio};
 
 use egress_tests::{

@@ -14,6 +14,11 @@
 //! every test has its control: the legitimate packet, or the well-formed forgery sent the
 //! trusted way, gets through.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},

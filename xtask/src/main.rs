@@ -183,14 +183,14 @@ fn nightly_cargo() -> Command {
     let mut c = Command::new("cargo");
     c.env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
-        .arg("+nightly");
+        .arg(format!("+{}", setup::NIGHTLY));
     c
 }
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
 
-/// `cargo +nightly <subcommand>` of the eBPF crate for the bpf target, with BTF.
+/// `cargo +<pinned nightly> <subcommand>` of the eBPF crate for the bpf target, with BTF.
 fn bpf_cargo(subcommand: &str) -> Command {
     let mut c = nightly_cargo();
     c.env(

@@ -27,6 +27,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
 ];
 
+/// The toolchain that builds the eBPF programs, pinned by date: bpf-linker is built against
+/// its own LLVM, and `-Z build-std` and the BPF target change under a nightly that moves (a
+/// fresh machine would otherwise get whatever nightly is newest that day). rustc 1.97.0-nightly
+/// (e50aa6fba 2026-05-19), LLVM 22.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+
 /// bpf-linker release line that works with aya 0.14 and the nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "^0.13";
 
@@ -61,23 +67,39 @@ fn rustup() -> Command {
     c
 }
 
-/// nightly with rust-src, rustfmt and clippy, and bpf-linker linked against the nightly's LLVM.
+/// The pinned nightly (`NIGHTLY`) with rust-src, rustfmt and clippy, and bpf-linker linked
+/// against the nightly's LLVM.
 pub fn ebpf_toolchain() -> Result<()> {
-    let installed = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
+    let toolchains = output(rustup().args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        println!("xtask setup: installing the {NIGHTLY} toolchain");
+        sh(rustup().args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,rustfmt,clippy",
+        ]))?;
+    }
+    let installed =
+        output(rustup().args(["component", "list", "--toolchain", NIGHTLY, "--installed"]))?;
     for comp in ["rust-src", "rustfmt", "clippy"] {
         if !installed.lines().any(|l| l.starts_with(comp)) {
-            println!("xtask setup: adding {comp} to nightly");
-            sh(rustup().args(["component", "add", comp, "--toolchain", "nightly"]))?;
+            println!("xtask setup: adding {comp} to {NIGHTLY}");
+            sh(rustup().args(["component", "add", comp, "--toolchain", NIGHTLY]))?;
         }
     }
     if quiet(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
     }
     let sysroot = PathBuf::from(output(
-        Command::new("rustc")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .args(["+nightly", "--print", "sysroot"]),
+        Command::new("rustc").env_remove("RUSTUP_TOOLCHAIN").args([
+            &format!("+{NIGHTLY}"),
+            "--print",
+            "sysroot",
+        ]),
     )?);
     let lib = sysroot.join("lib");
     // bpf-linker's build looks for libLLVM.so; the nightly ships libLLVM.so.<ver>-rust-...

@@ -3,10 +3,14 @@
 //! `EgressGatewayPolicy` specs in the custom resource's shape. It feeds the same model as the
 //! Kubernetes source.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use egress_common::map_sizes::MapSizes;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -77,7 +81,7 @@ fn default_port() -> u16 {
 fn default_mtu() -> u32 {
     1500
 }
-fn default_cluster_cidrs() -> Vec<Ipv4Net> {
+fn default_cluster_cidrs() -> Vec<IpNet> {
     vec![
         "10.244.0.0/16".parse().expect("valid"),
         "10.96.0.0/12".parse().expect("valid"),
@@ -110,8 +114,9 @@ struct File {
     nat: NatConfig,
     #[serde(default)]
     map_sizes: MapSizes,
+    /// Both families: the IPv6 ones are never refused (see the policies' `ipv6`).
     #[serde(default = "default_cluster_cidrs")]
-    cluster_cidrs: Vec<Ipv4Net>,
+    cluster_cidrs: Vec<IpNet>,
     #[serde(default)]
     nodes: Vec<Node>,
     #[serde(default)]
@@ -129,7 +134,22 @@ impl From<File> for AgentConfig {
             nat: f.nat,
             map_sizes: f.map_sizes,
             cluster: Cluster {
-                cluster_cidrs: f.cluster_cidrs,
+                cluster_cidrs: f
+                    .cluster_cidrs
+                    .iter()
+                    .filter_map(|n| match n {
+                        IpNet::V4(n) => Some(n.trunc()),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect(),
+                cluster_cidrs6: f
+                    .cluster_cidrs
+                    .iter()
+                    .filter_map(|n| match n {
+                        IpNet::V6(n) => Some(n.trunc()),
+                        IpNet::V4(_) => None,
+                    })
+                    .collect(),
                 nodes: f.nodes,
                 namespaces: f.namespaces,
                 pods: f.pods,
@@ -206,6 +226,8 @@ impl Default for NatConfig {
 pub struct Cluster {
     /// Pod and service CIDRs: never sent through a gateway.
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// The IPv6 ones: never refused.
+    pub cluster_cidrs6: Vec<Ipv6Net>,
     pub nodes: Vec<Node>,
     /// Namespace labels. A namespace that pods name but that is not listed has only the
     /// `kubernetes.io/metadata.name` label, as every namespace does.
@@ -228,6 +250,13 @@ pub struct Node {
     /// Other addresses on the node (candidates for `egressIP`).
     #[serde(default)]
     pub addresses: Vec<Ipv4Addr>,
+    /// The node's IPv6 addresses (never refused).
+    #[serde(
+        default,
+        rename = "ipv6Addresses",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub addresses6: Vec<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -267,6 +296,7 @@ impl Cluster {
     pub fn to_model(&self) -> model::Cluster {
         model::Cluster {
             cluster_cidrs: self.cluster_cidrs.clone(),
+            cluster_cidrs6: self.cluster_cidrs6.clone(),
             nodes: self
                 .nodes
                 .iter()
@@ -277,6 +307,8 @@ impl Cluster {
                     addresses: n.addresses.clone(),
                     uplink: Some(n.uplink.clone().unwrap_or_else(|| "eth0".into())),
                     pod_cidrs: Vec::new(),
+                    pod_cidrs6: Vec::new(),
+                    addresses6: n.addresses6.clone(),
                 })
                 .collect(),
             namespaces: self

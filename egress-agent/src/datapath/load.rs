@@ -113,12 +113,11 @@ impl Datapath {
     /// under `<pin_root>/maps/`.
     fn loader<'a>(sizes: &MapSizes, maps_dir: Option<&'a Path>) -> EbpfLoader<'a> {
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::NAT4, sizes.nat)
-            .map_max_entries(map_names::ENDPOINTS4, sizes.endpoints)
-            .map_max_entries(map_names::REMOTE_EP4, sizes.remote_endpoints)
-            .map_max_entries(map_names::POLICY4, sizes.policies)
-            .map_max_entries(map_names::NODES4, sizes.nodes);
+        for name in map_names::ALL {
+            if let Some(n) = sizes.of_map(name) {
+                loader.map_max_entries(name, n);
+            }
+        }
         if let Some(dir) = maps_dir {
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));

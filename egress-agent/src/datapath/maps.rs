@@ -8,7 +8,7 @@ use egress_common::{
     flow::FlowEntry4,
     map_names,
     nat::{FragKey4, NatEntry4, NatKey4},
-    policy::{PolicyKey4, PolicyValue},
+    policy::{PolicyKey4, PolicyKey6, PolicyValue, PolicyValue6},
 };
 
 use super::{map_err, Datapath, DatapathError};
@@ -67,7 +67,45 @@ macro_rules! hash_map_ops {
     };
 }
 
+macro_rules! lpm_map_ops {
+    ($put:ident, $del:ident, $list:ident, $name:expr, $k:ty, $v:ty) => {
+        pub fn $put(&mut self, key: &Key<$k>, value: $v) -> Result<(), DatapathError> {
+            let name = $name;
+            let mut m: LpmTrie<&mut MapData, $k, $v> =
+                self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
+            m.insert(key, value, 0).map_err(map_err(name))
+        }
+
+        pub fn $del(&mut self, key: &Key<$k>) -> Result<(), DatapathError> {
+            let name = $name;
+            let mut m: LpmTrie<&mut MapData, $k, $v> =
+                self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
+            match m.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(source) => Err(DatapathError::Map { name, source }),
+            }
+        }
+
+        pub fn $list(&mut self) -> Result<Vec<(Key<$k>, $v)>, DatapathError> {
+            let name = $name;
+            let m: LpmTrie<&MapData, $k, $v> =
+                self.dp.map(name)?.try_into().map_err(map_err(name))?;
+            m.iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err(name))
+        }
+    };
+}
+
 impl Maps<'_> {
+    hash_map_ops!(
+        put_veth_pod,
+        del_veth_pod,
+        veth_pods,
+        map_names::VETH_PODS,
+        u32,
+        u32
+    );
     hash_map_ops!(
         put_endpoint,
         del_endpoint,
@@ -110,8 +148,8 @@ impl Maps<'_> {
         NatEntry4
     );
 
-    /// Inserts `key` with `value` only if absent (`BPF_NOEXIST`); `false` if it exists. For
-    /// claim keys.
+    /// Inserts `key` with `value` only if absent (`BPF_NOEXIST`); `false` if it exists, or if
+    /// the table is full (no room for it now: try again later). For claim keys.
     pub fn insert_nat_if_absent(
         &mut self,
         key: NatKey4,
@@ -124,7 +162,9 @@ impl Maps<'_> {
         const BPF_NOEXIST: u64 = 1;
         match m.insert(key, value, BPF_NOEXIST) {
             Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Err(MapError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST | libc::E2BIG)) =>
+            {
                 Ok(false)
             }
             Err(source) => Err(DatapathError::Map { name, source }),
@@ -143,33 +183,20 @@ impl Maps<'_> {
         }
     }
 
-    pub fn put_policy(
-        &mut self,
-        key: &Key<PolicyKey4>,
-        value: PolicyValue,
-    ) -> Result<(), DatapathError> {
-        let name = map_names::POLICY4;
-        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> =
-            self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
-        m.insert(key, value, 0).map_err(map_err(name))
-    }
-
-    pub fn del_policy(&mut self, key: &Key<PolicyKey4>) -> Result<(), DatapathError> {
-        let name = map_names::POLICY4;
-        let mut m: LpmTrie<&mut MapData, PolicyKey4, PolicyValue> =
-            self.dp.map_mut(name)?.try_into().map_err(map_err(name))?;
-        match m.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DatapathError::Map { name, source }),
-        }
-    }
-
-    pub fn policies(&mut self) -> Result<Vec<(Key<PolicyKey4>, PolicyValue)>, DatapathError> {
-        let name = map_names::POLICY4;
-        let m: LpmTrie<&MapData, PolicyKey4, PolicyValue> =
-            self.dp.map(name)?.try_into().map_err(map_err(name))?;
-        m.iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(name))
-    }
+    lpm_map_ops!(
+        put_policy,
+        del_policy,
+        policies,
+        map_names::POLICY4,
+        PolicyKey4,
+        PolicyValue
+    );
+    lpm_map_ops!(
+        put_policy6,
+        del_policy6,
+        policies6,
+        map_names::POLICY6,
+        PolicyKey6,
+        PolicyValue6
+    );
 }

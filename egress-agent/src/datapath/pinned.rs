@@ -9,7 +9,7 @@
 //!
 //! - the same shape: reused (state survives the restart);
 //! - only `max_entries` differs (a `mapSizes` change, a counter array grown by a new drop
-//!   reason): **migrated**: the pin moves to `<name>@old` (pinned there, then unlinked: bpffs
+//!   reason), or a hash became an LRU hash or the other way round: **migrated**: the pin moves to `<name>@old` (pinned there, then unlinked: bpffs
 //!   has no rename and refuses names with a dot), the loader creates and pins the new map,
 //!   the entries are copied (as many as fit: a table shrunk below its contents loses the
 //!   rest, counted in the log line), and the `@old` pin is removed;
@@ -82,9 +82,13 @@ impl MapShape {
     }
 
     /// Whether entries can be copied from a map of this shape into one of `new` by the
-    /// generic copy (`copy_entries`).
+    /// generic copy (`copy_entries`): the same type, or a hash that became an LRU one or the
+    /// other way round (the NAT table stopped being an LRU once).
     fn copyable_to(&self, new: &MapShape) -> bool {
-        self.map_type == new.map_type
+        let hashes = [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH];
+        let same_kind = self.map_type == new.map_type
+            || (hashes.contains(&self.map_type) && hashes.contains(&new.map_type));
+        same_kind
             && self.key_size == new.key_size
             && self.value_size == new.value_size
             && self.flags == new.flags
@@ -161,14 +165,7 @@ pub fn expected_shapes(
     let mut out = BTreeMap::new();
     for name in map_names::ALL {
         let m = obj.maps.get(name).ok_or(DatapathError::MissingMap(name))?;
-        let max_entries = match name {
-            map_names::NAT4 => sizes.nat,
-            map_names::ENDPOINTS4 => sizes.endpoints,
-            map_names::REMOTE_EP4 => sizes.remote_endpoints,
-            map_names::POLICY4 => sizes.policies,
-            map_names::NODES4 => sizes.nodes,
-            _ => m.max_entries(),
-        };
+        let max_entries = sizes.of_map(name).unwrap_or_else(|| m.max_entries());
         out.insert(
             name,
             MapShape {
@@ -536,6 +533,14 @@ mod tests {
             ),
             Verdict::Migrate("max_entries 13 -> 14".into())
         );
+        // The NAT table stopped being an LRU: its flows are copied.
+        assert_eq!(
+            judge(
+                &shape(BPF_MAP_TYPE_LRU_HASH, 32, 262144),
+                &shape(BPF_MAP_TYPE_HASH, 32, 262144)
+            ),
+            Verdict::Migrate("type 9 -> 1".into())
+        );
     }
 
     #[test]
@@ -549,10 +554,10 @@ mod tests {
         );
         assert_eq!(
             judge(
-                &shape(BPF_MAP_TYPE_HASH, 40, 1024),
-                &shape(BPF_MAP_TYPE_LRU_HASH, 40, 1024)
+                &shape(BPF_MAP_TYPE_ARRAY, 40, 1024),
+                &shape(BPF_MAP_TYPE_HASH, 40, 1024)
             ),
-            Verdict::Replace("type 1 -> 9".into())
+            Verdict::Replace("type 2 -> 1".into())
         );
         let mut flagged = shape(BPF_MAP_TYPE_LPM_TRIE, 8, 16);
         flagged.flags = 1;

@@ -9,16 +9,16 @@ use std::{
 use egress_common::{
     addr::ip4,
     endpoint::RemoteEndpoint,
-    policy::{PolicyValue, ACTION_EXCLUDED, ACTION_VIA_GATEWAY},
+    policy::{PolicyValue, PolicyValue6, ACTION_EXCLUDED, ACTION_REFUSE, ACTION_VIA_GATEWAY},
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
     allocate_ids,
     condition::{cond, ConditionType, Reason, Status},
     gateway::{resolve, Active},
-    protection, Cluster, Labels, LocalFacts, LocalPod, Model, Node, Pod, Policy, PolicyCondition,
-    PolicyStatus, Protection, NAMESPACE_NAME_LABEL,
+    protection, Cluster, Desired, Labels, LocalFacts, LocalPod, Model, Node, Pod, Policy,
+    PolicyCondition, PolicyStatus, Protection, NAMESPACE_NAME_LABEL,
 };
 
 /// The policy order: oldest first, then by name.
@@ -141,6 +141,7 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
         for ex in never {
             d.policies.insert((a.id, ex), excluded);
         }
+        program_refused6(d, a, cluster);
     }
 
     // Pods: the oldest matching active policy claims each.
@@ -283,6 +284,47 @@ fn never_via_gateway(
         .chain(fixed)
         .chain(hosts)
         .collect()
+}
+
+/// The policy's refused IPv6 destinations (`ipv6: refuse`), each excluded one, the cluster's
+/// IPv6 pod and service CIDRs and every node IPv6 address kept on the normal path (the
+/// datapath never refuses link-local or multicast traffic itself).
+fn program_refused6(d: &mut Desired, a: &Active, cluster: &Cluster) {
+    if a.refused6.is_empty() {
+        return;
+    }
+    let excluded = PolicyValue6 {
+        action: ACTION_EXCLUDED,
+        ..Default::default()
+    };
+    let refused = PolicyValue6 {
+        action: ACTION_REFUSE,
+        ..Default::default()
+    };
+    let hosts = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| &n.addresses6)
+        .filter_map(|ip| Ipv6Net::new(*ip, 128).ok());
+    let never: BTreeSet<Ipv6Net> = a
+        .excluded6
+        .iter()
+        .chain(&cluster.cluster_cidrs6)
+        .chain(cluster.nodes.iter().flat_map(|n| &n.pod_cidrs6))
+        .map(Ipv6Net::trunc)
+        .chain(hosts)
+        .collect();
+    for dst in &a.refused6 {
+        let v = if never.iter().any(|e| e.contains(dst)) {
+            excluded
+        } else {
+            refused
+        };
+        d.policies6.insert((a.id, *dst), v);
+    }
+    for ex in never {
+        d.policies6.insert((a.id, ex), excluded);
+    }
 }
 
 /// `ClusterCIDRs=False` naming the pods (up to five) whose address is in none of `cidrs`, if

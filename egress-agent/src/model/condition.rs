@@ -10,8 +10,10 @@ pub enum ConditionType {
     Ready,
     /// Some of the policy's pods are claimed by an older policy.
     PodConflict,
-    /// IPv6 CIDRs were ignored.
-    IPv6Ignored,
+    /// Set (False) when the policy lists IPv6 destinations: the gateway does not translate
+    /// IPv6 yet; says whether they are refused (the default) or pass from the nodes' own
+    /// addresses.
+    IPv6Egress,
     /// Whether the egress IP is on the gateway node.
     EgressIPOnGateway,
     /// Whether tunnel packets can be trusted on the gateway's underlay.
@@ -32,7 +34,7 @@ impl ConditionType {
         match self {
             ConditionType::Ready => "Ready",
             ConditionType::PodConflict => "PodConflict",
-            ConditionType::IPv6Ignored => "IPv6Ignored",
+            ConditionType::IPv6Egress => "IPv6Egress",
             ConditionType::EgressIPOnGateway => "EgressIPOnGateway",
             ConditionType::TunnelProtected => "TunnelProtected",
             ConditionType::EgressIPDedicated => "EgressIPDedicated",
@@ -58,8 +60,11 @@ pub enum Reason {
     /// `Ready=False`: this node's datapath could not be loaded or attached (a kernel without
     /// a feature the programs need, a verifier rejection, a tc conflict).
     DatapathUnavailable,
-    /// `IPv6Ignored=True`.
-    IPv6NotSupported,
+    /// `IPv6Egress=False` (`ipv6: refuse`): selected pods' IPv6 to the policy's IPv6
+    /// destinations is answered with ICMPv6 administratively prohibited.
+    IPv6Refused,
+    /// `IPv6Egress=False` (`ipv6: pass`): it leaves from each node's own IPv6 address.
+    IPv6Passed,
     /// `EgressIPOnGateway=True`.
     Assigned,
     /// `EgressIPOnGateway=Unknown`: only the gateway's agent can tell.
@@ -102,7 +107,8 @@ impl Reason {
             Reason::InterfaceNotFound => "InterfaceNotFound",
             Reason::TooManyPolicies => "TooManyPolicies",
             Reason::DatapathUnavailable => "DatapathUnavailable",
-            Reason::IPv6NotSupported => "IPv6NotSupported",
+            Reason::IPv6Refused => "IPv6Refused",
+            Reason::IPv6Passed => "IPv6Passed",
             Reason::Assigned => "Assigned",
             Reason::CheckedOnGateway => "CheckedOnGateway",
             Reason::EgressIPNotOnGateway => "EgressIPNotOnGateway",

@@ -32,7 +32,8 @@ pub const GROUP: &str = "egress-gateway.io";
 pub struct EgressGatewayPolicySpec {
     /// Which pods the policy applies to: a pod is selected when any entry matches it.
     pub selectors: Vec<PodSelection>,
-    /// Destinations (IPv4 CIDRs) whose traffic leaves through the gateway, e.g. `0.0.0.0/0`.
+    /// Destinations (CIDRs) whose traffic leaves through the gateway, e.g. `0.0.0.0/0` and
+    /// `::/0`. IPv6 ones are not translated yet: see `ipv6`.
     #[serde(rename = "destinationCIDRs")]
     pub destination_cidrs: Vec<String>,
     /// Destinations inside `destinationCIDRs` that keep the normal path. The cluster's pod and
@@ -45,6 +46,22 @@ pub struct EgressGatewayPolicySpec {
     pub excluded_cidrs: Vec<String>,
     /// The gateway node and the source address traffic leaves with.
     pub gateway: GatewaySpec,
+    /// What happens to selected pods' IPv6 traffic to the IPv6 `destinationCIDRs`, which the
+    /// gateway does not translate yet: `refuse` (the default) answers it at once with ICMPv6
+    /// destination unreachable (administratively prohibited), so that a mail server falls
+    /// back to IPv4 at once instead of sending from its node's own IPv6 address and failing
+    /// SPF; `pass` lets it leave from the node's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Mode>,
+}
+
+/// `spec.ipv6`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Ipv6Mode {
+    #[default]
+    Refuse,
+    Pass,
 }
 
 /// One selector entry. Both parts must match; an absent part matches everything, but at least
@@ -104,7 +121,7 @@ pub struct EgressGatewayPolicyStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyCondition {
-    /// `Ready`, `PodConflict`, `EgressIPOnGateway` or `IPv6Ignored`.
+    /// `Ready`, `PodConflict`, `EgressIPOnGateway` or `IPv6Egress`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

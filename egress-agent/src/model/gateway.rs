@@ -7,10 +7,11 @@ use std::{
 };
 
 use egress_common::policy::MAX_POLICIES;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
     condition::{cond, ConditionType, Reason, Status},
+    crd::Ipv6Mode,
     route_probe,
     spec::check_spec,
     LocalFacts, Node, Policy, PolicyCondition, PolicyStatus, Selector,
@@ -26,6 +27,9 @@ pub(super) struct Active {
     pub egress_ip: Option<Ipv4Addr>,
     pub destinations: Vec<Ipv4Net>,
     pub excluded: Vec<Ipv4Net>,
+    /// The IPv6 destinations to refuse (empty with `ipv6: pass`), and the excluded ones.
+    pub refused6: Vec<Ipv6Net>,
+    pub excluded6: Vec<Ipv6Net>,
     pub selectors: Vec<(Option<Selector>, Option<Selector>)>,
 }
 
@@ -43,13 +47,35 @@ pub(super) fn resolve(
         |reason: Reason, msg: String| vec![cond(ConditionType::Ready, false, reason, msg)];
     let c = check_spec(&p.spec).map_err(|(r, m)| not_ready(r, m))?;
     let mut conds = Vec::new();
-    if c.ipv6 > 0 {
-        conds.push(cond(
-            ConditionType::IPv6Ignored,
-            true,
-            Reason::IPv6NotSupported,
-            format!("{} IPv6 CIDR(s) ignored: the datapath is IPv4 only", c.ipv6),
-        ));
+    let mode = p.spec.ipv6.unwrap_or_default();
+    if !c.destinations6.is_empty() {
+        let list = c
+            .destinations6
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        conds.push(match mode {
+            Ipv6Mode::Refuse => cond(
+                ConditionType::IPv6Egress,
+                false,
+                Reason::IPv6Refused,
+                format!(
+                    "the gateway does not translate IPv6 yet: selected pods' IPv6 to {list} is \
+                     answered with ICMPv6 administratively prohibited (they fall back to IPv4 \
+                     at once) instead of leaving from their node's own address"
+                ),
+            ),
+            Ipv6Mode::Pass => cond(
+                ConditionType::IPv6Egress,
+                false,
+                Reason::IPv6Passed,
+                format!(
+                    "ipv6: pass: selected pods' IPv6 to {list} leaves from their node's own \
+                     IPv6 address, which SPF does not cover"
+                ),
+            ),
+        });
     }
     let Some(id) = st.datapath_id else {
         return Err(not_ready(
@@ -213,6 +239,11 @@ pub(super) fn resolve(
             egress_ip,
             destinations: c.destinations,
             excluded: c.excluded,
+            refused6: match mode {
+                Ipv6Mode::Refuse => c.destinations6,
+                Ipv6Mode::Pass => Vec::new(),
+            },
+            excluded6: c.excluded6,
             selectors: c.selectors,
         },
         conds,

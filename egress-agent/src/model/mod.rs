@@ -12,7 +12,7 @@
 //! | `egressIP` not among the gateway's known addresses | still programmed (the address may be routed to the node without being configured) | `EgressIPOnGateway=False`, `EgressIPNotOnGateway` (seen by the gateway's agent, which also knows its interfaces; other nodes say `Unknown`) |
 //! | `interface` missing or without IPv4 on the gateway (known only there) | the gateway does not SNAT for the policy (its tunnel packets are dropped and counted) | `Ready=False`, `InterfaceNotFound` |
 //! | the gateway's kernel routes from the egress IP to a destination out of another interface than the one holding it, or not at all (a second NIC without policy routing; known only there) | as `InterfaceNotFound` | `Ready=False`, `EgressIPUnrouted` |
-//! | IPv6 CIDRs | ignored (the datapath is IPv4 for now) | `IPv6Ignored=True` |
+//! | IPv6 CIDRs (the gateway does not translate IPv6 yet) | `ipv6: refuse` (default): selected pods' IPv6 to them is answered with ICMPv6 administratively prohibited; `ipv6: pass`: it keeps the normal path (the node's own address) | `IPv6Egress=False`, `IPv6Refused` / `IPv6Passed` |
 //! | more than 1023 policies | the youngest get no datapath id, not programmed | `Ready=False`, `TooManyPolicies` |
 //!
 //! The cluster's pod and service CIDRs are always excluded. Hostnetwork pods, and pods without
@@ -39,7 +39,7 @@ mod types;
 pub use compute::{compute, NEVER_VIA_GATEWAY};
 pub use condition::{ConditionType, Reason, Status};
 pub use crd::{
-    EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewayPolicyStatus, GatewaySpec,
+    EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewayPolicyStatus, GatewaySpec, Ipv6Mode,
     PodSelection, PolicyCondition,
 };
 pub use ids::allocate_ids;

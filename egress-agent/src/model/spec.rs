@@ -2,18 +2,18 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{EgressGatewayPolicySpec, Reason, Selector};
 
-/// Parses CIDRs: IPv4 ones (host bits cleared), the count of IPv6 ones, or the first bad one.
-fn parse_cidrs(list: &[String], field: &str) -> Result<(Vec<Ipv4Net>, usize), String> {
+/// Parses CIDRs into IPv4 and IPv6 ones (host bits cleared), or says which is bad.
+fn parse_cidrs(list: &[String], field: &str) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>), String> {
     let mut v4 = Vec::new();
-    let mut v6 = 0;
+    let mut v6 = Vec::new();
     for s in list {
         match s.trim().parse::<IpNet>() {
             Ok(IpNet::V4(n)) => v4.push(n.trunc()),
-            Ok(IpNet::V6(_)) => v6 += 1,
+            Ok(IpNet::V6(n)) => v6.push(n.trunc()),
             Err(_) => {
                 return Err(format!(
                     "{field}: {s:?} is not a CIDR (like 203.0.113.0/24)"
@@ -37,15 +37,16 @@ fn selector(
 pub(super) struct Checked {
     pub destinations: Vec<Ipv4Net>,
     pub excluded: Vec<Ipv4Net>,
-    pub ipv6: usize,
+    pub destinations6: Vec<Ipv6Net>,
+    pub excluded6: Vec<Ipv6Net>,
     pub selectors: Vec<(Option<Selector>, Option<Selector>)>,
     pub egress_ip: Option<Ipv4Addr>,
 }
 
 pub(super) fn check_spec(spec: &EgressGatewayPolicySpec) -> Result<Checked, (Reason, String)> {
-    let (destinations, d6) = parse_cidrs(&spec.destination_cidrs, "destinationCIDRs")
+    let (destinations, destinations6) = parse_cidrs(&spec.destination_cidrs, "destinationCIDRs")
         .map_err(|m| (Reason::InvalidCIDR, m))?;
-    let (excluded, e6) =
+    let (excluded, excluded6) =
         parse_cidrs(&spec.excluded_cidrs, "excludedCIDRs").map_err(|m| (Reason::InvalidCIDR, m))?;
     let mut selectors = Vec::new();
     for (i, s) in spec.selectors.iter().enumerate() {
@@ -114,7 +115,8 @@ pub(super) fn check_spec(spec: &EgressGatewayPolicySpec) -> Result<Checked, (Rea
     Ok(Checked {
         destinations,
         excluded,
-        ipv6: d6 + e6,
+        destinations6,
+        excluded6,
         selectors,
         egress_ip,
     })

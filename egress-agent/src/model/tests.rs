@@ -7,7 +7,7 @@ use std::{
 
 use egress_common::{
     addr::ip4,
-    policy::{ACTION_EXCLUDED, ACTION_VIA_GATEWAY, MAX_POLICIES},
+    policy::{ACTION_EXCLUDED, ACTION_REFUSE, ACTION_VIA_GATEWAY, MAX_POLICIES},
 };
 use ipnet::Ipv4Net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -60,6 +60,7 @@ fn spec(pod_sel: Option<LabelSelector>, ns_sel: Option<LabelSelector>) -> Egress
             node_selector: Some(match_labels(&[("egress-gateway", "true")])),
             ..Default::default()
         },
+        ipv6: None,
     }
 }
 
@@ -79,6 +80,7 @@ fn cluster() -> Cluster {
             "10.244.0.0/16".parse().unwrap(),
             "10.96.0.0/12".parse().unwrap(),
         ],
+        cluster_cidrs6: vec!["2001:db8:96::/112".parse().unwrap()],
         nodes: vec![
             node("w2", [192, 0, 2, 12], &[]),
             node("gw", [192, 0, 2, 10], &[("egress-gateway", "true")]),
@@ -550,17 +552,88 @@ fn invalid_cidrs_reject_the_policy() {
 }
 
 #[test]
-fn host_bits_are_cleared_and_ipv6_is_ignored_with_a_condition() {
+fn host_bits_are_cleared_in_both_families() {
     let mut c = cluster();
-    c.policies[0].spec.destination_cidrs = vec!["203.0.113.77/24".into(), "::/0".into()];
+    c.policies[0].spec.destination_cidrs =
+        vec!["203.0.113.77/24".into(), "2001:db8:5100::77/48".into()];
     let m = run(&c, "w1");
+    let id = id(&c, "mail");
     assert!(m
         .desired
         .policies
-        .contains_key(&(id(&c, "mail"), "203.0.113.0/24".parse().unwrap())));
-    let v6 = condition(&m.status["mail"], "IPv6Ignored").expect("IPv6Ignored");
-    assert_eq!(v6.status, "True");
+        .contains_key(&(id, "203.0.113.0/24".parse().unwrap())));
+    assert!(m
+        .desired
+        .policies6
+        .contains_key(&(id, "2001:db8:5100::/48".parse().unwrap())));
     assert_eq!(ready(&m, "mail").0, "True");
+}
+
+#[test]
+fn ipv6_destinations_are_refused_by_default_and_the_cluster_keeps_its_ipv6() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["0.0.0.0/0".into(), "::/0".into()];
+    c.policies[0].spec.excluded_cidrs = vec!["2001:db8:beef::/48".into()];
+    c.nodes[1].pod_cidrs6 = vec!["2001:db8:244::/64".parse().unwrap()];
+    c.nodes[2].addresses6 = vec!["2001:db8:200::11".parse().unwrap()];
+    let m = run(&c, "w1");
+    let id = id(&c, "mail");
+    let action = |net: &str| {
+        m.desired
+            .policies6
+            .get(&(id, net.parse().unwrap()))
+            .map(|v| v.action)
+    };
+    assert_eq!(action("::/0"), Some(ACTION_REFUSE));
+    // Excluded: the policy's own exclusions, the IPv6 cluster CIDRs, node pod CIDRs and
+    // node addresses.
+    for net in [
+        "2001:db8:beef::/48",
+        "2001:db8:96::/112",
+        "2001:db8:244::/64",
+        "2001:db8:200::11/128",
+    ] {
+        assert_eq!(action(net), Some(ACTION_EXCLUDED), "{net}");
+    }
+    assert_eq!(m.desired.policies6.len(), 5);
+    let v6 = condition(&m.status["mail"], "IPv6Egress").expect("IPv6Egress");
+    assert_eq!(
+        (v6.status.as_str(), v6.reason.as_str()),
+        ("False", "IPv6Refused")
+    );
+    assert!(v6.message.contains("::/0"), "{}", v6.message);
+    // IPv4 is unaffected.
+    assert_eq!(ready(&m, "mail").0, "True");
+
+    // A refused destination inside an exclusion is programmed excluded (the trie would pick
+    // the longer prefix).
+    c.policies[0].spec.destination_cidrs = vec!["0.0.0.0/0".into(), "2001:db8:beef:1::/64".into()];
+    let m = run(&c, "w1");
+    assert_eq!(
+        m.desired
+            .policies6
+            .get(&(id, "2001:db8:beef:1::/64".parse().unwrap()))
+            .map(|v| v.action),
+        Some(ACTION_EXCLUDED)
+    );
+}
+
+#[test]
+fn ipv6_pass_programs_nothing_and_says_so() {
+    let mut c = cluster();
+    c.policies[0].spec.destination_cidrs = vec!["0.0.0.0/0".into(), "::/0".into()];
+    c.policies[0].spec.ipv6 = Some(Ipv6Mode::Pass);
+    let m = run(&c, "w1");
+    assert!(m.desired.policies6.is_empty());
+    let v6 = condition(&m.status["mail"], "IPv6Egress").expect("IPv6Egress");
+    assert_eq!(
+        (v6.status.as_str(), v6.reason.as_str()),
+        ("False", "IPv6Passed")
+    );
+    // Without IPv6 destinations: no condition, nothing programmed.
+    let m = run(&cluster(), "w1");
+    assert!(m.desired.policies6.is_empty());
+    assert!(condition(&m.status["mail"], "IPv6Egress").is_none());
 }
 
 #[test]
@@ -1051,6 +1124,7 @@ fn random_input_never_panics() {
                     egress_ip: rng.random_bool(0.3).then(|| pick(&mut rng)),
                     interface: rng.random_bool(0.2).then(|| pick(&mut rng)),
                 },
+                ipv6: None,
             };
             c.policies
                 .push(policy(&format!("r{p}"), Some(rng.random_range(0..3)), spec));

@@ -3,11 +3,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use egress_common::{endpoint::RemoteEndpoint, policy::PolicyValue};
-use ipnet::Ipv4Net;
+use egress_common::{
+    endpoint::RemoteEndpoint,
+    policy::{PolicyValue, PolicyValue6},
+};
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
     EgressGatewayPolicySpec, EgressGatewayPolicyStatus, Labels, Protection, UnderlayFacts,
@@ -29,6 +32,9 @@ pub struct Node {
     pub uplink: Option<String>,
     /// The node's pod CIDRs (`Node.spec.podCIDRs`, IPv4): never sent through a gateway.
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// Its IPv6 pod CIDRs and addresses: never refused.
+    pub pod_cidrs6: Vec<Ipv6Net>,
+    pub addresses6: Vec<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub struct Cluster {
     /// Pod and service CIDRs the agent is given (`clusterCidrs`, `--cluster-cidr`), besides
     /// the nodes' pod CIDRs: never sent through a gateway.
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// The IPv6 ones (`clusterCidrs`' IPv6 entries): never refused.
+    pub cluster_cidrs6: Vec<Ipv6Net>,
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
@@ -125,6 +133,8 @@ pub struct Desired {
     pub pods: Vec<LocalPod>,
     /// `{policy id, prefix}` -> value.
     pub policies: BTreeMap<(u32, Ipv4Net), PolicyValue>,
+    /// `{policy id, IPv6 prefix}` -> value (`ACTION_REFUSE` or `ACTION_EXCLUDED`).
+    pub policies6: BTreeMap<(u32, Ipv6Net), PolicyValue6>,
     /// Other cluster nodes' underlay addresses (tunnel peers).
     pub nodes: Vec<Ipv4Addr>,
     /// Every address of every node, every address on this node's interfaces and every

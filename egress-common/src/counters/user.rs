@@ -30,6 +30,8 @@ impl DropReason {
             DropReason::TunnelUnsolicited => "tunnel_unsolicited",
             DropReason::TunnelNotOurs => "tunnel_not_ours",
             DropReason::UplinkTooBig => "uplink_too_big",
+            DropReason::NatTableFull => "nat_table_full",
+            DropReason::Ipv6Refused => "ipv6_refused",
         }
     }
 

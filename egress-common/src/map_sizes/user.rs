@@ -15,6 +15,22 @@ pub struct MapSizes {
     pub nodes: u32,
 }
 
+impl MapSizes {
+    /// The max entries of map `name` when the configuration sizes it (IPv6 twins take their
+    /// IPv4 map's size; the pod veths map one per local pod); `None`: the object's own.
+    pub fn of_map(&self, name: &str) -> Option<u32> {
+        use crate::map_names as m;
+        match name {
+            m::NAT4 => Some(self.nat),
+            m::ENDPOINTS4 | m::VETH_PODS => Some(self.endpoints),
+            m::REMOTE_EP4 => Some(self.remote_endpoints),
+            m::POLICY4 | m::POLICY6 => Some(self.policies),
+            m::NODES4 => Some(self.nodes),
+            _ => None,
+        }
+    }
+}
+
 impl Default for MapSizes {
     fn default() -> Self {
         MapSizes {

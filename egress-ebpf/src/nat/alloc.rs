@@ -26,6 +26,18 @@ use crate::{
 /// Random port tries after the pod's own port is taken.
 const PORT_RETRIES: u32 = 32;
 const EEXIST: i32 = 17;
+/// What a full (non-LRU, preallocated) hash map answers to an insert.
+const E2BIG: i32 = 7;
+
+/// Why the NAT map refused an insert that was not a collision.
+#[inline(always)]
+fn refused(e: i32) -> DropReason {
+    if e == -E2BIG {
+        DropReason::NatTableFull
+    } else {
+        DropReason::NatInsertFailed
+    }
+}
 
 /// Allocates a mapping for the forward flow `key` of `p` and writes both of its entries.
 #[inline(always)]
@@ -106,7 +118,7 @@ fn insert_pair(
                 return Ok(None);
             }
         }
-        Err(_) => return Err(DropReason::NatInsertFailed),
+        Err(e) => return Err(refused(e)),
     }
     match EGW_NAT4.insert(*key, *fval, BPF_NOEXIST as u64) {
         Ok(()) => {
@@ -124,7 +136,7 @@ fn insert_pair(
                     addr: v.addr,
                     port: v.port,
                 })),
-                None => Err(DropReason::NatInsertFailed),
+                None => Err(refused(e)),
             }
         }
     }

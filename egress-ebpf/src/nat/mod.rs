@@ -1,6 +1,12 @@
-//! The gateway's SNAT engine. Both directions of a flow live in one LRU hash (`EGW_NAT4`): the
+//! The gateway's SNAT engine. Both directions of a flow live in one hash (`EGW_NAT4`): the
 //! forward entry (key as the pod's packet leaves) maps to the egress address and port, the
 //! reverse entry (key as the reply arrives) maps back to the pod and its node.
+//!
+//! The map is a plain hash, not an LRU: an LRU evicts entries one at a time, and a flow that
+//! lost its reverse entry while keeping its forward one would leave with an egress tuple that
+//! a second flow can then be given (its replies reaching the wrong pod). Here only whole flows
+//! go: the agent expires idle ones and, when the table fills up, evicts flows forward entry
+//! first (`nat_gc`). A full table refuses new flows (`NatTableFull`), never an existing one.
 //!
 //! Deciding is separate from acting: `snat_mapping` finds a flow's existing mapping or
 //! allocates one (`alloc`: the pod's port when free, else random ones; reverse entry first,
@@ -77,9 +83,10 @@ fn find_existing(ctx: &TcContext, p: &Packet4, key: &NatKey4, egress_ip: u32) ->
         unsafe { ((*e).addr, (*e).port, (*e).state, (*e).last_seen_ns) };
     let m = Mapping { addr, port };
     if addr != egress_ip {
-        // The policy's egress IP changed: the old mapping is stale, start over.
-        let _ = EGW_NAT4.remove(key.reply_to(addr, port));
+        // The policy's egress IP changed: the old mapping is stale, start over (forward entry
+        // first: a forward entry never outlives its reverse one).
         let _ = EGW_NAT4.remove(*key);
+        let _ = EGW_NAT4.remove(key.reply_to(addr, port));
         return None;
     }
     // A pod may open a new connection on the tuple of one it closed a moment ago. The remote

@@ -1,6 +1,7 @@
 //! Expiry of NAT/conntrack entries by protocol and state: the timeouts, the decision
 //! (`expired`, pure) and its application to the datapath's NAT map (`collect_nat`); claim
-//! entries left behind (`ClaimWatch`, `NatGc`).
+//! entries left behind (`ClaimWatch`, `NatGc`); room made in a table that fills up
+//! (`evict`).
 //!
 //! Claims (`NAT_KEY_CLAIM`) are taken with `BPF_NOEXIST` and must be deleted by whoever took
 //! them. The datapath holds one for a few map operations inside one program run; the agent
@@ -14,9 +15,8 @@
 //! the datapath's claims are all-zero and live for microseconds, so seeing one at two
 //! lookups a second apart means nobody released it. Deleting it is safe: while it exists no
 //! one else can take that claim (`BPF_NOEXIST`), so the entry deleted is the one judged
-//! stale (its value is read again right before the delete). The one way round that is an
-//! LRU eviction of the stale claim and a new claim of the same key in the microseconds
-//! between that read and the delete.
+//! stale (its value is read again right before the delete). The table is not an LRU: no
+//! entry goes that nobody deleted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::datapath::{Datapath, DatapathError};
+
+pub mod evict;
 
 /// Idle timeouts, seconds.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -89,7 +91,8 @@ impl Timeouts {
 }
 
 /// The keys to delete: every flow (forward + reverse entry) idle longer than its timeout,
-/// and reverse entries whose forward entry is gone (LRU eviction) once they are idle too.
+/// and reverse entries whose forward entry is gone (a port handed on, a flow evicted) once
+/// they are idle too.
 pub fn expired(entries: &[(NatKey4, NatEntry4)], now_ns: u64, t: &Timeouts) -> Vec<NatKey4> {
     let by_key: HashMap<NatKey4, &NatEntry4> = entries.iter().map(|(k, v)| (*k, v)).collect();
     let idle = |last: u64| now_ns.saturating_sub(last) / 1_000_000_000;
@@ -190,12 +193,14 @@ pub struct NatGc {
 }
 
 impl NatGc {
-    /// One collection pass (see `collect_nat`); claims left behind are deleted first, so the
-    /// flows they blocked are judged in the same pass.
+    /// One collection pass (see `collect_nat`) over a table of `capacity` entries; claims
+    /// left behind are deleted first, so the flows they blocked are judged in the same pass;
+    /// then split flows are repaired and, in a table that fills up, flows evicted (`evict`).
     pub fn collect(
         &mut self,
         dp: &mut Datapath,
         t: &Timeouts,
+        capacity: u32,
     ) -> Result<NatCollected, DatapathError> {
         let mut entries = dp.maps().nat_entries()?;
         let claims: Vec<_> = entries
@@ -208,11 +213,31 @@ impl NatGc {
         if claims_deleted > 0 {
             entries.retain(|(k, _)| !(k.is_claim() && stale.contains(k)));
         }
+        let split = evict::repair(dp, &evict::split(&entries))?;
+        for k in &split {
+            warn!(
+                flow = %fmt_key(k),
+                "deleted the forward entry of a split NAT flow (its reverse entry was gone or mapped another flow)"
+            );
+        }
+        if !split.is_empty() {
+            entries.retain(|(k, _)| !split.contains(k));
+        }
+        let mut evicted = 0;
+        let choice = evict::select(&entries, capacity);
+        if choice != evict::Eviction::default() {
+            let (n, deleted) = evict::apply(dp, &choice)?;
+            evicted = n;
+            let deleted: HashSet<NatKey4> = deleted.into_iter().collect();
+            entries.retain(|(k, _)| !deleted.contains(k));
+        }
         let (expired, live) = collect_entries(dp, entries, t)?;
         Ok(NatCollected {
             expired,
             live,
             claims_deleted,
+            evicted,
+            split_repaired: split.len(),
         })
     }
 
@@ -264,6 +289,10 @@ pub struct NatCollected {
     pub live: usize,
     /// Claim entries left behind, deleted.
     pub claims_deleted: usize,
+    /// Flows evicted to make room (`evict`), orphan reverse entries included.
+    pub evicted: usize,
+    /// Forward entries of split flows deleted (`evict::split`; never expected).
+    pub split_repaired: usize,
 }
 
 fn fmt_key(k: &NatKey4) -> String {
@@ -287,7 +316,7 @@ fn fmt_key(k: &NatKey4) -> String {
 /// its current entries, and deleted, while holding the flow's claim entry, which the datapath
 /// takes for every change of a reverse entry's owner: a port handed to a new flow is never cut.
 pub fn collect_nat(dp: &mut Datapath, t: &Timeouts) -> Result<(usize, usize), DatapathError> {
-    let c = NatGc::default().collect(dp, t)?;
+    let c = NatGc::default().collect(dp, t, u32::MAX)?;
     Ok((c.expired, c.live))
 }
 
