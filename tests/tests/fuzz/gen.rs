@@ -789,6 +789,27 @@ fn not_ipv4(r: &mut Prng) -> Vec<u8> {
         // A tagged IPv4 packet behind the VLAN header.
         v.extend_from_slice(&[0, 5, 0x08, 0]);
         v.extend_from_slice(&pod_udp(r)[L3..]);
+    } else if ethertype == 0x86dd && r.random_bool(0.7) {
+        // An IPv6 header: to the internet, multicast or link-local, of a protocol.
+        let next = *[58u8, 6, 17, 0].choose(r).expect("next header");
+        let body = payload(r, 60);
+        v.extend_from_slice(&[0x60, 0, 0, 0]);
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[next, 64]);
+        let addr = |r: &mut Prng| -> [u8; 16] {
+            let mut a: [u8; 16] = r.random();
+            match r.random_range(0..4) {
+                0 => a[..2].copy_from_slice(&[0xff, 0x02]),
+                1 => a[..2].copy_from_slice(&[0xfe, 0x80]),
+                2 => a = [0; 16],
+                _ => a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]),
+            }
+            a
+        };
+        let (src, dst) = (addr(r), addr(r));
+        v.extend_from_slice(&src);
+        v.extend_from_slice(&dst);
+        v.extend(body);
     } else {
         v.extend(payload(r, 100));
         v.resize(v.len().max(60), 0);

@@ -21,6 +21,11 @@
 //!
 //! Needs root (CAP_BPF, CAP_NET_ADMIN), as the packet tests.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "one test binary of several sharing the package's dependencies"
+)]
+
 mod gen;
 mod oracle;
 mod wire;

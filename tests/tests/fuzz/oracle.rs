@@ -75,6 +75,7 @@ pub enum Expect {
 pub fn expect(prog: &str, cfg: &Cfg, pkt: &[u8], ingress: u32, maps: &Maps) -> Expect {
     let p = match parse(pkt) {
         Parse::NotIpv4 if prog == FROM_TUNNEL => return Expect::Shot,
+        Parse::NotIpv4 if prog == FROM_POD => return expect_from_pod6(pkt),
         Parse::NotIpv4 => return Expect::Untouched,
         // `egw_to_pod` never drops; the others drop what they cannot parse.
         Parse::Malformed if prog == TO_POD => return Expect::Untouched,
@@ -122,6 +123,29 @@ fn expect_from_pod(p: &Parsed, ingress: u32) -> Expect {
         return Expect::Untouched; // excluded by the policy
     }
     Expect::Any
+}
+
+/// A pod's frame that is not IPv4 (`egw_from_pod`'s IPv6 path): a broken IPv6 header, or an
+/// ICMPv6 message without its type, is dropped; the rest keeps its path, as no policy of the
+/// seeded maps refuses IPv6 (`EGW_POLICY6` is empty) and link-local, multicast, unspecified
+/// sources and neighbour discovery are never touched anyway.
+fn expect_from_pod6(pkt: &[u8]) -> Expect {
+    const V6: usize = L3;
+    if pkt.len() < V6 + 40 || pkt[12..14] != [0x86, 0xdd] {
+        return Expect::Untouched;
+    }
+    if pkt[V6] >> 4 != 6 {
+        return Expect::Shot;
+    }
+    let link_local = |a: &[u8]| a[0] == 0xfe && a[1] & 0xc0 == 0x80;
+    let (src, dst) = (&pkt[V6 + 8..V6 + 24], &pkt[V6 + 24..V6 + 40]);
+    if dst[0] == 0xff || link_local(dst) || link_local(src) || src.iter().all(|b| *b == 0) {
+        return Expect::Untouched;
+    }
+    if pkt[V6 + 6] == 58 && pkt.len() == V6 + 40 {
+        return Expect::Shot; // no ICMPv6 type to read
+    }
+    Expect::Untouched
 }
 
 fn expect_from_wire(cfg: &Cfg, pkt: &[u8], p: &Parsed, maps: &Maps) -> Expect {
