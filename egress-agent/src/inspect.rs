@@ -4,11 +4,13 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
+    time::Duration,
 };
 
 use anyhow::Result;
-use aya::maps::{lpm_trie::LpmTrie, HashMap, MapData};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, MapData, MapError};
 use egress_common::{
+    config::{Config, CFG_F_READY},
     counters::PolicyStats,
     endpoint::Endpoint,
     map_names,
@@ -23,6 +25,8 @@ use serde::Serialize;
 use crate::{
     datapath::{ip4_from, open_pinned_map, read_drops, read_nat_stats, read_policy_stats},
     model::PolicyStatus,
+    nat_check,
+    nat_gc::{monotonic_ns, CLAIM_STALE_NS},
     table::{self, left, right, Col},
 };
 
@@ -98,6 +102,123 @@ pub fn nat(pin_root: &Path, as_json: bool) -> Result<String> {
     output(&rows, as_json, || {
         table::render(&NatRow::COLUMNS, rows.iter().map(NatRow::cells))
     })
+}
+
+/// A problem of `inspect nat --check` (its `--json` output lists these).
+#[derive(Clone, Debug, Serialize)]
+pub struct NatProblemRow {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// What `inspect nat --check` reports (its `--json` output).
+#[derive(Clone, Debug, Serialize)]
+pub struct NatCheckReport {
+    pub ok: bool,
+    pub summary: nat_check::Summary,
+    pub problems: Vec<NatProblemRow>,
+}
+
+/// How long `inspect nat --check` waits before it reads the entries of a problem again: a
+/// flow is written in two steps microseconds apart, and a listing is no snapshot.
+const RECHECK_PAUSE: Duration = Duration::from_millis(50);
+
+/// `inspect nat --check`: the NAT table's invariants (see `nat_check`), each problem a line,
+/// and whether all is well. What looks wrong is read again after a pause (after the stale limit
+/// when an unstamped claim is among it) and reported only if it still is.
+pub fn nat_check(pin_root: &Path, as_json: bool) -> Result<(String, bool)> {
+    let map = open_pinned_map(pin_root, map_names::NAT4)?;
+    let m: HashMap<&MapData, NatKey4, NatEntry4> = (&map).try_into()?;
+    let cfg_map = open_pinned_map(pin_root, map_names::CONFIG)?;
+    let cfg: Array<&MapData, Config> = (&cfg_map).try_into()?;
+    let cfg = cfg.get(&0, 0)?;
+    let ports = (cfg.flags & CFG_F_READY != 0
+        && cfg.nat_port_min != 0
+        && cfg.nat_port_min <= cfg.nat_port_max)
+        .then_some((cfg.nat_port_min, cfg.nat_port_max));
+    let limits = || nat_check::Limits {
+        ports,
+        now_ns: monotonic_ns(),
+        claim_stale_ns: CLAIM_STALE_NS,
+    };
+    let entries = m.iter().collect::<Result<Vec<_>, _>>()?;
+    let first = nat_check::check(&entries, &limits());
+    let mut problems = Vec::new();
+    if !first.problems.is_empty() {
+        std::thread::sleep(if nat_check::has_unstamped_claims(&first.problems) {
+            Duration::from_nanos(CLAIM_STALE_NS)
+        } else {
+            RECHECK_PAUSE
+        });
+        let mut fresh = std::collections::HashMap::new();
+        for k in first.problems.iter().flat_map(nat_check::Problem::keys) {
+            let v = match m.get(&k, 0) {
+                Ok(v) => Some(v),
+                Err(MapError::KeyNotFound) => None,
+                Err(e) => return Err(e.into()),
+            };
+            fresh.insert(k, v);
+        }
+        // The listing with the entries read again: same order, gone ones left out, new ones
+        // at the end.
+        let mut again: Vec<(NatKey4, NatEntry4)> = entries
+            .iter()
+            .filter_map(|(k, v)| match fresh.get(k) {
+                Some(now) => now.map(|now| (*k, now)),
+                None => Some((*k, *v)),
+            })
+            .collect();
+        for (k, v) in &fresh {
+            if let (Some(v), false) = (v, entries.iter().any(|(e, _)| e == k)) {
+                again.push((*k, *v));
+            }
+        }
+        problems = nat_check::persisting(
+            &first.problems,
+            nat_check::check(&again, &limits()).problems,
+        );
+    }
+    let s = first.summary;
+    let report = NatCheckReport {
+        ok: problems.is_empty(),
+        summary: s,
+        problems: problems
+            .iter()
+            .map(|p| NatProblemRow {
+                kind: p.kind(),
+                message: p.to_string(),
+            })
+            .collect(),
+    };
+    let counts = format!(
+        "{} entries, {} flows, {} claims{}",
+        s.entries,
+        s.flows,
+        s.claims,
+        if s.leftovers > 0 {
+            format!(", {} leftovers of reopened tuples", s.leftovers)
+        } else {
+            String::new()
+        }
+    );
+    let out = output(&report, as_json, || {
+        if report.ok {
+            return format!("NAT table consistent: {counts}\n");
+        }
+        let mut out = String::new();
+        for p in &report.problems {
+            out += &format!("problem: {}\n", p.message);
+        }
+        let n = report.problems.len();
+        out += &format!(
+            "{n} problem{} in the NAT table ({counts}); an entry is deleted with `bpftool map \
+             delete pinned {} key hex ...`\n",
+            if n == 1 { "" } else { "s" },
+            pin_root.join("maps").join(map_names::NAT4).display()
+        );
+        out
+    })?;
+    Ok((out, report.ok))
 }
 
 /// One local pod of `inspect endpoints`.

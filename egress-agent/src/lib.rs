@@ -10,6 +10,7 @@ pub mod kube_source;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod nat_check;
 pub mod nat_gc;
 pub mod netdev;
 pub mod reconcile;

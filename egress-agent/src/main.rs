@@ -27,6 +27,7 @@ use tracing_subscriber::EnvFilter;
     egress-agent run --kubernetes --node \"$NODE_NAME\"\n  \
     egress-agent inspect policies\n  \
     egress-agent inspect nat --json\n  \
+    egress-agent inspect nat --check\n  \
     egress-agent crd > deploy/crd.yaml\n  \
     egress-agent cleanup\n\n\
     Logging: RUST_LOG=debug (default info), to stderr."
@@ -94,6 +95,11 @@ enum Cmd {
         /// Machine-readable output (JSON).
         #[arg(long)]
         json: bool,
+        /// With `nat`: check the NAT table's invariants instead of listing it (every flow has
+        /// both entries, pointing at each other; no egress tuple shared; ports in range; valid
+        /// states; no claim left behind). Prints each problem, exits non-zero if any.
+        #[arg(long)]
+        check: bool,
     },
     /// Check a configuration file without touching the node: parse it and show what the
     /// policy model makes of it (each policy's status, and per node the pods it programs).
@@ -200,7 +206,22 @@ fn real_main(cli: Cli) -> Result<()> {
                 metrics_addr,
             }))
         }
-        Cmd::Inspect { what, json } => {
+        Cmd::Inspect {
+            what: What::Nat,
+            json,
+            check: true,
+        } => {
+            let (out, ok) = inspect::nat_check(&cli.pin_root, json)?;
+            print!("{out}");
+            if !ok {
+                anyhow::bail!("the NAT table has problems (each on a line above)");
+            }
+            Ok(())
+        }
+        Cmd::Inspect { check: true, .. } => {
+            anyhow::bail!("--check checks the NAT table: `egress-agent inspect nat --check`")
+        }
+        Cmd::Inspect { what, json, .. } => {
             let out = match what {
                 What::Policies => inspect::policies(&cli.pin_root, &cli.state_dir, json)?,
                 What::Nat => inspect::nat(&cli.pin_root, json)?,

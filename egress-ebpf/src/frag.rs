@@ -4,7 +4,9 @@
 //! fragments, which only need the address. An entry lives as long as the kernel waits to
 //! reassemble a datagram (`FRAG_TTL_NS`), and a first fragment that is not ours clears the
 //! entry of its key: IP ids repeat, and a stale entry must never divert the later fragments
-//! of another datagram (the gateway host's own fragmented answers) to a pod.
+//! of another datagram (the gateway host's own fragmented answers) to a pod. A reply's entry
+//! is the flow's reverse entry (`NAT_F_REVERSE`), and only such an entry moves a later
+//! fragment arriving on the uplink: one with the key of a pod's own datagram is forged.
 
 use egress_common::nat::NatEntry4;
 

@@ -39,7 +39,9 @@ pub fn try_from_wire(ctx: &TcContext) -> Result<i32, DropReason> {
         };
     }
     let e = if p.is_later_fragment() {
-        frag::flow_of(&p)
+        // Only what a reply's first fragment left (the flow's reverse entry): the same key
+        // may hold what a pod's own datagram left going out (a forged one, on this link).
+        frag::flow_of(&p).filter(|e| e.flags & NAT_F_REVERSE != 0)
     } else if p.proto == IPPROTO_ICMP && p.dport == 0 {
         None
     } else {

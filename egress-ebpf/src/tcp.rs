@@ -3,7 +3,7 @@
 use aya_ebpf::programs::TcContext;
 use egress_common::{counters::DropReason, proto::IPPROTO_TCP};
 
-use crate::parse::{Packet4, TCP_CSUM, TCP_SYN};
+use crate::parse::{Packet4, IP_OFF, TCP_CSUM, TCP_SYN};
 
 /// IPv4 + TCP header bytes that an MSS excludes.
 pub const TCPIP_HLEN: u32 = 40;
@@ -15,14 +15,22 @@ const TCPOPT_MSS: u8 = 2;
 /// SYNs carry a handful. Bounded for the verifier.
 const MAX_OPTIONS: u32 = 12;
 
-/// If `p` is a SYN (or SYN-ACK) whose MSS option exceeds `max_mss`, lowers it and fixes the
-/// checksum. Other packets are untouched.
+/// If `p` is a SYN (or SYN-ACK) whose MSS option (within the datagram) exceeds `max_mss`,
+/// lowers it and fixes the checksum. Other packets are untouched.
 #[inline(always)]
 pub fn clamp_mss(ctx: &TcContext, p: &Packet4, max_mss: u16) -> Result<(), DropReason> {
     if p.proto != IPPROTO_TCP || p.tcp_flags & TCP_SYN == 0 {
         return Ok(());
     }
+    // Options past the IPv4 total length are no part of the packet (a header length that
+    // overruns the datagram, the bytes there a link trailer): they are left alone.
     let end = p.l4_off + p.tcp_hlen;
+    let datagram_end = IP_OFF + usize::from(p.tot_len);
+    let end = if datagram_end < end {
+        datagram_end
+    } else {
+        end
+    };
     let mut off = p.l4_off + 20;
     let mut i = 0;
     while i < MAX_OPTIONS && off + 1 < end {

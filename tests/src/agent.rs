@@ -241,6 +241,34 @@ impl Agent {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Runs `egress-agent inspect nat --check` on this agent's pins: whether the NAT table
+    /// holds its invariants (exit status 0), and what the check printed.
+    pub fn nat_check(&self) -> (bool, String) {
+        let mut cmd = command_in(&self.ns, agent_binary()).expect("egress-agent in the node");
+        let out = cmd
+            .args(["inspect", "nat", "--check", "--pin-root"])
+            .arg(&self.pin_root)
+            .output()
+            .expect("run egress-agent inspect nat --check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Panics, with every problem `inspect nat --check` found, unless this node's NAT table
+    /// holds its invariants (see `egress_agent::nat_check`).
+    pub fn assert_nat_consistent(&self) {
+        let (ok, text) = self.nat_check();
+        assert!(
+            ok,
+            "the NAT table of {} is inconsistent:\n{text}",
+            self.node
+        );
+    }
+
     /// Waits until the agent has programmed `n` local endpoints.
     pub fn wait_endpoints(&self, n: usize, timeout: Duration) -> Result<()> {
         let timeout = timeout * time_scale();

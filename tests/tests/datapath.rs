@@ -117,6 +117,7 @@ fn check_egress(spec: LabSpec) {
             );
         }
     }
+    agents[0].assert_nat_consistent();
     // The pinned maps carry BTF: bpftool prints field names.
     let dump = std::process::Command::new("bpftool")
         .args(["map", "dump", "pinned"])
@@ -392,6 +393,7 @@ fn port_unreachable_reaches_the_pod(cni: Cni) {
         .filter(|f| f["proto"] == "udp" && f["remote"] == "198.51.100.10:9")
         .count();
     assert_eq!(to_port_9, 2, "{nat:#}");
+    agents[0].assert_nat_consistent();
 }
 
 #[test]

@@ -284,6 +284,7 @@ fn new_pod_with_a_deleted_pods_address(node: &str) {
     server.send_to(b"answer 3", from).expect("send");
     let got = recv(&pod).map(|(m, _)| m);
     assert_eq!(got.as_deref(), Some(&b"answer 3"[..]));
+    gateway.assert_nat_consistent();
 }
 
 #[test]
@@ -345,6 +346,7 @@ fn a_claim_left_behind_is_collected_within_two_seconds_and_frees_its_flow() {
         "the flow outlives its timeout: {:#?}",
         entries_of(&nat_entries(&gateway.pin_root), pod_ip)
     );
+    gateway.assert_nat_consistent();
 }
 
 /// The "mail" policy's condition `type_` in the agent's status file: (status, reason, message).
@@ -421,6 +423,9 @@ fn a_claim_a_killed_agent_left_is_collected_at_the_next_pass() {
         egress,
         monotonic_ns() - 5_000_000_000,
     );
+    // The check sees it too, and says so.
+    let (ok, text) = gateway.nat_check();
+    assert!(!ok && text.contains("never released"), "{text}");
     gateway.restart().expect("restart");
     let start = Instant::now();
     let took = eventually(Duration::from_secs(10), || {
@@ -442,6 +447,7 @@ fn a_claim_a_killed_agent_left_is_collected_at_the_next_pass() {
     );
     // Control: the flow itself is live and stays (UDP, 60 s).
     assert!(!entries_of(&nat_entries(&gateway.pin_root), lab.pod(POD).ip).is_empty());
+    gateway.assert_nat_consistent();
 }
 
 /// The lab's pods, nodes and the mail policy in a fake API server, `selected` pods labelled

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 mod kernels;
 mod previous;
 mod setup;
@@ -81,6 +82,9 @@ enum Cmd {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// The datapath fuzzer, longer than the test run's: mutated packets through every
+    /// program (BPF_PROG_TEST_RUN), with a random seed unless one is given.
+    Fuzz(fuzz::Opts),
     /// Bring a lab up for a person to explore, tear it down, or list running labs.
     Lab {
         #[command(subcommand)]
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
             secs,
             out_dir: out_dir.unwrap_or_else(root),
         }),
+        Cmd::Fuzz(opts) => fuzz::run(&opts),
         Cmd::Lab { action } => lab(action),
     }
 }

@@ -11,6 +11,7 @@
 mod fragments;
 mod from_pod;
 mod from_wire;
+mod fuzz_found;
 mod icmp;
 mod inbound;
 mod ipv6;
