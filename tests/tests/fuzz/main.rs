@@ -221,11 +221,7 @@ impl Round<'_> {
                                 ),
                                 format!("{before:?}\n      became {after:?}"),
                             );
-                            return Err(if oracle::forward_touched(prog, &input.pkt, k, before) {
-                                v.hole_of(oracle::HOLE_FORWARD_TOUCHED)
-                            } else {
-                                v
-                            });
+                            return Err(v);
                         }
                     }
                 }

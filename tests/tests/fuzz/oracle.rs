@@ -204,7 +204,7 @@ pub fn verdict_ok(prog: &str, v: u32) -> bool {
 pub struct Violation {
     pub kind: String,
     pub detail: String,
-    /// A hole known and open: the ignored packet test that reproduces it (see `HOLES`).
+    /// A hole known and open: the ignored packet test that reproduces it.
     pub hole: Option<&'static str>,
 }
 
@@ -217,6 +217,11 @@ impl Violation {
         }
     }
 
+    #[expect(
+        dead_code,
+        reason = "no hole is open today; the next one found in files a fix cannot touch at once \
+                  is tagged with its ignored packet test's name"
+    )]
     pub fn hole_of(mut self, test: &'static str) -> Violation {
         self.hole = Some(test);
         self
@@ -226,26 +231,6 @@ impl Violation {
 fn fail(kind: &str, detail: String) -> Result<(), Violation> {
     Err(Violation::new(kind, detail))
 }
-
-// Holes the fuzzer found in files this test does not fix (the NAT engine, `nat/*`), each
-// reproduced by an ignored packet test (`tests/packet/fuzz_found.rs`) of this name. A
-// violation that is one of them is reported but fails the run only with
-// `EGRESS_FUZZ_STRICT=1`; when a hole is closed, its test is no longer ignored and its entry
-// goes.
-
-/// `egw_from_wire` looks the packet's tuple up and refreshes the entry (state, last seen)
-/// before checking that it is a reverse entry: a packet on the uplink carrying a pod's
-/// forward tuple (source the pod, destination the remote) changes the pod's forward entry: a
-/// RST resets the flow (its port may then go to another flow 100 ms later, and it expires
-/// after 10 s idle).
-pub const HOLE_FORWARD_TOUCHED: &str =
-    "a_packet_on_the_uplink_with_a_pods_own_tuple_leaves_its_flow_alone";
-/// The reverse translation of an ICMP error rewrites the quoted packet's fields (its L4
-/// checksum, a port) where the buffer holds them, also past the IPv4 total length (a link
-/// trailer, or a short total length), and adds the change to the ICMP checksum, which covers
-/// only the total length: the pod's stack drops the error as corrupt.
-pub const HOLE_QUOTE_PAST_TOTAL_LENGTH: &str =
-    "an_icmp_error_with_bytes_past_its_total_length_keeps_a_valid_checksum";
 
 /// The byte ranges of an IPv4 header field.
 fn ip_field(off: usize, width: usize) -> Range<usize> {
@@ -649,17 +634,6 @@ fn check_icmp_error(
         IPPROTO_UDP => q.l4 + 6,
         _ => q.l4 + 2,
     };
-    // Where the datapath writes past the total length (see HOLE_QUOTE_PAST_TOTAL_LENGTH).
-    let past_end = [q.ip + 16, q.port_at + 2, ql4_csum + 2]
-        .iter()
-        .any(|end| *end > L3 + p.tot_len && *end <= input.len());
-    let tag = |v: Violation| {
-        if past_end {
-            v.hole_of(HOLE_QUOTE_PAST_TOTAL_LENGTH)
-        } else {
-            v
-        }
-    };
     let allowed = [
         ip_field(10, 2),
         ip_field(16, 4),
@@ -679,18 +653,9 @@ fn check_icmp_error(
         return fail(
             "from_wire: ICMP error: quoted IPv4 checksum broken",
             String::new(),
-        )
-        .map_err(tag);
+        );
     }
-    check_checksums(FROM_WIRE, input, p, out).map_err(tag)
-}
-
-/// Whether a change of the NAT entry at `key` by a packet of no flow through `prog` is
-/// HOLE_FORWARD_TOUCHED: a forward entry at the packet's own tuple, on the uplink.
-pub fn forward_touched(prog: &str, pkt: &[u8], key: &NatKey4, before: &Option<NatEntry4>) -> bool {
-    prog == FROM_WIRE
-        && before.is_some_and(|e| e.flags & NAT_F_REVERSE == 0)
-        && matches!(parse(pkt), Parse::Ok(p) if p.key() == *key)
+    check_checksums(FROM_WIRE, input, p, out)
 }
 
 /// The NAT entries a packet that matches no flow must leave as they are: the one at its own

@@ -1,6 +1,7 @@
-//! What the fuzzer (`tests/fuzz/`) found, one test per failure, named after the behaviour.
-//! A test of a hole still open in the NAT engine is ignored (with the reason); the fuzzer
-//! knows it by that name and fails on it only with `EGRESS_FUZZ_STRICT=1` until it is fixed.
+//! What the fuzzer (`tests/fuzz/`) found, one test per failure, named after the behaviour
+//! (all fixed). A hole found and not fixed at once would be an ignored test here, with its
+//! reason; the fuzzer would know it by that name and fail on it only with
+//! `EGRESS_FUZZ_STRICT=1` until it is fixed.
 //!
 //! Packet tests: they need root (CAP_BPF + CAP_NET_ADMIN) and fail with a clear message
 //! without it.
@@ -60,12 +61,9 @@ fn a_later_fragment_on_the_uplink_never_follows_a_pods_answer_to_a_peer() {
 /// A packet on the uplink carrying a pod's own forward tuple (source the pod, destination the
 /// remote) matches no reply and must leave the flow's state alone. `egw_from_wire` finds the
 /// forward entry by the packet's tuple and refreshes it (`nat::reverse_lookup` touches before
-/// it checks `NAT_F_REVERSE`): a RST makes the flow reset (its port may go to another flow
+/// it checked `NAT_F_REVERSE`): a RST made the flow reset (its port may go to another flow
 /// 100 ms later; the collector ends it after 10 s idle), a plain packet ESTABLISHED.
 #[test]
-#[ignore = "hole: egw_from_wire's reverse lookup refreshes (state, last seen) the forward \
-            entry a packet with a pod's own tuple names before checking NAT_F_REVERSE \
-            (egress-ebpf/src/nat/mod.rs, reverse_lookup)"]
 fn a_packet_on_the_uplink_with_a_pods_own_tuple_leaves_its_flow_alone() {
     let mut dp = datapath(GATEWAY);
     let (rc, out) = run(
@@ -108,9 +106,6 @@ fn a_packet_on_the_uplink_with_a_pods_own_tuple_leaves_its_flow_alone() {
 /// discovery stalls). The same when a short total length cuts the quote (seed
 /// 0x656777313366757a, round 0 packet 2884).
 #[test]
-#[ignore = "hole: the reverse translation of an ICMP error rewrites quoted fields past the \
-            IPv4 total length and counts them in the ICMP checksum \
-            (egress-ebpf/src/nat/icmp.rs, fix_quoted_l4_csum: bound by the total length)"]
 fn an_icmp_error_with_bytes_past_its_total_length_keeps_a_valid_checksum() {
     let dp = datapath(GATEWAY);
     let (rc, out) = run(
