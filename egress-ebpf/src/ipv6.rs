@@ -102,14 +102,6 @@ pub fn from_pod6(ctx: &TcContext) -> Result<i32, DropReason> {
     if h[DST] == 0xff || link_local([h[DST], h[DST + 1]]) || link_local([h[SRC], h[SRC + 1]]) {
         return Ok(NEXT);
     }
-    // SAFETY: inside the bounds `head` checked; unaligned reads of packet bytes.
-    let src = unsafe {
-        let p = h.as_ptr().add(SRC).cast::<u64>();
-        p.read_unaligned() | p.add(1).read_unaligned()
-    };
-    if src == 0 {
-        return Ok(NEXT); // duplicate address detection
-    }
     // A value whatever the protocol: none left undefined for the verifier.
     let icmp = h[NEXT_HDR] == IPPROTO_ICMPV6;
     let icmp_type = if icmp {
@@ -145,8 +137,20 @@ pub fn from_pod6(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(v) if v.action == ACTION_REFUSE => {}
         _ => return Ok(NEXT),
     }
-    // Never an error about an error (RFC 4443 2.4): dropped, counted.
-    if (icmp && icmp_type < ICMP6_INFO_MIN) || (ctx.len() as usize) < ETH_HLEN + QUOTE {
+    // Never an error about an error (RFC 4443 2.4), nor one to no address (duplicate address
+    // detection has no source yet, but goes to a multicast group, passed above): dropped,
+    // counted. Read here, not kept across the lookups (the frame must stay small).
+    // SAFETY: `head` checked the bounds; reads of packet bytes.
+    let h = unsafe { &*head::<L4>(ctx).ok_or(DropReason::Malformed)? };
+    // SAFETY: inside those bounds; unaligned reads.
+    let unspecified = unsafe {
+        let p = h.as_ptr().add(SRC).cast::<u64>();
+        p.read_unaligned() | p.add(1).read_unaligned() == 0
+    };
+    if unspecified
+        || (icmp && icmp_type < ICMP6_INFO_MIN)
+        || (ctx.len() as usize) < ETH_HLEN + QUOTE
+    {
         return Err(DropReason::Ipv6Refused);
     }
     count_drop(DropReason::Ipv6Refused);

@@ -280,7 +280,7 @@ fn neighbour_discovery_link_local_and_multicast_are_never_refused() {
         ("to a multicast group", udp6(POD_A6, solicited)),
         (
             "duplicate address detection",
-            icmp6(Ipv6Addr::UNSPECIFIED, MX6, 128, &[0; 8]),
+            icmp6(Ipv6Addr::UNSPECIFIED, solicited, 135, &[0; 16]),
         ),
     ];
     for (what, pkt) in cases {
@@ -297,7 +297,7 @@ fn neighbour_discovery_link_local_and_multicast_are_never_refused() {
 }
 
 #[test]
-fn an_icmpv6_error_or_a_runt_to_a_refused_destination_is_dropped_unanswered() {
+fn an_icmpv6_error_a_runt_or_no_source_to_a_refused_destination_is_dropped_unanswered() {
     let dp = refusing();
     // A pod's destination unreachable about something: never an error about an error.
     let err = icmp6(POD_A6, MX6, 1, &[0; 48]);
@@ -311,7 +311,11 @@ fn an_icmpv6_error_or_a_runt_to_a_refused_destination_is_dropped_unanswered() {
         .expect("build");
     let (rc, _) = run(&dp, FROM_POD, &runt, POD_A_IF);
     assert_eq!(rc, TC_ACT_SHOT);
-    assert_eq!(drops(&dp, "ipv6_refused"), 2);
+    // No source address: no one to answer.
+    let nobody = udp6(Ipv6Addr::UNSPECIFIED, MX6);
+    let (rc, _) = run(&dp, FROM_POD, &nobody, POD_A_IF);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, "ipv6_refused"), 3);
     // A frame that claims IPv6 but is not: dropped as malformed, not refused.
     let mut bad = syn6(POD_A6, MX6);
     bad[14] = 0x45;
