@@ -156,12 +156,19 @@ pub fn writes_status(status: &PolicyStatus, cluster: &model::Cluster, node: &str
 }
 
 /// Carries `lastTransitionTime` over from `old` for conditions whose status did not change,
-/// and sets `now` for the others.
+/// and sets `now` for the others; likewise the active gateway's `lastTransition`, new (at
+/// `now`) when the active gateway changed.
 pub fn with_transition_times(
     mut new: PolicyStatus,
     old: Option<&PolicyStatus>,
     now: &str,
 ) -> PolicyStatus {
+    new.last_transition = model::group::transition(old, &new).map(|mut t| {
+        if t.time.is_none() {
+            t.time = Some(now.to_owned());
+        }
+        t
+    });
     for c in &mut new.conditions {
         let prev = old.and_then(|o| o.conditions.iter().find(|p| p.type_ == c.type_));
         c.last_transition_time = match prev {
@@ -181,6 +188,7 @@ pub fn status_differs(a: &PolicyStatus, b: Option<&PolicyStatus>) -> bool {
         for c in &mut s.conditions {
             c.last_transition_time = None;
         }
+        s.last_transition = None;
         s
     };
     b.is_none_or(|b| strip(a) != strip(b))
@@ -257,6 +265,35 @@ mod tests {
         let mut again = old.clone();
         again.conditions[0].last_transition_time = Some("t9".into());
         assert!(!status_differs(&again, Some(&old)));
+    }
+
+    #[test]
+    fn the_gateway_transition_is_stamped_when_the_active_gateway_changes_and_kept_after() {
+        let st = |gw: &str, healthy: &[&str]| PolicyStatus {
+            gateway_node: Some(gw.into()),
+            gateway_group: vec!["a".into(), "b".into()],
+            healthy_gateways: healthy.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let first = with_transition_times(st("a", &["a", "b"]), None, "t1");
+        assert_eq!(first.last_transition, None);
+        let failed = with_transition_times(st("b", &["b"]), Some(&first), "t2");
+        let t = failed.last_transition.clone().expect("a transition");
+        assert_eq!(
+            (
+                t.from.as_deref(),
+                t.to.as_deref(),
+                t.reason.as_str(),
+                t.time.as_deref()
+            ),
+            (Some("a"), Some("b"), "GatewayUnhealthy", Some("t2"))
+        );
+        let later = with_transition_times(st("b", &["a", "b"]), Some(&failed), "t3");
+        assert_eq!(later.last_transition, failed.last_transition);
+        // The transition alone is no reason to write.
+        let mut bare = later.clone();
+        bare.last_transition = None;
+        assert!(!status_differs(&bare, Some(&later)));
     }
 
     #[test]

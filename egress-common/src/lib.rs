@@ -17,6 +17,7 @@ pub mod config;
 pub mod counters;
 pub mod endpoint;
 pub mod flow;
+pub mod heartbeat;
 pub mod map_sizes;
 pub mod nat;
 pub mod policy;

@@ -244,6 +244,7 @@ async fn status_is_written_with_server_side_apply() {
             message: "gateway gw".into(),
             last_transition_time: Some("2026-01-01T00:00:00Z".into()),
         }],
+        ..Default::default()
     };
     apply_status(&client(&url), "mail", &status)
         .await

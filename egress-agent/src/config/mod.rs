@@ -99,6 +99,7 @@ fn default_port_range() -> [u16; 2] {
 pub struct AgentConfig {
     pub tunnel: TunnelConfig,
     pub nat: NatConfig,
+    pub failover: FailoverConfig,
     pub map_sizes: MapSizes,
     pub cluster: Cluster,
 }
@@ -112,6 +113,8 @@ struct File {
     tunnel: TunnelConfig,
     #[serde(default)]
     nat: NatConfig,
+    #[serde(default)]
+    failover: FailoverConfig,
     #[serde(default)]
     map_sizes: MapSizes,
     /// Both families: the IPv6 ones are never refused (see the policies' `ipv6`).
@@ -132,6 +135,7 @@ impl From<File> for AgentConfig {
         AgentConfig {
             tunnel: f.tunnel,
             nat: f.nat,
+            failover: f.failover,
             map_sizes: f.map_sizes,
             cluster: Cluster {
                 cluster_cidrs: f
@@ -218,6 +222,52 @@ impl Default for NatConfig {
             port_range: default_port_range(),
             timeouts: Default::default(),
         }
+    }
+}
+
+/// Gateway failover: heartbeats to every member of each gateway group (see
+/// `egress_common::heartbeat` and `model::group`). With the defaults a member is dead 300 ms
+/// after its last answer (plus up to one interval): detection and switch-over under a second.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverConfig {
+    /// UDP port the members' datapaths answer heartbeats on (every node: the same).
+    #[serde(default = "default_heartbeat_port")]
+    pub heartbeat_port: u16,
+    /// Milliseconds between two heartbeats to one member.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u32,
+    /// Heartbeats missed in a row before a member is dead.
+    #[serde(default = "default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
+}
+
+fn default_heartbeat_port() -> u16 {
+    egress_common::heartbeat::HEARTBEAT_PORT
+}
+fn default_interval_ms() -> u32 {
+    100
+}
+fn default_missed_heartbeats() -> u32 {
+    3
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            heartbeat_port: default_heartbeat_port(),
+            interval_ms: default_interval_ms(),
+            missed_heartbeats: default_missed_heartbeats(),
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// How long after its last answer a member is dead (at most one interval more).
+    pub fn detection_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            u64::from(self.interval_ms) * u64::from(self.missed_heartbeats),
+        )
     }
 }
 
@@ -429,6 +479,32 @@ impl AgentConfig {
                 why: format!("[{lo}, {hi}] must be a non-empty range of non-zero ports"),
             });
         }
+        let f = &self.failover;
+        if f.heartbeat_port == 0 || f.heartbeat_port == self.tunnel.port {
+            return Err(ConfigError::Invalid {
+                field: "failover.heartbeatPort",
+                why: format!(
+                    "{} must be a non-zero port other than the tunnel's (default {})",
+                    f.heartbeat_port,
+                    default_heartbeat_port()
+                ),
+            });
+        }
+        if !(10..=10_000).contains(&f.interval_ms) {
+            return Err(ConfigError::Invalid {
+                field: "failover.intervalMs",
+                why: format!(
+                    "{} must be 10 to 10000 milliseconds (default 100)",
+                    f.interval_ms
+                ),
+            });
+        }
+        if !(1..=100).contains(&f.missed_heartbeats) {
+            return Err(ConfigError::Invalid {
+                field: "failover.missedHeartbeats",
+                why: format!("{} must be 1 to 100 (default 3)", f.missed_heartbeats),
+            });
+        }
         let overhead = egress_common::config::VXLAN_OVERHEAD;
         if self.tunnel.trust_mark == 0 {
             return Err(ConfigError::Invalid {
@@ -627,6 +703,45 @@ mod tests {
             assert_ne!(port, taken, "{whose}");
         }
         assert!(port < 32768, "{port}: below Linux's ephemeral ports");
+    }
+
+    #[test]
+    fn failover_defaults_detect_a_dead_gateway_well_under_a_second() {
+        let f = AgentConfig::parse("{}").expect("parses").failover;
+        assert_eq!(f, FailoverConfig::default());
+        assert_eq!(f.heartbeat_port, 4787);
+        // Dead after the misses, plus one interval at most, plus the switch-over.
+        assert!(
+            f.detection_time() + std::time::Duration::from_millis(u64::from(f.interval_ms))
+                <= std::time::Duration::from_millis(500),
+            "{f:?}"
+        );
+        assert!(f.heartbeat_port < 32768, "below Linux's ephemeral ports");
+        for (taken, whose) in [(3784, "BFD"), (3785, "BFD echo"), (4784, "multihop BFD")] {
+            assert_ne!(f.heartbeat_port, taken, "{whose}");
+        }
+        let set = AgentConfig::parse(
+            "failover: { heartbeatPort: 7000, intervalMs: 50, missedHeartbeats: 4 }",
+        )
+        .expect("parses")
+        .failover;
+        assert_eq!(
+            (set.heartbeat_port, set.interval_ms, set.missed_heartbeats),
+            (7000, 50, 4)
+        );
+        for bad in [
+            "failover: { heartbeatPort: 0 }",
+            "failover: { heartbeatPort: 4788 }",
+            "failover: { intervalMs: 1 }",
+            "failover: { missedHeartbeats: 0 }",
+        ] {
+            let e = AgentConfig::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("failover."), "{bad}: {e}");
+        }
+        let e = AgentConfig::parse("failover: { interval: 100 }")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("failover.interval"), "{e}");
     }
 
     #[test]

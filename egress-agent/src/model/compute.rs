@@ -96,6 +96,8 @@ pub fn compute(cluster: &Cluster, node: &str, local: &LocalFacts) -> Model {
                 }
                 d.node_addresses.extend(a.egress_ip);
                 st.gateway_node = Some(a.gateway.clone());
+                st.gateway_group = a.group.clone();
+                st.healthy_gateways = a.healthy.clone();
                 st.egress_ip = a.egress_ip.map(|ip| ip.to_string());
                 st.conditions = conds;
                 active.push((p.name.as_str(), a));

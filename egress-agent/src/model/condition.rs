@@ -92,6 +92,9 @@ pub enum Reason {
     OutsideEphemeralPorts,
     /// `HostPortsApart=False`: the host can give its own connections NAT ports.
     EphemeralPortsOverlap,
+    /// `Ready=False`: every member of the gateway group is known dead; selected pods'
+    /// traffic is held (lost), never sent from their own nodes (see `group`).
+    NoHealthyGateway,
 }
 
 impl Reason {
@@ -121,6 +124,7 @@ impl Reason {
             Reason::EgressIPUnrouted => "EgressIPUnrouted",
             Reason::OutsideEphemeralPorts => "OutsideEphemeralPorts",
             Reason::EphemeralPortsOverlap => "EphemeralPortsOverlap",
+            Reason::NoHealthyGateway => "NoHealthyGateway",
         }
     }
 }

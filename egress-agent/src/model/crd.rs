@@ -85,7 +85,11 @@ pub struct GatewaySpec {
     /// The gateway node, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    /// The gateway node, by labels. When several nodes match, the first by name is used.
+    /// The gateway nodes, by labels. Every matching node (with an InternalIP) is a member of
+    /// the policy's gateway group, ordered by the node label `egress-gateway.io/priority` (an
+    /// integer, lower first; nodes without it after those with it), then by name. One member
+    /// is active: the healthy member healthy the longest (a member that comes back stands
+    /// by), or with `preempt` the first healthy member in that order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
     /// Source address after SNAT; it must be configured on (or routed to) the gateway node.
@@ -94,6 +98,11 @@ pub struct GatewaySpec {
     /// Take the egress IP from this interface of the gateway node (its first IPv4 address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// When a member of the gateway group that comes before the active one (in priority,
+    /// then name order) is healthy again, it takes over (a second, short switch-over). Off by
+    /// default: a returning member stands by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt: Option<bool>,
 }
 
 /// What the agents made of the policy. Written by the agent on the gateway node (or, with no
@@ -101,9 +110,19 @@ pub struct GatewaySpec {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressGatewayPolicyStatus {
-    /// The active gateway node.
+    /// The active gateway node (the member of the gateway group traffic is sent to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_node: Option<String>,
+    /// The gateway group: every node `gateway` names, in order (priority label, then name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_group: Vec<String>,
+    /// The members whose heartbeats the writing agent hears (empty while it has heard none:
+    /// then the first member is active, as with a single gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub healthy_gateways: Vec<String>,
+    /// The last change of the active gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<GatewayTransition>,
     /// The source address after SNAT.
     #[serde(rename = "egressIP", default, skip_serializing_if = "Option::is_none")]
     pub egress_ip: Option<String>,
@@ -115,6 +134,23 @@ pub struct EgressGatewayPolicyStatus {
     pub datapath_id: Option<u32>,
     #[serde(default)]
     pub conditions: Vec<PolicyCondition>,
+}
+
+/// A change of a policy's active gateway.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTransition {
+    /// The gateway before (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The gateway after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// A CamelCase reason: `GatewayUnhealthy`, `Preempted`, `GroupChanged`, `HealthLearned`.
+    pub reason: String,
+    /// When it was seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 /// A status condition, shaped like Kubernetes' `metav1.Condition`.

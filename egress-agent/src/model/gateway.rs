@@ -12,6 +12,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use super::{
     condition::{cond, ConditionType, Reason, Status},
     crd::Ipv6Mode,
+    group::{self, Choice},
     route_probe,
     spec::check_spec,
     LocalFacts, Node, Policy, PolicyCondition, PolicyStatus, Selector,
@@ -23,6 +24,9 @@ pub(super) struct Active {
     pub id: u32,
     pub gateway: String,
     pub gateway_ip: Ipv4Addr,
+    /// The gateway group in order, and its members this node hears as healthy.
+    pub group: Vec<String>,
+    pub healthy: Vec<String>,
     /// `None`: taken from an interface this node cannot see.
     pub egress_ip: Option<Ipv4Addr>,
     pub destinations: Vec<Ipv4Net>,
@@ -85,10 +89,9 @@ pub(super) fn resolve(
         ));
     };
     let g = &p.spec.gateway;
-    let mut ready_msg = String::new();
-    let gw: &Node = if let Some(name) = &g.node_name {
+    let group: Vec<&Node> = if let Some(name) = &g.node_name {
         match node_by_name.get(name.as_str()) {
-            Some(n) if n.ip.is_some() => n,
+            Some(n) if n.ip.is_some() => vec![*n],
             Some(_) => {
                 return Err(not_ready(
                     Reason::GatewayNotFound,
@@ -105,30 +108,24 @@ pub(super) fn resolve(
     } else {
         let sel = Selector::new(g.node_selector.as_ref().expect("checked: one of the two"))
             .map_err(|e| not_ready(Reason::InvalidGateway, e.to_string()))?;
-        let matching: Vec<&Node> = nodes
-            .iter()
-            .copied()
-            .filter(|n| n.ip.is_some() && sel.matches(&n.labels))
-            .collect();
-        match matching.as_slice() {
-            [] => {
-                return Err(not_ready(
-                    Reason::GatewayNotFound,
-                    "gateway.nodeSelector matches no node with an InternalIP; its pods keep their normal path".into(),
-                ))
-            }
-            [one] => one,
-            [first, rest @ ..] => {
-                ready_msg = format!(
-                    "nodeSelector matches {} nodes; the first by name ({}) is the gateway, not {}",
-                    rest.len() + 1,
-                    first.name,
-                    rest.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
-                );
-                first
-            }
+        let matching = group::order(
+            nodes
+                .iter()
+                .copied()
+                .filter(|n| n.ip.is_some() && sel.matches(&n.labels)),
+        );
+        if matching.is_empty() {
+            return Err(not_ready(
+                Reason::GatewayNotFound,
+                "gateway.nodeSelector matches no node with an InternalIP; its pods keep their normal path".into(),
+            ));
         }
+        matching
     };
+    let (chosen, choice) = group::choose(&group, &local.gateway_health, g.preempt == Some(true));
+    let gw: &Node = group[chosen];
+    let names = |v: &[&Node]| v.iter().map(|n| n.name.clone()).collect::<Vec<String>>();
+    let healthy = group::healthy(&group, &local.gateway_health);
     let gateway_ip = gw.ip.expect("filtered on ip");
     let on_gateway = gw.name == this_node;
     let egress_ip = if let Some(ifname) = &g.interface {
@@ -225,18 +222,50 @@ pub(super) fn resolve(
         check_routes(ip, &c.destinations, local)
             .map_err(|m| not_ready(Reason::EgressIPUnrouted, m))?;
     }
-    if ready_msg.is_empty() {
-        ready_msg = format!("gateway {} ({gateway_ip})", gw.name);
-    }
-    conds.insert(
-        0,
-        cond(ConditionType::Ready, true, Reason::Active, ready_msg),
-    );
+    let ready = match choice {
+        Choice::Single => cond(
+            ConditionType::Ready,
+            true,
+            Reason::Active,
+            format!("gateway {} ({gateway_ip})", gw.name),
+        ),
+        Choice::NoneHealthy => cond(
+            ConditionType::Ready,
+            false,
+            Reason::NoHealthyGateway,
+            format!(
+                "no member of the gateway group ({}) answers heartbeats: selected pods' \
+                 traffic is sent to {} (the first member) and lost until one answers; it \
+                 never leaves from their nodes' own addresses",
+                names(&group).join(", "),
+                gw.name
+            ),
+        ),
+        _ => cond(
+            ConditionType::Ready,
+            true,
+            Reason::Active,
+            format!(
+                "gateway {} ({gateway_ip}), {} of the group {} (healthy: {})",
+                gw.name,
+                choice.describe(),
+                names(&group).join(", "),
+                if healthy.is_empty() {
+                    "none heard yet".to_owned()
+                } else {
+                    healthy.join(", ")
+                }
+            ),
+        ),
+    };
+    conds.insert(0, ready);
     Ok((
         Active {
             id,
             gateway: gw.name.clone(),
             gateway_ip,
+            group: names(&group),
+            healthy: healthy.into_iter().map(str::to_owned).collect(),
             egress_ip,
             destinations: c.destinations,
             excluded: c.excluded,

@@ -7,7 +7,8 @@
 //! | invalid CIDR, selector, or gateway spec (both/neither of `nodeName`/`nodeSelector`, both `egressIP` and `interface`, unparsable `egressIP`) | the policy is not programmed; its pods keep their normal path | `Ready=False` with reason `InvalidCIDR`, `InvalidSelector`, `InvalidGateway` |
 //! | no `selectors` or no IPv4 `destinationCIDRs` | not programmed | `Ready=False`, `NoSelectors` / `NoDestinations` |
 //! | gateway node unknown, or `nodeSelector` matches no node with an InternalIP | not programmed | `Ready=False`, `GatewayNotFound` |
-//! | `nodeSelector` matches several nodes | the first by name is the gateway | `Ready=True`; message names the others |
+//! | `nodeSelector` matches several nodes | they form the gateway group (priority label, then name); one is active: see `group` | `Ready=True`; message names the group and why this member |
+//! | every member of the gateway group is known dead (missed heartbeats) | still programmed, to the first member: selected pods' traffic is lost, never sent from their own node (fail closed, see `group`) | `Ready=False`, `NoHealthyGateway` |
 //! | a pod matched by two policies | the older policy (creation time, then name) gets it | `PodConflict=True` on the younger one |
 //! | `egressIP` not among the gateway's known addresses | still programmed (the address may be routed to the node without being configured) | `EgressIPOnGateway=False`, `EgressIPNotOnGateway` (seen by the gateway's agent, which also knows its interfaces; other nodes say `Unknown`) |
 //! | `interface` missing or without IPv4 on the gateway (known only there) | the gateway does not SNAT for the policy (its tunnel packets are dropped and counted) | `Ready=False`, `InterfaceNotFound` |
@@ -22,13 +23,15 @@
 //! (see `ids`).
 //!
 //! One concern per module: `types` (input and output), `spec` (checks that need no cluster),
-//! `gateway` (resolving a policy against the nodes), `condition` (condition types, reasons and
+//! `gateway` (resolving a policy against the nodes), `group` (the gateway group and its active
+//! member), `condition` (condition types, reasons and
 //! statuses as enums), `ids`, and `compute` (the pass itself).
 
 mod compute;
 pub mod condition;
 pub mod crd;
 mod gateway;
+pub mod group;
 mod ids;
 pub mod ports;
 pub mod selector;
@@ -39,15 +42,15 @@ mod types;
 pub use compute::{compute, NEVER_VIA_GATEWAY};
 pub use condition::{ConditionType, Reason, Status};
 pub use crd::{
-    EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewayPolicyStatus, GatewaySpec, Ipv6Mode,
-    PodSelection, PolicyCondition,
+    EgressGatewayPolicy, EgressGatewayPolicySpec, EgressGatewayPolicyStatus, GatewaySpec,
+    GatewayTransition, Ipv6Mode, PodSelection, PolicyCondition,
 };
 pub use ids::allocate_ids;
 pub use selector::{Labels, Selector, SelectorError};
 pub use tunnel::{protection, Protection, UnderlayFacts};
 pub use types::{
-    route_probe, Cluster, Desired, LocalFacts, LocalPod, Model, Namespace, Node, Pod, Policy,
-    PolicyStatus, NAMESPACE_NAME_LABEL,
+    route_probe, Cluster, Desired, GatewayHealth, LocalFacts, LocalPod, Model, Namespace, Node,
+    Pod, Policy, PolicyStatus, NAMESPACE_NAME_LABEL,
 };
 
 #[cfg(test)]

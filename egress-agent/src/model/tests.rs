@@ -752,7 +752,8 @@ fn node_selector_matching_several_picks_the_first_by_name() {
         );
         let r = condition(&m.status["mail"], "Ready").unwrap();
         assert_eq!(r.status, "True");
-        assert!(r.message.contains("matches 3 nodes"), "{}", r.message);
+        assert!(r.message.contains("the group gw, w1, w2"), "{}", r.message);
+        assert_eq!(m.status["mail"].gateway_group, ["gw", "w1", "w2"]);
     }
 }
 
@@ -1123,6 +1124,7 @@ fn random_input_never_panics() {
                     node_selector: sel(&mut rng, &mut pick),
                     egress_ip: rng.random_bool(0.3).then(|| pick(&mut rng)),
                     interface: rng.random_bool(0.2).then(|| pick(&mut rng)),
+                    preempt: rng.random_bool(0.5).then(|| rng.random_bool(0.5)),
                 },
                 ipv6: None,
             };
@@ -1284,4 +1286,458 @@ fn the_gateway_says_when_its_own_connections_can_take_nat_ports() {
     f.interfaces = BTreeMap::from([("eth0".into(), vec![GW, Ipv4Addr::new(192, 0, 2, 100)])]);
     let m = compute(&c, "gw", &f);
     assert!(condition(&m.status["mail"], "HostPortsApart").is_none());
+}
+
+// The gateway group (see `group`).
+
+use std::time::Duration;
+
+use super::group::{self, TransitionReason, PRIORITY_LABEL, TIE_TOLERANCE};
+
+fn alive(secs: u64) -> GatewayHealth {
+    GatewayHealth::Alive {
+        healthy_for: Duration::from_secs(secs),
+    }
+}
+
+/// `cluster()` with gateways `ga`, `gb`, `gc` (all labelled) besides `gw`, whose label is
+/// removed: a group of three, in name order.
+fn group_cluster() -> Cluster {
+    let mut c = cluster();
+    for n in &mut c.nodes {
+        n.labels.clear();
+    }
+    for (name, last) in [("gc", 23), ("ga", 21), ("gb", 22)] {
+        c.nodes
+            .push(node(name, [192, 0, 2, last], &[("egress-gateway", "true")]));
+    }
+    c
+}
+
+fn health(h: &[(&str, GatewayHealth)]) -> LocalFacts {
+    LocalFacts {
+        gateway_health: h.iter().map(|(n, h)| ((*n).to_owned(), *h)).collect(),
+        ..Default::default()
+    }
+}
+
+/// The active gateway of policy `mail` as `node` sees it with `local`, and the gateway address
+/// its maps send the policy's traffic to.
+fn active(c: &Cluster, node: &str, local: &LocalFacts) -> (String, Ipv4Addr) {
+    let m = compute(c, node, local);
+    let gw = m.status["mail"].gateway_node.clone().expect("a gateway");
+    let via = m
+        .desired
+        .policies
+        .values()
+        .find(|v| v.action == ACTION_VIA_GATEWAY)
+        .expect("programmed");
+    (gw, Ipv4Addr::from(u32::from_be(via.gateway_ip4)))
+}
+
+fn active_name(c: &Cluster, local: &LocalFacts) -> String {
+    active(c, "w1", local).0
+}
+
+#[test]
+fn a_group_is_ordered_by_name_without_priorities() {
+    let c = group_cluster();
+    let m = run(&c, "w1");
+    let st = &m.status["mail"];
+    assert_eq!(st.gateway_group, ["ga", "gb", "gc"]);
+    assert_eq!(st.gateway_node.as_deref(), Some("ga"));
+    assert!(st.healthy_gateways.is_empty(), "nothing heard");
+    assert_eq!(
+        active(&c, "w1", &LocalFacts::default()),
+        ("ga".into(), Ipv4Addr::new(192, 0, 2, 21))
+    );
+}
+
+#[test]
+fn the_priority_label_orders_the_group_lower_first_and_unlabelled_last() {
+    let mut c = group_cluster();
+    let set = |c: &mut Cluster, n: &str, p: &str| {
+        c.nodes
+            .iter_mut()
+            .find(|x| x.name == n)
+            .unwrap()
+            .labels
+            .insert(PRIORITY_LABEL.into(), p.into());
+    };
+    set(&mut c, "gc", "10");
+    set(&mut c, "gb", "-5");
+    let st = &run(&c, "w1").status["mail"];
+    assert_eq!(st.gateway_group, ["gb", "gc", "ga"]);
+    assert_eq!(st.gateway_node.as_deref(), Some("gb"));
+    // Equal priorities: by name. Not an integer: as if absent.
+    set(&mut c, "gc", "-5");
+    set(&mut c, "ga", "high");
+    let st = &run(&c, "w1").status["mail"];
+    assert_eq!(st.gateway_group, ["gb", "gc", "ga"]);
+    // Numbers, not strings: 9 before 10.
+    set(&mut c, "ga", "10");
+    set(&mut c, "gb", "9");
+    set(&mut c, "gc", "11");
+    assert_eq!(
+        run(&c, "w1").status["mail"].gateway_group,
+        ["gb", "ga", "gc"]
+    );
+}
+
+#[test]
+fn with_no_health_information_the_first_member_is_active_as_today() {
+    let c = group_cluster();
+    for n in ["w1", "w2", "ga", "gb", "gc"] {
+        assert_eq!(
+            active(&c, n, &LocalFacts::default()).0,
+            "ga",
+            "seen from {n}"
+        );
+    }
+    // Health of nodes outside the group changes nothing.
+    assert_eq!(
+        active_name(&c, &health(&[("w2", GatewayHealth::Dead)])),
+        "ga"
+    );
+}
+
+#[test]
+fn a_group_of_one_is_the_gateway_whatever_its_health() {
+    let c = cluster();
+    for h in [GatewayHealth::Dead, alive(5)] {
+        let local = health(&[("gw", h)]);
+        let m = compute(&c, "w1", &local);
+        assert_eq!(m.status["mail"].gateway_node.as_deref(), Some("gw"));
+        assert_eq!(ready(&m, "mail"), ("True".into(), "Active".into()));
+        assert_eq!(
+            m,
+            compute(&c, "w1", &LocalFacts::default()).with_health_of(&m)
+        );
+    }
+}
+
+impl Model {
+    /// This model with the health-dependent status fields of `other` (everything else must
+    /// be equal to the model without health information).
+    fn with_health_of(mut self, other: &Model) -> Model {
+        for (name, st) in &mut self.status {
+            st.healthy_gateways = other.status[name].healthy_gateways.clone();
+        }
+        self
+    }
+}
+
+#[test]
+fn the_member_healthy_the_longest_is_active() {
+    let c = group_cluster();
+    let local = health(&[("ga", alive(10)), ("gb", alive(300)), ("gc", alive(20))]);
+    assert_eq!(
+        active(&c, "w1", &local),
+        ("gb".into(), Ipv4Addr::new(192, 0, 2, 22))
+    );
+    let st = &compute(&c, "w1", &local).status["mail"];
+    assert_eq!(st.healthy_gateways, ["ga", "gb", "gc"]);
+    let r = condition(st, "Ready").unwrap();
+    assert!(r.message.contains("healthy the longest"), "{}", r.message);
+}
+
+#[test]
+fn members_healthy_about_as_long_are_ordered_by_the_group() {
+    let c = group_cluster();
+    let almost = TIE_TOLERANCE - Duration::from_millis(1);
+    let local = |gc: Duration| {
+        health(&[
+            (
+                "gb",
+                GatewayHealth::Alive {
+                    healthy_for: Duration::from_secs(100),
+                },
+            ),
+            (
+                "gc",
+                GatewayHealth::Alive {
+                    healthy_for: Duration::from_secs(100) + gc,
+                },
+            ),
+        ])
+    };
+    assert_eq!(active_name(&c, &local(almost)), "gb");
+    assert_eq!(active_name(&c, &local(TIE_TOLERANCE)), "gc");
+}
+
+#[test]
+fn a_dead_active_member_fails_over_to_the_next_healthy_one() {
+    let c = group_cluster();
+    let before = health(&[("ga", alive(100)), ("gb", alive(100)), ("gc", alive(100))]);
+    assert_eq!(active_name(&c, &before), "ga");
+    let after = health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", alive(101)),
+        ("gc", alive(101)),
+    ]);
+    assert_eq!(
+        active(&c, "w1", &after),
+        ("gb".into(), Ipv4Addr::new(192, 0, 2, 22))
+    );
+    let st = &compute(&c, "w1", &after).status["mail"];
+    assert_eq!(st.healthy_gateways, ["gb", "gc"]);
+    assert_eq!(ready(&compute(&c, "w1", &after), "mail").0, "True");
+}
+
+#[test]
+fn a_returning_member_stands_by() {
+    let c = group_cluster();
+    // ga died, gb took over; ga is back and has been healthy for a second.
+    let back = health(&[
+        ("ga", alive(1)),
+        ("gb", alive(500)),
+        ("gc", GatewayHealth::Dead),
+    ]);
+    assert_eq!(active_name(&c, &back), "gb");
+    // However long after: the lead gb had stays.
+    let later = health(&[
+        ("ga", alive(3601)),
+        ("gb", alive(4100)),
+        ("gc", alive(3000)),
+    ]);
+    assert_eq!(active_name(&c, &later), "gb");
+    // Until gb dies: ga (healthy longer than gc) takes over.
+    let gb_dead = health(&[
+        ("ga", alive(3700)),
+        ("gb", GatewayHealth::Dead),
+        ("gc", alive(3100)),
+    ]);
+    assert_eq!(active_name(&c, &gb_dead), "ga");
+}
+
+#[test]
+fn preempt_makes_the_first_healthy_member_active() {
+    let mut c = group_cluster();
+    c.policies[0].spec.gateway.preempt = Some(true);
+    let back = health(&[("ga", alive(1)), ("gb", alive(500)), ("gc", alive(900))]);
+    assert_eq!(active_name(&c, &back), "ga");
+    let st = &compute(&c, "w1", &back).status["mail"];
+    let r = condition(st, "Ready").unwrap();
+    assert!(r.message.contains("preempt"), "{}", r.message);
+    let ga_dead = health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", alive(500)),
+        ("gc", alive(900)),
+    ]);
+    assert_eq!(active_name(&c, &ga_dead), "gb");
+    // preempt: false is the default.
+    c.policies[0].spec.gateway.preempt = Some(false);
+    assert_eq!(active_name(&c, &back), "gc");
+}
+
+#[test]
+fn members_not_heard_yet_come_after_the_living_ones() {
+    let c = group_cluster();
+    assert_eq!(active_name(&c, &health(&[("gc", alive(1))])), "gc");
+    // None alive: the first not known dead.
+    let h = health(&[("ga", GatewayHealth::Dead)]);
+    assert_eq!(active_name(&c, &h), "gb");
+    let m = compute(&c, "w1", &h);
+    assert_eq!(ready(&m, "mail"), ("True".into(), "Active".into()));
+}
+
+#[test]
+fn with_every_member_dead_the_policy_fails_closed() {
+    let c = group_cluster();
+    let dead = health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", GatewayHealth::Dead),
+        ("gc", GatewayHealth::Dead),
+    ]);
+    let m = compute(&c, "w1", &dead);
+    // Not Ready, and said why.
+    assert_eq!(
+        ready(&m, "mail"),
+        ("False".into(), "NoHealthyGateway".into())
+    );
+    assert!(m
+        .desired
+        .warnings
+        .iter()
+        .any(|w| w.contains("NoHealthyGateway")));
+    // Still programmed to the first member: selected pods' traffic never takes the normal
+    // path (their node's own address).
+    assert_eq!(
+        active(&c, "w1", &dead),
+        ("ga".into(), Ipv4Addr::new(192, 0, 2, 21))
+    );
+    assert_eq!(
+        m.desired
+            .pods
+            .iter()
+            .find(|p| p.name == "mailu/postfix-0")
+            .unwrap()
+            .policy_id,
+        Some(id(&c, "mail"))
+    );
+    assert!(m.status["mail"].healthy_gateways.is_empty());
+    // The first member accepts them, should it still work.
+    let ga = compute(&c, "ga", &dead);
+    assert!(ga
+        .desired
+        .remote_endpoints
+        .contains_key(&Ipv4Addr::new(10, 244, 1, 2)));
+}
+
+#[test]
+fn only_the_active_member_accepts_the_pods_of_other_nodes() {
+    let c = group_cluster();
+    let h = health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", alive(9)),
+        ("gc", alive(9)),
+    ]);
+    let postfix0 = Ipv4Addr::new(10, 244, 1, 2);
+    assert!(compute(&c, "gb", &h)
+        .desired
+        .remote_endpoints
+        .contains_key(&postfix0));
+    for standby in ["ga", "gc"] {
+        assert!(
+            compute(&c, standby, &h).desired.remote_endpoints.is_empty(),
+            "{standby}"
+        );
+    }
+}
+
+#[test]
+fn nodes_with_the_same_health_view_pick_the_same_member() {
+    let c = group_cluster();
+    // Each node measures the answers at its own moment: a few milliseconds apart.
+    let view = |skew_ms: u64| {
+        let d = |s: u64| GatewayHealth::Alive {
+            healthy_for: Duration::from_secs(s) + Duration::from_millis(skew_ms),
+        };
+        health(&[("ga", GatewayHealth::Dead), ("gb", d(40)), ("gc", d(700))])
+    };
+    let picks: BTreeSet<(String, Ipv4Addr)> = [("w1", 0), ("w2", 7), ("gb", 13), ("gc", 90)]
+        .iter()
+        .map(|(n, skew)| active(&c, n, &view(*skew)))
+        .collect();
+    assert_eq!(picks.len(), 1, "{picks:?}");
+    assert_eq!(picks.first().unwrap().0, "gc");
+    // The active gateway itself agrees that it is: it accepts the other nodes' pods.
+    assert!(!compute(&c, "gc", &view(90))
+        .desired
+        .remote_endpoints
+        .is_empty());
+}
+
+#[test]
+fn convergence_holds_for_every_view_of_three_members() {
+    // Every combination of dead / alive (short, long) members: each node's pick depends only
+    // on the view, and it is a member alive in it whenever one is.
+    let c = group_cluster();
+    let states = [GatewayHealth::Dead, alive(5), alive(5000)];
+    for a in states {
+        for b in states {
+            for cc in states {
+                let v = health(&[("ga", a), ("gb", b), ("gc", cc)]);
+                let picks: BTreeSet<_> = ["w1", "w2", "ga", "gb", "gc"]
+                    .iter()
+                    .map(|n| active(&c, n, &v).0)
+                    .collect();
+                assert_eq!(picks.len(), 1, "{v:?}: {picks:?}");
+                let pick = picks.first().unwrap().clone();
+                let any_alive = [a, b, cc].iter().any(|h| *h != GatewayHealth::Dead);
+                assert_eq!(
+                    any_alive,
+                    v.gateway_health[&pick] != GatewayHealth::Dead,
+                    "{v:?}: {pick}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_name_gateway_is_a_group_of_one() {
+    let mut c = group_cluster();
+    c.policies[0].spec.gateway = GatewaySpec {
+        node_name: Some("gb".into()),
+        ..Default::default()
+    };
+    let m = compute(
+        &c,
+        "w1",
+        &health(&[("gb", GatewayHealth::Dead), ("ga", alive(9))]),
+    );
+    assert_eq!(m.status["mail"].gateway_group, ["gb"]);
+    assert_eq!(m.status["mail"].gateway_node.as_deref(), Some("gb"));
+}
+
+fn transition_of(old: &PolicyStatus, new: &PolicyStatus) -> Option<(String, String)> {
+    group::transition(Some(old), new).map(|t| (t.reason, t.to.unwrap_or_default()))
+}
+
+#[test]
+fn the_last_transition_says_why_the_active_gateway_changed() {
+    let c = group_cluster();
+    let st = |h: &LocalFacts| compute(&c, "w1", h).status["mail"].clone();
+    let all = st(&health(&[
+        ("ga", alive(9)),
+        ("gb", alive(9)),
+        ("gc", alive(9)),
+    ]));
+    let ga_dead = st(&health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", alive(9)),
+        ("gc", alive(9)),
+    ]));
+    assert_eq!(
+        transition_of(&all, &ga_dead),
+        Some((
+            TransitionReason::GatewayUnhealthy.as_str().into(),
+            "gb".into()
+        ))
+    );
+    // No change: the old transition is kept.
+    let mut with_t = ga_dead.clone();
+    with_t.last_transition = group::transition(Some(&all), &ga_dead);
+    assert_eq!(
+        group::transition(Some(&with_t), &ga_dead),
+        with_t.last_transition
+    );
+    // Every member dead: from gb to ga, because gb is unhealthy.
+    let none = st(&health(&[
+        ("ga", GatewayHealth::Dead),
+        ("gb", GatewayHealth::Dead),
+        ("gc", GatewayHealth::Dead),
+    ]));
+    assert_eq!(
+        transition_of(&ga_dead, &none),
+        Some((
+            TransitionReason::GatewayUnhealthy.as_str().into(),
+            "ga".into()
+        ))
+    );
+    // Preemption.
+    let mut p = c.clone();
+    p.policies[0].spec.gateway.preempt = Some(true);
+    let back =
+        compute(&p, "w1", &health(&[("ga", alive(1)), ("gb", alive(9))])).status["mail"].clone();
+    assert_eq!(
+        transition_of(&ga_dead, &back),
+        Some((TransitionReason::Preempted.as_str().into(), "ga".into()))
+    );
+    // The old gateway left the group.
+    let mut gone = c.clone();
+    gone.nodes.retain(|n| n.name != "ga");
+    let without = compute(&gone, "w1", &LocalFacts::default()).status["mail"].clone();
+    assert_eq!(
+        transition_of(&all, &without),
+        Some((TransitionReason::GroupChanged.as_str().into(), "gb".into()))
+    );
+    // A first status has no transition; a policy that finds its gateway has one.
+    assert_eq!(group::transition(None, &all), None);
+    let broken = PolicyStatus::default();
+    assert_eq!(
+        transition_of(&broken, &all),
+        Some((TransitionReason::GatewayFound.as_str().into(), "ga".into()))
+    );
 }

@@ -104,6 +104,20 @@ pub struct LocalFacts {
     pub routes: BTreeMap<(Ipv4Addr, Ipv4Addr), Option<String>>,
     /// The host's ephemeral and reserved ports and the NAT range (`None`: not read).
     pub host_ports: Option<super::ports::HostPorts>,
+    /// What this node knows of gateway nodes' health, by node name: their heartbeat answers
+    /// (this node's own entry: its self-check). A node without an entry has not been heard
+    /// of yet (see `group`).
+    pub gateway_health: BTreeMap<String, GatewayHealth>,
+}
+
+/// A gateway node's health as one node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayHealth {
+    /// It answers heartbeats, and says it has been healthy for this long (the same answer
+    /// for every node that asks: what makes them agree on the longest-healthy member).
+    Alive { healthy_for: std::time::Duration },
+    /// It missed the configured number of heartbeats in a row (or says it is not healthy).
+    Dead,
 }
 
 /// The address whose route stands for the destination `net` (`ip route get`): its first
