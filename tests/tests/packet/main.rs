@@ -22,3 +22,4 @@ mod snat;
 mod tcp_window;
 mod trust;
 mod ttl;
+mod verifier;
