@@ -1004,13 +1004,14 @@ fn a_nat_table_of_another_layout_is_replaced_and_its_flows_reset_cleanly() {
     wait_ready(gw);
     let programs = wait_programs(&lab, gw, false, &BTreeSet::new());
     gw.kill();
-    // What the older build left pinned: a NAT table whose entries were 8 bytes smaller.
+    // What the older build left pinned: a NAT table whose entries were 8 bytes smaller (of
+    // this build's map type, so that the value size is the one change named).
     let pin = map_path(gw, map_names::NAT4);
     let real = progs::pinned_map(&pin).expect("NAT map");
     std::fs::remove_file(&pin).expect("unpin");
     drop(progs::create_pinned_map(
         &pin,
-        progs::LRU_HASH,
+        real.map_type,
         real.key_size,
         real.value_size - 8,
         real.max_entries,
