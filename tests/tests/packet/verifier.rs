@@ -15,8 +15,22 @@ use egress_tests::packet::*;
 /// Verified instructions on a 6.6+ kernel above which 6.1 is known to refuse a program.
 const LIMIT: u32 = 640_000;
 
+/// The kernel the counts were taken on (6.18) or a newer one: older verifiers count
+/// differently (6.12's counts are higher), and the matrix's own load is the test there.
+fn counts_comparable() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 18)
+}
+
 #[test]
 fn every_program_verifies_with_room_for_debian_6_1() {
+    if !counts_comparable() {
+        eprintln!("verifier counts taken on 6.18: not compared on this kernel");
+        return;
+    }
     let dp = datapath(GATEWAY);
     for name in program_names::ALL {
         let info = dp.program(name).expect("program").info().expect("info");
