@@ -44,57 +44,6 @@ fn wait() -> Duration {
     Duration::from_secs(30) * time_scale()
 }
 
-/// The hooks of `node` that must carry one program of ours each: `<interface>/<direction>` ->
-/// program. `uplink_reply`: the gateway's uplink carries `egw_from_wire` (when it is not the
-/// underlay).
-fn expected_hooks(lab: &Lab, node: &str, uplink_reply: bool) -> BTreeMap<String, &'static str> {
-    let n = lab.node(node);
-    let mut want = BTreeMap::from([
-        (format!("{}/ingress", n.underlay_dev), "egw_from_wire"),
-        (format!("{}/egress", n.underlay_dev), "egw_to_wire"),
-        ("egw0/ingress".to_owned(), "egw_from_tunnel"),
-    ]);
-    if uplink_reply {
-        want.insert(format!("{}/ingress", n.uplink), "egw_from_wire");
-    }
-    for p in lab.pods().iter().filter(|p| p.node == node) {
-        want.insert(format!("{}/ingress", p.host_veth), "egw_from_pod");
-        want.insert(format!("{}/egress", p.host_veth), "egw_to_pod");
-    }
-    want
-}
-
-/// The programs on `node`'s hooks, if they are exactly the expected ones (one per hook, of one
-/// load: every hook of a program shows the same id); else why not.
-fn programs_if_complete(
-    lab: &Lab,
-    node: &str,
-    uplink_reply: bool,
-) -> Result<BTreeMap<String, Prog>, String> {
-    let have = progs::tcx_programs(&lab.node(node).ns);
-    let want = expected_hooks(lab, node, uplink_reply);
-    let mut out = BTreeMap::new();
-    let mut ids: BTreeMap<&str, u32> = BTreeMap::new();
-    for (hook, progs) in &have {
-        let Some(program) = want.get(hook) else {
-            return Err(format!("{node}: unexpected programs on {hook}: {progs:?}"));
-        };
-        if progs.len() != 1 || progs[0].name != *program {
-            return Err(format!(
-                "{node}: {hook} carries {progs:?}, not one {program}"
-            ));
-        }
-        if *ids.entry(program).or_insert(progs[0].id) != progs[0].id {
-            return Err(format!("{node}: {program} of two loads: {have:?}"));
-        }
-        out.insert(hook.clone(), progs[0].clone());
-    }
-    if let Some(missing) = want.keys().find(|h| !have.contains_key(*h)) {
-        return Err(format!("{node}: no program on {missing}; have {have:?}"));
-    }
-    Ok(out)
-}
-
 /// Waits until `node` carries exactly the expected programs, none of them in `old`.
 fn wait_programs(
     lab: &Lab,
@@ -104,7 +53,7 @@ fn wait_programs(
 ) -> BTreeMap<String, Prog> {
     let mut last = String::new();
     let got = eventually(wait(), || {
-        match programs_if_complete(lab, &agent.node, uplink_reply) {
+        match progs::programs_if_complete(lab, &agent.node, uplink_reply) {
             Ok(p) if p.values().all(|p| !old.contains(&p.id)) => Some(p),
             Ok(p) => {
                 last = format!("old programs still attached: {p:?}");
@@ -955,7 +904,7 @@ fn cleanup_waits_for_a_running_agent_and_removes_nothing_before() {
         String::from_utf8_lossy(&out.stderr).contains("an agent still runs"),
         "{out:?}"
     );
-    programs_if_complete(&lab, "gateway", false).expect("nothing removed");
+    progs::programs_if_complete(&lab, "gateway", false).expect("nothing removed");
 
     let mut waiting = command_in(&gw.ns, agent_binary())
         .expect("node namespace")
@@ -970,7 +919,7 @@ fn cleanup_waits_for_a_running_agent_and_removes_nothing_before() {
         waiting.try_wait().expect("cleanup").is_none(),
         "cleanup must wait while the agent runs"
     );
-    programs_if_complete(&lab, "gateway", false).expect("nothing removed while waiting");
+    progs::programs_if_complete(&lab, "gateway", false).expect("nothing removed while waiting");
     gw.kill();
     let out = waiting.wait_with_output().expect("cleanup");
     assert!(out.status.success(), "{out:?}");
